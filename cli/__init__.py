@@ -1,0 +1,1 @@
+"""The `tokentree` command line."""

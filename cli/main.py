@@ -1,0 +1,168 @@
+"""`tokentree`: build token trees and log-probability analyses, and run the service.
+
+Bad input never ends in a traceback: one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from engine.params import LogprobsParams, ParameterError, TreeParams
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """A mistake of the user's, reported as one line with exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage dump) so scripts can read them."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"tokentree: error: {message}\n")
+
+
+def _probability(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="demo",
+                       help="'demo' (bundled), a local folder, or a Hugging Face Hub id (default: demo)")
+    group.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    group.add_argument("--quantize", choices=["none", "4bit", "8bit"], default="none",
+                       help="load weights quantized with bitsandbytes (needs CUDA)")
+    group.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    group.add_argument("--prefix", default=None, help="force the response to start with this text")
+    group.add_argument("--stop-token", type=int, action="append", default=[], metavar="ID",
+                       help="an extra token id that ends a path (repeatable)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_tree_parameters(parser: argparse.ArgumentParser) -> None:
+    defaults = TreeParams()
+    group = parser.add_argument_group("branching rule")
+    for name in ("min_branch_threshold", "max_branch_threshold", "candidate_threshold"):
+        group.add_argument("--" + name.replace("_", "-"), type=_probability, default=getattr(defaults, name))
+    for name in ("soft_queue_limit", "max_depth", "max_completed_paths", "max_nodes"):
+        group.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    parser.add_argument("--max-batch", type=int, default=256, help="most nodes evaluated in one forward pass")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tokentree", description="See how a language model decides: token trees and log-probs.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    tree = commands.add_parser("tree", help="expand a token tree from a prompt")
+    tree.add_argument("prompt")
+    tree.add_argument("-o", "--output", type=Path, help="write the tree JSON (the seed's layout) here")
+    tree.add_argument("--top", type=int, default=10, help="completed paths to print (default 10)")
+    add_model_options(tree)
+    add_tree_parameters(tree)
+
+    logprobs = commands.add_parser("logprobs", help="greedy generation with per-token log-probabilities")
+    logprobs.add_argument("prompt")
+    logprobs.add_argument("-o", "--output", type=Path, help="append the JSONL record to this file")
+    logprobs.add_argument("--max-new-tokens", type=int, default=LogprobsParams().max_new_tokens)
+    logprobs.add_argument("--top-k", type=int, default=LogprobsParams().top_k)
+    add_model_options(logprobs)
+
+    commands.add_parser("demo-model", help="print the folder of the bundled demo checkpoint")
+
+    from cli import service
+
+    service.add_commands(commands)
+    return parser
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from engine.loading import ModelSpec, load_model
+
+    lm = load_model(ModelSpec(name=args.model, dtype=args.dtype, device=args.device, quantization=args.quantize))
+    return lm.with_stop_ids(args.stop_token) if args.stop_token else lm
+
+
+def run_tree(args: argparse.Namespace) -> int:
+    from cli.progress import TreeProgressBar
+    from engine.analysis import build_tree
+
+    params = TreeParams(**{name: getattr(args, name) for name in TreeParams.__dataclass_fields__})
+    if args.max_batch < 1:
+        raise ParameterError("max_batch", f"must be at least 1, got {args.max_batch}")
+    lm = _load(args)
+    with TreeProgressBar(disable=args.quiet) as bar:
+        result = build_tree(lm, args.prompt, params, chat=args.chat, prefix=args.prefix,
+                            max_batch=args.max_batch, on_progress=bar.update)
+    if args.output is not None:
+        args.output.write_text(result.json_text(), encoding="utf-8")
+    stats = result.metadata["stats"]
+    print(f"nodes {stats['nodes']}  expanded {stats['expanded']}  levels {stats['levels']}  "
+          f"forward passes {stats['forward_passes']}  completed paths {stats['completed_paths']}  "
+          f"time {stats['seconds']:.2f}s")
+    paths = result.completed_paths[: args.top]
+    if paths:
+        print(f"completed paths, most probable first ({len(result.completed_paths)} in all):")
+        for rank, path in enumerate(paths, 1):
+            print(f"{rank:3d}. p={path.cumulative_prob:.6f}  {args.prompt}{path.text}")
+    else:
+        print("no path reached a stop token (raise --max-depth or --max-nodes to let paths finish)")
+    if args.output is not None:
+        print(f"tree written to {args.output}")
+    return 0
+
+
+def run_logprobs(args: argparse.Namespace) -> int:
+    from engine.analysis import analyze_logprobs
+
+    params = LogprobsParams(max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    lm = _load(args)
+    record = analyze_logprobs(lm, args.prompt, params, chat=args.chat, prefix=args.prefix)
+    for step in record["data"]:
+        rivals = "  ".join(f"{o['token']!r} {o['prob']:.1f}%" for o in step["other_tokens"][1:])
+        print(f"{step['token']!r:>20} {step['prob']:6.2f}%  {step['logprob']:8.4f}   {rivals}")
+    print(f"response: {record['response']}")
+    if args.output is not None:
+        with args.output.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+        print(f"record appended to {args.output}")
+    return 0
+
+
+def run_demo_model(args: argparse.Namespace) -> int:
+    from engine.loading import DEMO_MODEL_DIR
+
+    print(DEMO_MODEL_DIR)
+    return 0
+
+
+COMMANDS = {"tree": run_tree, "logprobs": run_logprobs, "demo-model": run_demo_model}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine.loading import ModelLoadError
+
+    handler = COMMANDS.get(args.command) or args.handler
+    try:
+        return int(handler(args) or 0)
+    except (ParameterError, ModelLoadError, UsageError) as exc:
+        print(f"tokentree: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("tokentree: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

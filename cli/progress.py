@@ -1,0 +1,31 @@
+"""The progress bar of long expansions, on stderr."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from tqdm import tqdm
+
+from engine.expand import Progress
+
+
+class TreeProgressBar:
+    """Nodes as the count; frontier, completed paths and the current threshold beside it."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self._bar = tqdm(unit=" nodes", desc="expanding", disable=disable, leave=False, dynamic_ncols=True)
+
+    def update(self, progress: Progress) -> None:
+        self._bar.update(progress.nodes - self._bar.n)
+        threshold = "-" if progress.threshold is None else f"{progress.threshold:.3f}"
+        self._bar.set_postfix_str(
+            f"frontier {progress.frontier}, completed {progress.completed_paths}, depth {progress.depth}, "
+            f"T {threshold}",
+            refresh=False,
+        )
+
+    def __enter__(self) -> TreeProgressBar:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._bar.close()

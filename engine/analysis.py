@@ -1,0 +1,124 @@
+"""The engine's two jobs, end to end: build a token tree, and analyse a greedy generation's log-probs.
+
+Both step the model through the same `ModelRunner`.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import torch
+import transformers
+
+from engine.expand import DEFAULT_MAX_BATCH, ExpansionStats, ProgressCallback, expand, top_k_for
+from engine.loading import LoadedModel, encode_prompt
+from engine.params import LogprobsParams, TreeParams
+from engine.runner import CacheRow, ModelRunner
+from engine.scheduler import TreeBuilder
+from engine.tree import CompletedPath, Node, completed_paths, tree_json_text
+
+
+def versions() -> dict[str, str]:
+    try:
+        ours = version("tokentree")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return {"tokentree": ours, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def model_metadata(lm: LoadedModel) -> dict[str, Any]:
+    return {"model": lm.spec.name, "source": lm.source, "dtype": lm.dtype, "device": str(lm.model.device),
+            "stop_token_ids": sorted(lm.stop_ids), "versions": versions()}
+
+
+@dataclass
+class TreeResult:
+    nodes: list[Node]
+    metadata: dict[str, Any]
+    stats: ExpansionStats
+    completed_paths: list[CompletedPath]
+
+    def json_text(self, root_id: int = 0, max_depth: int | None = None) -> str:
+        return tree_json_text(self.nodes, self.metadata, root_id, max_depth)
+
+
+def tree_builder(lm: LoadedModel, prompt: str, prompt_ids: list[int], params: TreeParams) -> TreeBuilder:
+    """A builder for this model: its stop tokens, its decoding, and the depth its context allows."""
+    depth_limit = None if lm.context_length is None else lm.context_length - len(prompt_ids)
+    return TreeBuilder(params, lm.stop_ids, root_text=prompt, decode=lm.decode, depth_limit=depth_limit)
+
+
+def build_tree(
+    lm: LoadedModel,
+    prompt: str,
+    params: TreeParams,
+    *,
+    chat: bool = False,
+    prefix: str | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    on_progress: ProgressCallback | None = None,
+) -> TreeResult:
+    """Expand the token tree of `prompt` by the branching rule."""
+    prompt_ids = encode_prompt(lm, prompt, chat=chat, prefix=prefix)
+    builder = tree_builder(lm, prompt, prompt_ids, params)
+    runner = ModelRunner(lm.model, top_k=top_k_for(params))
+    stats = expand(builder, runner, prompt_ids, max_batch=max_batch, on_progress=on_progress)
+    metadata = {
+        "prompt": prompt,
+        "parameters": params.to_dict(),
+        "chat": chat,
+        "prefix": prefix,
+        "prompt_token_ids": prompt_ids,
+        **model_metadata(lm),
+        "stats": {"nodes": len(builder.nodes), "expanded": builder.expanded, "levels": stats.levels,
+                  "forward_passes": stats.forward_passes, "completed_paths": builder.completed,
+                  "seconds": round(stats.seconds, 4)},
+    }
+    return TreeResult(builder.nodes, metadata, stats, completed_paths(builder.nodes))
+
+
+def analyze_logprobs(
+    lm: LoadedModel,
+    prompt: str,
+    params: LogprobsParams,
+    *,
+    chat: bool = False,
+    prefix: str | None = None,
+) -> dict[str, Any]:
+    """Greedy generation recording each token's log-probability and its top-k rivals.
+
+    Returns one record in the seed's JSONL layout; `prob` is a percentage (0-100) as the seed wrote it.
+    The stop token, when reached, is recorded too (its probability is part of the story) but left out
+    of `response`.
+    """
+    prompt_ids = encode_prompt(lm, prompt, chat=chat, prefix=prefix)
+    runner = ModelRunner(lm.model, top_k=params.top_k)
+    budget = params.max_new_tokens
+    if lm.context_length is not None:
+        budget = min(budget, lm.context_length - len(prompt_ids))
+    dists, cache = runner.prefill([prompt_ids])
+    generated: list[int] = []
+    data = []
+    while True:
+        dist = dists[0]
+        token_id, prob, logprob = dist.ranked()[0]
+        generated.append(token_id)
+        data.append({
+            "token": lm.decode(token_id),
+            "logprob": logprob,
+            "prob": math.exp(logprob) * 100.0,
+            "other_tokens": [{"token": lm.decode(t), "logprob": lp, "prob": math.exp(lp) * 100.0}
+                             for t, _, lp in dist.ranked()],
+        })
+        if token_id in lm.stop_ids or len(generated) >= budget:
+            break
+        dists, cache = runner.step([CacheRow(cache, 0)], [token_id])
+    text_ids = [t for t in generated if t not in lm.stop_ids]
+    response = (prefix or "") + lm.tokenizer.decode(text_ids, skip_special_tokens=True)
+    return {"prompt": prompt, "response": response, "data": data,
+            "metadata": {"parameters": params.to_dict(), "chat": chat, "prefix": prefix, **model_metadata(lm)}}

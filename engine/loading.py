@@ -1,0 +1,189 @@
+"""Loading a causal LM and its tokenizer, and turning a user's prompt into model input ids.
+
+`--model` takes `demo` (the bundled checkpoint), a local folder, or a Hugging Face Hub id. Everything a
+user can get wrong raises `ModelLoadError` or `ParameterError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from engine.params import ParameterError
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+
+DType = Literal["auto", "bf16", "fp16", "fp32"]
+Device = Literal["auto", "cpu", "cuda"]
+Quantization = Literal["none", "4bit", "8bit"]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how."""
+
+    name: str = "demo"
+    dtype: DType = "auto"
+    device: Device = "auto"
+    quantization: Quantization = "none"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what the engine needs to know about it."""
+
+    spec: ModelSpec
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    stop_ids: frozenset[int]
+    context_length: int | None
+    source: str
+    _decoded: dict[int, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.model.dtype).removeprefix("torch.")
+
+    def decode(self, token_id: int) -> str:
+        """One token's text, as the seed showed it (`tokenizer.decode([id])`), memoised."""
+        text = self._decoded.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id])
+            self._decoded[token_id] = text
+        return text
+
+    def with_stop_ids(self, extra: list[int]) -> LoadedModel:
+        vocab = self.tokenizer.vocab_size if self.tokenizer.vocab_size else len(self.tokenizer)
+        for token_id in extra:
+            if not 0 <= token_id < max(vocab, len(self.tokenizer)):
+                raise ParameterError("stop_token", f"{token_id} is not a token id of this model")
+        self.stop_ids = self.stop_ids | frozenset(extra)
+        return self
+
+
+def resolve_source(name: str) -> str:
+    """`demo` -> the bundled folder; an existing folder -> itself; anything else is taken as a Hub id."""
+    if name == "demo":
+        return str(DEMO_MODEL_DIR)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model folder {name!r} does not exist or is not a folder")
+    return name
+
+
+def pick_device(device: Device) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but no CUDA GPU is available")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: DType, device: str) -> torch.dtype:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _quantization_config(quantization: Quantization, device: str) -> Any:
+    if quantization == "none":
+        return None
+    if device != "cuda":
+        raise ModelLoadError(f"{quantization} quantization runs on bitsandbytes and needs a CUDA GPU; none is in use")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(f"{quantization} quantization needs bitsandbytes: pip install 'tokentree[quant]'")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def stop_ids_of(tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None) -> frozenset[int]:
+    """The tokenizer's EOS plus every EOS id of the generation config (gemma-2-it's `<end_of_turn>` too)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    eos = generation_config.eos_token_id if generation_config is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(i) for i in eos)
+    return frozenset(ids)
+
+
+@lru_cache(maxsize=4)
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load once per process and spec; later calls share the same weights."""
+    source = resolve_source(spec.name)
+    device = pick_device(spec.device)
+    dtype = pick_dtype(spec.dtype, device)
+    quantization = _quantization_config(spec.quantization, device)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if device == "cuda":
+        kwargs["device_map"] = "auto"  # accelerate spreads a model too large for one GPU over all of them
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"cannot load model {spec.name!r}: not a local model folder, and the Hugging Face Hub has no such "
+            f"model or cannot be reached ({first_line})"
+        ) from exc
+    if device == "cpu":
+        model = model.to("cpu")
+    model.eval()
+    generation_config = getattr(model, "generation_config", None)
+    stop_ids = stop_ids_of(tokenizer, generation_config)
+    if not stop_ids:
+        raise ModelLoadError(f"model {spec.name!r} defines no EOS token; give one with --stop-token")
+    text_config = model.config.get_text_config()
+    context = getattr(text_config, "max_position_embeddings", None)
+    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, stop_ids=stop_ids,
+                       context_length=int(context) if context else None, source=source)
+
+
+def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = False, prefix: str | None = None) -> list[int]:
+    """Input ids for the model: the prompt (as a chat user turn if asked), then a forced response prefix.
+
+    Without chat the ids are `tokenizer(prompt).input_ids`, as the seed did (the tokenizer adds its BOS).
+    """
+    if not prompt.strip():
+        raise ParameterError("prompt", "must not be empty")
+    tokenizer = lm.tokenizer
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ParameterError("chat", f"model {lm.spec.name!r} has no chat template")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = list(tokenizer(text, add_special_tokens=False).input_ids)
+    else:
+        ids = list(tokenizer(prompt).input_ids)
+    if prefix:
+        ids += list(tokenizer(prefix, add_special_tokens=False).input_ids)
+    if lm.context_length is not None and len(ids) >= lm.context_length:
+        raise ParameterError(
+            "prompt", f"is {len(ids)} tokens long; the model's context holds {lm.context_length}"
+        )
+    return ids

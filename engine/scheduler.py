@@ -1,0 +1,207 @@
+"""The branching rule as a pure state machine: which nodes need a distribution next, and what to do
+with the distributions once they come back. No torch here: tests drive it with hand-made numbers.
+
+The rule (the seed's, made exact): a FIFO queue starts with the root. Before each pop the threshold is
+`branch_threshold(|Q|)`, |Q| being the queue length before the pop. A popped node at `depth >= max_depth`
+is finished; one whose token is a stop token is finished and completes a path. Any other node records
+its candidates (probability > candidate_threshold, best 10) and gets a child for every token with
+probability > T, best first, or the single most likely token when none is. The loop ends when the
+queue is empty, `max_completed_paths` paths are completed, or the tree holds `max_nodes` nodes.
+
+Why this can be batched without changing the tree: FIFO order from one root visits the tree level by
+level, and a node's distribution depends only on its prefix, never on the threshold. So `schedule`
+hands out the next run of same-depth nodes that the sequential loop is certain to expand, the caller
+evaluates them in one batch, and `update` replays the sequential pops over the results.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from engine.params import TreeParams, branch_threshold
+from engine.tree import Candidate, Node
+
+MAX_CANDIDATES = 10
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A node's next-token distribution, cut to its most likely tokens, best first."""
+
+    token_ids: list[int]
+    probs: list[float]
+    logprobs: list[float]
+    entropy: float
+
+    def ranked(self) -> list[tuple[int, float, float]]:
+        """(token, prob, logprob) best first; equal probabilities in token-id order, so ties are stable."""
+        return sorted(zip(self.token_ids, self.probs, self.logprobs, strict=True), key=lambda t: (-t[1], t[0]))
+
+
+class TreeBuilder:
+    """Grows one token tree by the rule above, a batch of same-depth nodes at a time."""
+
+    def __init__(
+        self,
+        params: TreeParams,
+        stop_ids: Collection[int],
+        root_text: str,
+        decode: Callable[[int], str],
+        depth_limit: int | None = None,
+    ) -> None:
+        root = Node(id=0, parent_id=None, token_id=None, text=root_text, depth=0, prob=1.0, logprob=0.0,
+                    cumulative_prob=1.0)
+        self._start(params, stop_ids, decode, depth_limit, [root], completed=0, node_count=1)
+
+    @classmethod
+    def from_frontier(
+        cls,
+        params: TreeParams,
+        stop_ids: Collection[int],
+        decode: Callable[[int], str],
+        frontier: list[Node],
+        completed: int,
+        node_count: int,
+        depth_limit: int | None = None,
+    ) -> TreeBuilder:
+        """Continue a tree from open nodes held elsewhere (a worker's leased share of a job's frontier).
+
+        `frontier` must be in queue order with ids 0..n-1 (callers map them to their own ids);
+        `completed` and `node_count` are the whole tree's counts so far.
+        """
+        builder = cls.__new__(cls)
+        builder._start(params, stop_ids, decode, depth_limit, frontier, completed, node_count)
+        return builder
+
+    def _start(
+        self,
+        params: TreeParams,
+        stop_ids: Collection[int],
+        decode: Callable[[int], str],
+        depth_limit: int | None,
+        frontier: list[Node],
+        completed: int,
+        node_count: int,
+    ) -> None:
+        if [n.id for n in frontier] != list(range(len(frontier))):
+            raise ValueError("frontier nodes must have ids 0..n-1 in queue order")
+        self.params = params
+        self.stop_ids = frozenset(stop_ids)
+        self.decode = decode
+        # The model's context may end before max_depth does; past it there is nothing to evaluate.
+        self.depth_limit = params.max_depth if depth_limit is None else min(params.max_depth, depth_limit)
+        self.nodes: list[Node] = list(frontier)
+        self.frontier: deque[int] = deque(n.id for n in frontier)
+        self.completed = completed
+        self.node_count = node_count  # the whole tree's, which may be more than `nodes` holds here
+        self.expanded = 0
+
+    def sync(self, completed: int, node_count: int) -> None:
+        """Take in counts that grew elsewhere (other workers' completed paths and nodes)."""
+        self.completed = max(self.completed, completed)
+        self.node_count = max(self.node_count, node_count)
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def done(self) -> bool:
+        return (
+            not self.frontier
+            or self.completed >= self.params.max_completed_paths
+            or self.node_count >= self.params.max_nodes
+        )
+
+    def needs_distribution(self, node: Node) -> bool:
+        """Whether popping this node expands it (as opposed to finishing it)."""
+        return node.depth < self.depth_limit and node.token_id not in self.stop_ids
+
+    # -- schedule --------------------------------------------------------------------------------------
+
+    def schedule(self, max_batch: int) -> list[int]:
+        """The next nodes, in queue order, whose distributions the sequential loop will certainly use.
+
+        Walks the queue from its head within one depth, simulating the pops that need no model
+        (stop tokens count toward max_completed_paths). Every expansion adds at least one node, so no
+        more than `max_nodes - len(nodes)` further expansions can happen: nothing past that is asked for.
+        """
+        budget = min(max_batch, self.params.max_nodes - self.node_count)
+        if self.done() or budget <= 0:
+            return []
+        depth = self.nodes[self.frontier[0]].depth
+        completed = self.completed
+        wanted: list[int] = []
+        for node_id in self.frontier:
+            node = self.nodes[node_id]
+            if node.depth != depth or len(wanted) >= budget:
+                break
+            if self.needs_distribution(node):
+                wanted.append(node_id)
+            elif node.depth < self.depth_limit:  # a stop token: one more completed path
+                completed += 1
+                if completed >= self.params.max_completed_paths:
+                    break
+        return wanted
+
+    # -- update ----------------------------------------------------------------------------------------
+
+    def update(self, distributions: Mapping[int, Distribution], external_queue_depth: int = 0) -> list[int]:
+        """Replay the sequential pops, using `distributions` for the nodes that expand.
+
+        Stops at the first node that needs a distribution it was not given. `external_queue_depth`
+        counts open paths held elsewhere (other workers) for the threshold. Returns the new nodes' ids.
+        """
+        created: list[int] = []
+        while not self.done():
+            node = self.nodes[self.frontier[0]]
+            expands = self.needs_distribution(node)
+            if expands and node.id not in distributions:
+                break
+            queue_depth = len(self.frontier) + external_queue_depth
+            self.frontier.popleft()
+            if not expands:
+                self._finish(node)
+                continue
+            created.extend(self._expand(node, distributions[node.id], queue_depth))
+        return created
+
+    def _finish(self, node: Node) -> None:
+        node.is_finished = True
+        if node.depth >= self.depth_limit:
+            node.finish_reason = "max_depth"
+        else:
+            node.finish_reason = "stop"
+            self.completed += 1
+
+    def _expand(self, node: Node, dist: Distribution, queue_depth: int) -> list[int]:
+        threshold = branch_threshold(queue_depth, self.params)
+        ranked = dist.ranked()
+        node.threshold = threshold
+        node.queue_depth = queue_depth
+        node.entropy = dist.entropy
+        node.candidates = [
+            Candidate(token_id=t, text=self.decode(t), prob=p)
+            for t, p, _ in ranked[:MAX_CANDIDATES]
+            if p > self.params.candidate_threshold
+        ]
+        chosen = [r for r in ranked if r[1] > threshold] or ranked[:1]
+        chosen = chosen[: self.params.max_nodes - self.node_count]
+        self.expanded += 1
+        created = []
+        for token_id, prob, logprob in chosen:
+            child = Node(
+                id=len(self.nodes),
+                parent_id=node.id,
+                token_id=token_id,
+                text=self.decode(token_id),
+                depth=node.depth + 1,
+                prob=prob,
+                logprob=logprob,
+                cumulative_prob=node.cumulative_prob * prob,
+            )
+            self.nodes.append(child)
+            self.node_count += 1
+            node.children.append(child.id)
+            self.frontier.append(child.id)
+            created.append(child.id)
+        return created

@@ -1,0 +1,156 @@
+"""The token tree: nodes, the completed paths, and the seed's JSON layout.
+
+Nodes live in one flat list indexed by id (parents before children), so a tree of any depth is walked
+without recursion; the nested JSON is written with an explicit stack for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "max_depth"]
+
+# Printed probabilities keep the seed's precision: 6 digits on nodes, 4 on candidates.
+NODE_PROB_DIGITS = 6
+CANDIDATE_PROB_DIGITS = 4
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A competing next token seen at a node."""
+
+    token_id: int
+    text: str
+    prob: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "prob": round(self.prob, CANDIDATE_PROB_DIGITS), "token_id": self.token_id}
+
+
+@dataclass
+class Node:
+    """One token of one path. The root (id 0) stands for the prompt and has no token."""
+
+    id: int
+    parent_id: int | None
+    token_id: int | None
+    text: str
+    depth: int
+    prob: float
+    logprob: float
+    cumulative_prob: float
+    is_finished: bool = False
+    finish_reason: FinishReason | None = None
+    # Filled when the node is expanded: what the model saw next, and the rule's inputs.
+    candidates: list[Candidate] = field(default_factory=list)
+    threshold: float | None = None
+    queue_depth: int | None = None
+    entropy: float | None = None
+    children: list[int] = field(default_factory=list)
+
+    @property
+    def is_expanded(self) -> bool:
+        return self.threshold is not None
+
+    def fields_json(self) -> dict[str, Any]:
+        """The node's own fields in the seed's layout plus ours, without children."""
+        return {
+            "id": self.id,
+            "text": self.text,
+            "prob": round(self.prob, NODE_PROB_DIGITS),
+            "logprob": self.logprob,
+            "cumulative_prob": self.cumulative_prob,
+            "token_id": self.token_id,
+            "depth": self.depth,
+            "is_finished": self.is_finished,
+            "finish_reason": self.finish_reason,
+            "threshold": self.threshold,
+            "queue_depth": self.queue_depth,
+            "entropy": self.entropy,
+            "candidates": [c.to_json() for c in self.candidates],
+        }
+
+
+@dataclass(frozen=True)
+class CompletedPath:
+    """A path that reached a stop token."""
+
+    node_id: int
+    token_ids: list[int]
+    text: str
+    cumulative_prob: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "text": self.text,
+            "cumulative_prob": self.cumulative_prob,
+            "tokens": self.token_ids,
+        }
+
+
+def path_to(nodes: list[Node], node_id: int) -> list[Node]:
+    """The nodes from the root's first child down to `node_id`."""
+    path: list[Node] = []
+    node = nodes[node_id]
+    while node.parent_id is not None:
+        path.append(node)
+        node = nodes[node.parent_id]
+    path.reverse()
+    return path
+
+
+def completed_paths(nodes: list[Node]) -> list[CompletedPath]:
+    """Paths that reached a stop token, most probable first (ties: first found first)."""
+    found = []
+    for node in nodes:
+        if node.finish_reason == "stop":
+            path = path_to(nodes, node.id)
+            found.append(
+                CompletedPath(
+                    node_id=node.id,
+                    token_ids=[n.token_id for n in path if n.token_id is not None],
+                    text="".join(n.text for n in path),
+                    cumulative_prob=node.cumulative_prob,
+                )
+            )
+    return sorted(found, key=lambda p: -p.cumulative_prob)
+
+
+def iter_tree_json(nodes: list[Node], root_id: int = 0, max_depth: int | None = None) -> Iterator[str]:
+    """Yield the nested seed-layout JSON of the subtree at `root_id`, in pieces, without recursion.
+
+    `max_depth` counts levels below the subtree's root; deeper nodes are left out and their parent
+    says how many children it has through `child_count`.
+    """
+    base_depth = nodes[root_id].depth
+    # Each stack entry is either a node id to open or a literal string to emit.
+    stack: list[int | str] = [root_id]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+            continue
+        node = nodes[item]
+        body = node.fields_json()
+        body["child_count"] = len(node.children)
+        opened = json.dumps(body)[:-1]  # drop the closing brace: children come next
+        within = max_depth is None or node.depth - base_depth < max_depth
+        kids = node.children if within else []
+        yield opened + ', "children": ['
+        stack.append("]}")
+        for index in range(len(kids) - 1, -1, -1):
+            stack.append(kids[index])
+            if index > 0:
+                stack.append(", ")
+
+
+def tree_json_text(
+    nodes: list[Node], metadata: dict[str, Any], root_id: int = 0, max_depth: int | None = None
+) -> str:
+    """The whole document: `{"metadata": ..., "tree": ...}`."""
+    head = '{"metadata": ' + json.dumps(metadata) + ', "tree": '
+    return head + "".join(iter_tree_json(nodes, root_id, max_depth)) + "}"

@@ -1,0 +1,102 @@
+"""Tables. Postgres is the system of record; SQLite serves the one-process embedded mode.
+
+A node is identified by (job, parent, token): writing the same node twice (a redelivered batch) hits
+the unique key and stays one row. The root, the only node without a parent, has its own unique index.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JOB_KINDS = ("tree", "logprobs")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+JSONDoc = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments INTEGER PRIMARY KEY; Postgres gets a 64-bit identity.
+NodeId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"kind IN {JOB_KINDS}", name="job_kind"),
+        CheckConstraint(f"status IN {JOB_STATUSES}", name="job_status"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(16))
+    prompt: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(200))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    chat: Mapped[bool] = mapped_column(Boolean, default=False)
+    prefix: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    owner: Mapped[str | None] = mapped_column(String(64))  # the API key's id that submitted it
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Counts kept with the job so listing jobs never scans nodes.
+    node_count: Mapped[int] = mapped_column(Integer, default=0)
+    completed_paths: Mapped[int] = mapped_column(Integer, default=0)
+    # Job-kind specific output: the logprobs record, or a tree's expansion statistics.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    __table_args__ = (
+        Index("uq_nodes_job_parent_token", "job_id", "parent_id", "token_id", unique=True),
+        Index("uq_nodes_job_root", "job_id", unique=True,
+              postgresql_where=text("parent_id IS NULL"), sqlite_where=text("parent_id IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(NodeId, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("jobs.id", ondelete="CASCADE"))
+    parent_id: Mapped[int | None] = mapped_column(NodeId)
+    token_id: Mapped[int | None] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    depth: Mapped[int] = mapped_column(Integer)
+    prob: Mapped[float] = mapped_column(Double)
+    logprob: Mapped[float] = mapped_column(Double)
+    cumulative_prob: Mapped[float] = mapped_column(Double)
+    is_finished: Mapped[bool] = mapped_column(Boolean, default=False)
+    finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | max_depth
+    # Set when the node is expanded: the candidates seen and the rule's inputs.
+    candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDoc)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    queue_depth: Mapped[int | None] = mapped_column(Integer)
+    entropy: Mapped[float | None] = mapped_column(Double)
+    expanded_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

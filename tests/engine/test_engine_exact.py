@@ -1,0 +1,138 @@
+"""The engine's trees against the plain sequential rule, on real models.
+
+The reference (tests/reference.py) evaluates every node with a fresh full forward pass over its
+prefix, so matching it checks both the tree and that every probability equals a fresh forward pass.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+import torch
+
+from engine.analysis import build_tree
+from engine.expand import Expander, top_k_for
+from engine.loading import ModelSpec, encode_prompt, load_model
+from engine.params import TreeParams
+from engine.runner import ModelRunner
+from engine.scheduler import TreeBuilder
+from tests.reference import RefNode, sequential_tree
+
+PROB_TOLERANCE = 1e-4
+
+
+def assert_same_tree(nodes, root: RefNode) -> int:  # type: ignore[no-untyped-def]
+    """Walk both trees breadth first; returns how many nodes were compared."""
+    pending = deque([(0, root)])
+    compared = 0
+    while pending:
+        node_id, ref = pending.popleft()
+        node = nodes[node_id]
+        where = f"node {node_id} at depth {node.depth}"
+        assert node.token_id == ref.token_id, where
+        assert node.prob == pytest.approx(ref.prob, abs=PROB_TOLERANCE), where
+        assert node.cumulative_prob == pytest.approx(ref.cumulative_prob, abs=PROB_TOLERANCE), where
+        assert node.finish_reason == ref.finish_reason, where
+        assert node.queue_depth == ref.queue_depth, where
+        assert [c.token_id for c in node.candidates] == [t for t, _ in ref.candidates], where
+        assert [c.prob for c in node.candidates] == pytest.approx([p for _, p in ref.candidates], abs=PROB_TOLERANCE)
+        assert len(node.children) == len(ref.children), where
+        pending.extend(zip(node.children, ref.children, strict=True))
+        compared += 1
+    assert compared == len(nodes)
+    return compared
+
+
+CASES = [
+    ("Once upon a time", TreeParams()),
+    ("The secret to happiness is", TreeParams()),
+    ("In the beginning", TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=60,
+                                    max_completed_paths=25, max_depth=30)),
+    ("My favourite food is", TreeParams(min_branch_threshold=0.2, max_branch_threshold=0.6, soft_queue_limit=3,
+                                        candidate_threshold=0.05, max_completed_paths=8)),
+    ("A robot walked into a bar and", TreeParams(max_depth=7, max_nodes=120, max_completed_paths=50,
+                                                 min_branch_threshold=0.02, max_branch_threshold=0.2)),
+]
+
+
+@pytest.mark.parametrize(("prompt", "params"), CASES, ids=[c[0] for c in CASES])
+def test_demo_model_tree_equals_sequential_rule(demo, prompt: str, params: TreeParams) -> None:  # type: ignore[no-untyped-def]
+    result = build_tree(demo, prompt, params, max_batch=64)
+    reference = sequential_tree(demo.model, encode_prompt(demo, prompt), set(demo.stop_ids), params.to_dict())
+    assert assert_same_tree(result.nodes, reference.root) > 1
+    assert result.stats.forward_passes <= reference.forward_passes
+
+
+@pytest.mark.parametrize("architecture", ["gemma2", "gemma3", "llama"])
+@pytest.mark.parametrize("max_batch", [2, 256])
+def test_tiny_architectures_equal_sequential_rule(tiny_model_dirs, architecture: str, max_batch: int) -> None:  # type: ignore[no-untyped-def]
+    lm = load_model(ModelSpec(name=str(tiny_model_dirs[architecture])))
+    # Past the tiny models' sliding window of 8, so the sliding-window cache layers are exercised too.
+    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.4, soft_queue_limit=10, max_depth=14,
+                        max_nodes=300, max_completed_paths=20)
+    prompt = "Once upon a time there was"
+    result = build_tree(lm, prompt, params, max_batch=max_batch)
+    reference = sequential_tree(lm.model, encode_prompt(lm, prompt), set(lm.stop_ids), params.to_dict())
+    assert assert_same_tree(result.nodes, reference.root) > 20
+    assert max(n.depth for n in result.nodes) > 8
+    assert any(len(n.children) > 1 for n in result.nodes)
+
+
+def test_one_forward_pass_per_level_within_the_batch_limit(demo) -> None:  # type: ignore[no-untyped-def]
+    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=200,
+                        max_completed_paths=50, max_depth=25)
+    result = build_tree(demo, "Once upon a time", params, max_batch=10_000)
+    levels = max(n.depth for n in result.nodes if n.is_expanded) + 1
+    assert result.stats.forward_passes == levels == result.stats.levels
+
+
+def test_cache_rows_follow_the_frontier_not_the_tree(demo) -> None:  # type: ignore[no-untyped-def]
+    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=200,
+                        max_completed_paths=10**5, max_depth=30, max_nodes=3000)
+    prompt_ids = encode_prompt(demo, "Once upon a time")
+    builder = TreeBuilder(params, demo.stop_ids, "Once upon a time", demo.decode)
+    expander = Expander(builder, ModelRunner(demo.model, top_k_for(params)), {0: prompt_ids})
+    widest_two_levels = 0
+    held = 0
+    while not builder.done():
+        expander.step(64)
+        held = max(held, len(expander._rows))
+        widths: dict[int, int] = {}
+        for node in builder.nodes:
+            if node.is_expanded:
+                widths[node.depth] = widths.get(node.depth, 0) + 1
+        ordered = [widths[d] for d in sorted(widths)]
+        widest_two_levels = max(a + b for a, b in zip(ordered, ordered[1:], strict=False)) if len(ordered) > 1 else 1
+    assert len(builder.nodes) > 1000
+    # Two levels of expanded nodes, plus at most one batch evaluated but cut off by the max_nodes cap.
+    assert held <= widest_two_levels + 64
+    assert held < len(builder.nodes) / 3
+
+
+def test_prefilled_takeover_matches(demo) -> None:  # type: ignore[no-untyped-def]
+    """Nodes handed over without caches (another worker's) are prefilled and give the same distributions."""
+    params = TreeParams(max_completed_paths=20, min_branch_threshold=0.05)
+    prompt = "The capital of France is"
+    prompt_ids = encode_prompt(demo, prompt)
+    whole = build_tree(demo, prompt, params)
+    builder = TreeBuilder(params, demo.stop_ids, prompt, demo.decode)
+    expander = Expander(builder, ModelRunner(demo.model, top_k_for(params)), {0: prompt_ids})
+    for _ in range(4):
+        expander.step(256)
+    # Drop every cache row: the next level must be prefilled from full prefixes.
+    expander._rows.clear()
+    expander.run(256)
+    assert [(n.token_id, n.parent_id, len(n.children)) for n in builder.nodes] == [
+        (n.token_id, n.parent_id, len(n.children)) for n in whole.nodes
+    ]
+    assert [n.prob for n in builder.nodes] == pytest.approx([n.prob for n in whole.nodes], abs=PROB_TOLERANCE)
+
+
+def test_entropy_and_logprob_are_consistent(demo) -> None:  # type: ignore[no-untyped-def]
+    result = build_tree(demo, "Once upon a time", TreeParams())
+    for node in result.nodes[1:]:
+        assert node.logprob == pytest.approx(torch.tensor(node.prob).log().item(), abs=1e-6)
+    expanded = [n for n in result.nodes if n.is_expanded]
+    assert all(n.entropy is not None and n.entropy >= 0 for n in expanded)
+    assert any(n.entropy > 0.5 for n in expanded)

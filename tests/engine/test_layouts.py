@@ -1,0 +1,106 @@
+"""The tree JSON and the log-probability JSONL keep the seed's layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.analysis import analyze_logprobs, build_tree
+from engine.params import LogprobsParams, TreeParams
+from engine.tree import Node, tree_json_text
+
+SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed"
+SEED_NODE_KEYS = {"text", "prob", "cumulative_prob", "token_id", "depth", "is_finished", "candidates", "children"}
+OUR_NODE_KEYS = {"id", "logprob", "entropy", "threshold", "queue_depth", "finish_reason", "child_count"}
+
+
+def walk(tree: dict):  # type: ignore[no-untyped-def]
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node["children"])
+
+
+def test_tree_json_has_the_seed_layout_plus_ours(demo) -> None:  # type: ignore[no-untyped-def]
+    result = build_tree(demo, "Once upon a time", TreeParams())
+    document = json.loads(result.json_text())
+    assert set(document) == {"metadata", "tree"}
+    metadata = document["metadata"]
+    assert metadata["prompt"] == "Once upon a time"
+    assert metadata["parameters"] == TreeParams().to_dict()
+    assert {"model", "dtype", "versions", "stats"} <= set(metadata)
+    nodes = list(walk(document["tree"]))
+    assert len(nodes) == len(result.nodes)
+    for node in nodes:
+        assert set(node) == SEED_NODE_KEYS | OUR_NODE_KEYS
+        for candidate in node["candidates"]:
+            assert set(candidate) == {"text", "prob", "token_id"}
+    root = document["tree"]
+    assert root["text"] == "Once upon a time" and root["token_id"] is None and root["prob"] == 1.0
+    assert sum(1 for n in nodes if n["finish_reason"] == "stop") == 5
+
+
+def test_seed_sample_uses_the_same_keys() -> None:
+    sample = SEED / "india_capital_tree.json"
+    if not sample.exists():
+        pytest.skip("the seed folder is not beside this checkout")
+    tree = json.loads(sample.read_text())["tree"]
+    assert set(tree) == SEED_NODE_KEYS
+
+
+def test_deep_trees_serialise_without_recursion() -> None:
+    depth = 20_000
+    nodes = [Node(id=i, parent_id=i - 1 if i else None, token_id=i or None, text=f"t{i}", depth=i, prob=0.5,
+                  logprob=-0.69, cumulative_prob=0.5, children=[i + 1] if i + 1 < depth else []) for i in range(depth)]
+    text = tree_json_text(nodes, {"prompt": "p"})
+    assert text.count('"children": [') == depth
+    assert text.endswith("]}" * depth + "}")
+
+
+def test_subtree_and_depth_limit(demo) -> None:  # type: ignore[no-untyped-def]
+    result = build_tree(demo, "Once upon a time", TreeParams())
+    fork = next(n for n in result.nodes if len(n.children) > 1)
+    sub = json.loads(result.json_text(root_id=fork.id, max_depth=1))["tree"]
+    assert sub["id"] == fork.id
+    assert [c["id"] for c in sub["children"]] == fork.children
+    assert all(c["children"] == [] for c in sub["children"])
+    assert all(c["child_count"] == len(result.nodes[c["id"]].children) for c in sub["children"])
+
+
+def test_logprobs_record_has_the_seed_layout(demo) -> None:  # type: ignore[no-untyped-def]
+    record = analyze_logprobs(demo, "Once upon a time", LogprobsParams(max_new_tokens=40, top_k=5))
+    assert {"prompt", "response", "data"} <= set(record)
+    assert record["prompt"] == "Once upon a time"
+    assert 0 < len(record["data"]) <= 40
+    for step in record["data"]:
+        assert set(step) == {"token", "logprob", "prob", "other_tokens"}
+        assert 0 < step["prob"] <= 100
+        assert len(step["other_tokens"]) == 5
+        assert step["other_tokens"][0]["token"] == step["token"]  # greedy: the chosen one is the best
+        assert set(step["other_tokens"][0]) == {"token", "logprob", "prob"}
+    # The record reads back as the seed's JSONL does.
+    if (SEED / "logprobs_sample.jsonl").exists():
+        seed_record = json.loads((SEED / "logprobs_sample.jsonl").read_text().splitlines()[0])
+        assert set(seed_record) <= set(record)
+        assert set(seed_record["data"][0]) == set(record["data"][0])
+
+
+def test_logprobs_follow_the_tree(demo) -> None:  # type: ignore[no-untyped-def]
+    """Greedy generation is the tree's most likely child at every step: one stepping code path."""
+    record = analyze_logprobs(demo, "The secret to happiness is", LogprobsParams(max_new_tokens=30))
+    result = build_tree(demo, "The secret to happiness is", TreeParams(min_branch_threshold=0.99,
+                                                                       max_branch_threshold=0.99,
+                                                                       max_completed_paths=1))
+    greedy_path = [n for n in result.nodes[1:]]
+    assert [n.text for n in greedy_path] == [step["token"] for step in record["data"]]
+    assert [n.logprob for n in greedy_path] == pytest.approx([s["logprob"] for s in record["data"]], abs=1e-5)
+
+
+def test_prefix_forces_the_response_start(demo) -> None:  # type: ignore[no-untyped-def]
+    record = analyze_logprobs(demo, "Once upon a time", LogprobsParams(max_new_tokens=10), prefix=" in the forest")
+    assert record["response"].startswith(" in the forest")
+    plain = analyze_logprobs(demo, "Once upon a time", LogprobsParams(max_new_tokens=10))
+    assert plain["data"][0]["token"] != record["data"][0]["token"] or plain["data"] != record["data"]

@@ -1,0 +1,97 @@
+"""A plain sequential implementation of the branching rule, written from the rule's text alone.
+
+It is the seed notebooks' strategy: one node at a time, a forward pass per node. Tests and the
+benchmark compare the engine's trees with it. It shares no code with the engine beyond the threshold
+formula's parameters, on purpose: a bug in the engine must not be hidden by the same bug here.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class RefNode:
+    token_id: int | None
+    depth: int
+    prob: float
+    cumulative_prob: float
+    parent: RefNode | None = None
+    children: list[RefNode] = field(default_factory=list)
+    candidates: list[tuple[int, float]] = field(default_factory=list)
+    threshold: float | None = None
+    queue_depth: int | None = None
+    finish_reason: str | None = None
+    cache: object | None = None
+
+    def prefix(self, prompt_ids: list[int]) -> list[int]:
+        tokens = []
+        node: RefNode | None = self
+        while node is not None and node.token_id is not None:
+            tokens.append(node.token_id)
+            node = node.parent
+        return prompt_ids + tokens[::-1]
+
+
+@dataclass
+class RefTree:
+    root: RefNode
+    nodes: list[RefNode]
+    completed: int
+    forward_passes: int
+
+
+@torch.inference_mode()
+def next_token_probs(model, prompt_ids: list[int], node: RefNode, use_cache: bool) -> torch.Tensor:
+    """The node's next-token distribution [V], from a full forward pass or from a copy of the parent's cache."""
+    if not use_cache:
+        out = model(input_ids=torch.tensor([node.prefix(prompt_ids)]), use_cache=False)
+    elif node.parent is None:
+        node.cache = DynamicCache(config=model.config)
+        out = model(torch.tensor([node.prefix(prompt_ids)]), None, None, node.cache, use_cache=True)
+    else:
+        # The seed's way: copy the parent's cache, feed one token. The copy is what makes it slow.
+        node.cache = copy.deepcopy(node.parent.cache)
+        out = model(torch.tensor([[node.token_id]]), None, None, node.cache, use_cache=True)
+    return torch.softmax(out.logits[0, -1].float(), dim=-1)
+
+
+def sequential_tree(model, prompt_ids: list[int], stop_ids: set[int], params: dict, use_cache: bool = False,
+                    depth_limit: int | None = None) -> RefTree:
+    """Expand the tree one popped node at a time, exactly as the rule reads."""
+    t_min, t_max = params["min_branch_threshold"], params["max_branch_threshold"]
+    max_depth = params["max_depth"] if depth_limit is None else min(params["max_depth"], depth_limit)
+    root = RefNode(token_id=None, depth=0, prob=1.0, cumulative_prob=1.0)
+    nodes = [root]
+    queue = deque([root])
+    completed = 0
+    passes = 0
+    while queue and completed < params["max_completed_paths"] and len(nodes) < params["max_nodes"]:
+        threshold = t_min + min(1.0, len(queue) / params["soft_queue_limit"]) * (t_max - t_min)
+        queue_depth = len(queue)
+        node = queue.popleft()
+        if node.depth >= max_depth:
+            node.finish_reason = "max_depth"
+            continue
+        if node.token_id in stop_ids:
+            node.finish_reason = "stop"
+            completed += 1
+            continue
+        probs = next_token_probs(model, prompt_ids, node, use_cache)
+        passes += 1
+        ranked = sorted(((float(p), i) for i, p in enumerate(probs.tolist())), key=lambda x: (-x[0], x[1]))
+        node.threshold, node.queue_depth = threshold, queue_depth
+        node.candidates = [(i, p) for p, i in ranked[:10] if p > params["candidate_threshold"]]
+        chosen = [(p, i) for p, i in ranked if p > threshold] or ranked[:1]
+        for p, i in chosen[: params["max_nodes"] - len(nodes)]:
+            child = RefNode(token_id=i, depth=node.depth + 1, prob=p, cumulative_prob=node.cumulative_prob * p,
+                            parent=node)
+            node.children.append(child)
+            nodes.append(child)
+            queue.append(child)
+    return RefTree(root=root, nodes=nodes, completed=completed, forward_passes=passes)

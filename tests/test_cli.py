@@ -1,0 +1,136 @@
+"""The `tokentree` command end to end, as a user runs it, with the demo model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tokentree(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([str(Path(sys.executable).parent / "tokentree"), *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_tree_writes_the_seed_layout_and_ranks_paths(tmp_path: Path) -> None:
+    out = tmp_path / "tree.json"
+    done = tokentree("tree", "Once upon a time", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["tree"]["text"] == "Once upon a time"
+    stats = document["metadata"]["stats"]
+    assert f"nodes {stats['nodes']}" in done.stdout
+    assert f"forward passes {stats['forward_passes']}" in done.stdout
+    ranked = [line for line in done.stdout.splitlines() if line.strip()[:3].rstrip(".").isdigit()]
+    assert len(ranked) == 5
+    probs = [float(line.split("p=")[1].split()[0]) for line in ranked]
+    assert probs == sorted(probs, reverse=True)
+
+
+def test_flags_reach_the_engine(tmp_path: Path) -> None:
+    out = tmp_path / "tree.json"
+    done = tokentree("tree", "The secret to happiness is", "-q", "-o", str(out), "--max-depth", "3",
+                     "--min-branch-threshold", "0.05", "--max-completed-paths", "2", "--soft-queue-limit", "4",
+                     "--candidate-threshold", "0.2", "--max-nodes", "40", "--max-batch", "2")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    parameters = document["metadata"]["parameters"]
+    assert parameters["max_depth"] == 3 and parameters["soft_queue_limit"] == 4 and parameters["max_nodes"] == 40
+    stack = [document["tree"]]
+    while stack:
+        node = stack.pop()
+        assert node["depth"] <= 3
+        assert all(c["prob"] > 0.2 for c in node["candidates"])
+        stack.extend(node["children"])
+    assert done.stderr == ""  # --quiet: no progress bar
+
+
+def test_progress_bar_goes_to_stderr() -> None:
+    done = tokentree("tree", "Once upon a time")
+    assert done.returncode == 0
+    assert "expanding" in done.stderr and "frontier" in done.stderr
+    assert "expanding" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--min-branch-threshold", "1.5"], "min_branch_threshold"),
+        (["--max-branch-threshold", "-1"], "max_branch_threshold"),
+        (["--min-branch-threshold", "0.6", "--max-branch-threshold", "0.5"], "min_branch_threshold"),
+        (["--soft-queue-limit", "0"], "soft_queue_limit"),
+        (["--max-depth", "0"], "max_depth"),
+        (["--model", "no-such-org/no-such-model"], "no-such-org/no-such-model"),
+        (["--model", "./missing-folder"], "missing-folder"),
+        (["--max-depth", "many"], "max-depth"),
+        (["--quantize", "4bit", "--device", "cpu"], "CUDA"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], field: str) -> None:
+    done = tokentree("tree", "Once upon a time", "-q", *args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("tokentree: error:") and field in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "word " * 5000])
+def test_bad_prompts(prompt: str) -> None:
+    done = tokentree("tree", prompt, "-q")
+    assert done.returncode == 2
+    assert done.stderr.startswith("tokentree: error: prompt:")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_demo_model_prints_a_loadable_folder() -> None:
+    done = tokentree("demo-model")
+    assert done.returncode == 0
+    folder = done.stdout.strip().splitlines()[-1]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert model.config.model_type == "gemma2"
+
+
+def test_logprobs_appends_jsonl_records(tmp_path: Path) -> None:
+    out = tmp_path / "logprobs.jsonl"
+    for prompt in ("Once upon a time", "The capital of France is"):
+        done = tokentree("logprobs", prompt, "-q", "-o", str(out), "--max-new-tokens", "12", "--top-k", "3")
+        assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["Once upon a time", "The capital of France is"]
+    assert all(len(step["other_tokens"]) == 3 for r in records for step in r["data"])
+
+
+def test_chat_and_prefix(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    done = tokentree("tree", "Tell me a story", "--chat", "--prefix", "Once", "-q", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    metadata = json.loads(out.read_text())["metadata"]
+    assert metadata["chat"] is True and metadata["prefix"] == "Once"
+
+
+def test_stop_token_ends_paths(tmp_path: Path) -> None:
+    from engine.loading import ModelSpec, load_model
+
+    demo = load_model(ModelSpec())
+    period = demo.tokenizer(".", add_special_tokens=False).input_ids[-1]
+    out = tmp_path / "t.json"
+    done = tokentree("tree", "The secret to happiness is", "-q", "--stop-token", str(period), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    stack = [json.loads(out.read_text())["tree"]]
+    stops = []
+    while stack:
+        node = stack.pop()
+        if node["finish_reason"] == "stop":
+            stops.append(node["token_id"])
+        stack.extend(node["children"])
+    assert period in stops
