@@ -19,17 +19,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from engine.analysis import build_tree  # noqa: E402
-from engine.loading import ModelSpec, encode_prompt, load_model  # noqa: E402
-from engine.params import TreeParams  # noqa: E402
-from tests.engine.test_engine_exact import assert_same_tree  # noqa: E402
-from tests.reference import sequential_tree  # noqa: E402
+from engine.analysis import build_tree
+from engine.loading import ModelSpec, encode_prompt, load_model
+from engine.params import TreeParams
+from tests.engine.test_engine_exact import assert_same_tree
+from tests.reference import sequential_tree
 
 # Wide trees of 2,000+ nodes on the demo model: a low threshold that the queue barely raises.
-BIG = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=1000,
-                 max_completed_paths=100_000, max_depth=40, max_nodes=100_000)
+BIG = TreeParams(
+    min_branch_threshold=0.05,
+    max_branch_threshold=0.3,
+    soft_queue_limit=1000,
+    max_completed_paths=100_000,
+    max_depth=40,
+    max_nodes=100_000,
+)
 PROMPTS = ["Once upon a time", "The secret to happiness is", "In the beginning"]
 
 
@@ -51,11 +57,15 @@ def main() -> None:
     args = parser.parse_args()
 
     lm = load_model(ModelSpec(name=args.model))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), model {args.model} ({lm.dtype}, {lm.model.device})")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), model {args.model} ({lm.dtype}, {lm.model.device})"
+    )
     print(f"parameters: {BIG.to_dict()}\n")
-    print("| prompt | nodes | levels | seed forwards | engine forwards | seed s | engine s | seed nodes/s "
-          "| engine nodes/s | speedup | same tree |")
+    print(
+        "| prompt | nodes | levels | seed forwards | engine forwards | seed s | engine s | seed nodes/s "
+        "| engine nodes/s | speedup | same tree |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     speedups = []
     for prompt in args.prompt or PROMPTS:
@@ -63,15 +73,20 @@ def main() -> None:
         build_tree(lm, prompt, TreeParams())  # warm-up: first-call allocations are not the engine's speed
         engine_s, result = median_time(lambda p=prompt: build_tree(lm, p, BIG), args.repeats)
         seed_s, reference = median_time(
-            lambda ids=prompt_ids: sequential_tree(lm.model, ids, set(lm.stop_ids), BIG.to_dict(), use_cache=True),
-            args.seed_repeats)
+            lambda ids=prompt_ids: sequential_tree(
+                lm.model, ids, set(lm.stop_ids), BIG.to_dict(), use_cache=True
+            ),
+            args.seed_repeats,
+        )
         assert_same_tree(result.nodes, reference.root)
         nodes = len(result.nodes)
         speedup = seed_s / engine_s
         speedups.append(speedup)
-        print(f"| {prompt} | {nodes} | {result.stats.levels} | {reference.forward_passes} | "
-              f"{result.stats.forward_passes} | {seed_s:.2f} | {engine_s:.3f} | {nodes / seed_s:.0f} | "
-              f"{nodes / engine_s:.0f} | {speedup:.1f}x | yes |")
+        print(
+            f"| {prompt} | {nodes} | {result.stats.levels} | {reference.forward_passes} | "
+            f"{result.stats.forward_passes} | {seed_s:.2f} | {engine_s:.3f} | {nodes / seed_s:.0f} | "
+            f"{nodes / engine_s:.0f} | {speedup:.1f}x | yes |"
+        )
     print(f"\nmedian speedup {statistics.median(speedups):.1f}x over {len(speedups)} trees")
 
 

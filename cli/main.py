@@ -10,9 +10,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from engine.params import LogprobsParams, ParameterError, TreeParams
+
+if TYPE_CHECKING:
+    from engine.loading import LoadedModel
 
 USAGE_ERROR = 2
 
@@ -37,16 +40,29 @@ def _probability(text: str) -> float:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="demo",
-                       help="'demo' (bundled), a local folder, or a Hugging Face Hub id (default: demo)")
+    group.add_argument(
+        "--model",
+        default="demo",
+        help="'demo' (bundled), a local folder, or a Hugging Face Hub id (default: demo)",
+    )
     group.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    group.add_argument("--quantize", choices=["none", "4bit", "8bit"], default="none",
-                       help="load weights quantized with bitsandbytes (needs CUDA)")
+    group.add_argument(
+        "--quantize",
+        choices=["none", "4bit", "8bit"],
+        default="none",
+        help="load weights quantized with bitsandbytes (needs CUDA)",
+    )
     group.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     group.add_argument("--prefix", default=None, help="force the response to start with this text")
-    group.add_argument("--stop-token", type=int, action="append", default=[], metavar="ID",
-                       help="an extra token id that ends a path (repeatable)")
+    group.add_argument(
+        "--stop-token",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="an extra token id that ends a path (repeatable)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -61,7 +77,9 @@ def add_tree_parameters(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tokentree", description="See how a language model decides: token trees and log-probs.")
+    parser = Parser(
+        prog="tokentree", description="See how a language model decides: token trees and log-probs."
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     tree = commands.add_parser("tree", help="expand a token tree from a prompt")
@@ -86,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load(args: argparse.Namespace) -> LoadedModel:
     from engine.loading import ModelSpec, load_model
 
-    lm = load_model(ModelSpec(name=args.model, dtype=args.dtype, device=args.device, quantization=args.quantize))
+    lm = load_model(
+        ModelSpec(name=args.model, dtype=args.dtype, device=args.device, quantization=args.quantize)
+    )
     return lm.with_stop_ids(args.stop_token) if args.stop_token else lm
 
 
@@ -102,14 +122,23 @@ def run_tree(args: argparse.Namespace) -> int:
         raise ParameterError("max_batch", f"must be at least 1, got {args.max_batch}")
     lm = _load(args)
     with TreeProgressBar(disable=args.quiet) as bar:
-        result = build_tree(lm, args.prompt, params, chat=args.chat, prefix=args.prefix,
-                            max_batch=args.max_batch, on_progress=bar.update)
+        result = build_tree(
+            lm,
+            args.prompt,
+            params,
+            chat=args.chat,
+            prefix=args.prefix,
+            max_batch=args.max_batch,
+            on_progress=bar.update,
+        )
     if args.output is not None:
         args.output.write_text(result.json_text(), encoding="utf-8")
     stats = result.metadata["stats"]
-    print(f"nodes {stats['nodes']}  expanded {stats['expanded']}  levels {stats['levels']}  "
-          f"forward passes {stats['forward_passes']}  completed paths {stats['completed_paths']}  "
-          f"time {stats['seconds']:.2f}s")
+    print(
+        f"nodes {stats['nodes']}  expanded {stats['expanded']}  levels {stats['levels']}  "
+        f"forward passes {stats['forward_passes']}  completed paths {stats['completed_paths']}  "
+        f"time {stats['seconds']:.2f}s"
+    )
     paths = result.completed_paths[: args.top]
     if paths:
         print(f"completed paths, most probable first ({len(result.completed_paths)} in all):")

@@ -27,13 +27,23 @@ def versions() -> dict[str, str]:
         ours = version("tokentree")
     except PackageNotFoundError:
         ours = "unknown"
-    return {"tokentree": ours, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return {
+        "tokentree": ours,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def model_metadata(lm: LoadedModel) -> dict[str, Any]:
-    return {"model": lm.spec.name, "source": lm.source, "dtype": lm.dtype, "device": str(lm.model.device),
-            "stop_token_ids": sorted(lm.stop_ids), "versions": versions()}
+    return {
+        "model": lm.spec.name,
+        "source": lm.source,
+        "dtype": lm.dtype,
+        "device": str(lm.model.device),
+        "stop_token_ids": sorted(lm.stop_ids),
+        "versions": versions(),
+    }
 
 
 @dataclass
@@ -75,9 +85,14 @@ def build_tree(
         "prefix": prefix,
         "prompt_token_ids": prompt_ids,
         **model_metadata(lm),
-        "stats": {"nodes": len(builder.nodes), "expanded": builder.expanded, "levels": stats.levels,
-                  "forward_passes": stats.forward_passes, "completed_paths": builder.completed,
-                  "seconds": round(stats.seconds, 4)},
+        "stats": {
+            "nodes": len(builder.nodes),
+            "expanded": builder.expanded,
+            "levels": stats.levels,
+            "forward_passes": stats.forward_passes,
+            "completed_paths": builder.completed,
+            "seconds": round(stats.seconds, 4),
+        },
     }
     return TreeResult(builder.nodes, metadata, stats, completed_paths(builder.nodes))
 
@@ -106,19 +121,27 @@ def analyze_logprobs(
     data = []
     while True:
         dist = dists[0]
-        token_id, prob, logprob = dist.ranked()[0]
+        token_id, _, logprob = dist.ranked()[0]
         generated.append(token_id)
-        data.append({
-            "token": lm.decode(token_id),
-            "logprob": logprob,
-            "prob": math.exp(logprob) * 100.0,
-            "other_tokens": [{"token": lm.decode(t), "logprob": lp, "prob": math.exp(lp) * 100.0}
-                             for t, _, lp in dist.ranked()],
-        })
+        data.append(
+            {
+                "token": lm.decode(token_id),
+                "logprob": logprob,
+                "prob": math.exp(logprob) * 100.0,
+                "other_tokens": [
+                    {"token": lm.decode(t), "logprob": lp, "prob": math.exp(lp) * 100.0}
+                    for t, _, lp in dist.ranked()
+                ],
+            }
+        )
         if token_id in lm.stop_ids or len(generated) >= budget:
             break
         dists, cache = runner.step([CacheRow(cache, 0)], [token_id])
     text_ids = [t for t in generated if t not in lm.stop_ids]
-    response = (prefix or "") + lm.tokenizer.decode(text_ids, skip_special_tokens=True)
-    return {"prompt": prompt, "response": response, "data": data,
-            "metadata": {"parameters": params.to_dict(), "chat": chat, "prefix": prefix, **model_metadata(lm)}}
+    response = (prefix or "") + str(lm.tokenizer.decode(text_ids, skip_special_tokens=True))
+    return {
+        "prompt": prompt,
+        "response": response,
+        "data": data,
+        "metadata": {"parameters": params.to_dict(), "chat": chat, "prefix": prefix, **model_metadata(lm)},
+    }

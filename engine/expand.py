@@ -113,14 +113,22 @@ class Expander:
             self._last_depth = depth
         return results
 
-    def _keep(self, depth: int, node_ids: list[int], dists: list[Distribution], cache: Cache,
-              results: dict[int, Distribution]) -> None:
+    def _keep(
+        self,
+        depth: int,
+        node_ids: list[int],
+        dists: list[Distribution],
+        cache: Cache,
+        results: dict[int, Distribution],
+    ) -> None:
         for row, (node_id, dist) in enumerate(zip(node_ids, dists, strict=True)):
             self._rows[node_id] = CacheRow(cache=cache, row=row)
             results[node_id] = dist
         self._row_depth.setdefault(depth, []).extend(node_ids)
 
-    def run(self, max_batch: int = DEFAULT_MAX_BATCH, on_progress: ProgressCallback | None = None) -> ExpansionStats:
+    def run(
+        self, max_batch: int = DEFAULT_MAX_BATCH, on_progress: ProgressCallback | None = None
+    ) -> ExpansionStats:
         """Step until the rule says stop."""
         started = time.perf_counter()
         passes_before = self.runner.forward_passes
@@ -128,10 +136,15 @@ class Expander:
             result = self.step(max_batch)
             if on_progress is not None:
                 last = self.builder.nodes[result.evaluated[-1]] if result.evaluated else None
-                on_progress(Progress(nodes=self.builder.node_count, frontier=len(self.builder.frontier),
-                                     completed_paths=self.builder.completed,
-                                     threshold=last.threshold if last else None,
-                                     depth=last.depth if last else 0))
+                on_progress(
+                    Progress(
+                        nodes=self.builder.node_count,
+                        frontier=len(self.builder.frontier),
+                        completed_paths=self.builder.completed,
+                        threshold=last.threshold if last else None,
+                        depth=last.depth if last else 0,
+                    )
+                )
         self.stats.forward_passes += self.runner.forward_passes - passes_before
         self.stats.seconds += time.perf_counter() - started
         return self.stats

@@ -61,7 +61,7 @@ class LoadedModel:
         """One token's text, as the seed showed it (`tokenizer.decode([id])`), memoised."""
         text = self._decoded.get(token_id)
         if text is None:
-            text = self.tokenizer.decode([token_id])
+            text = str(self.tokenizer.decode([token_id]))
             self._decoded[token_id] = text
         return text
 
@@ -106,9 +106,13 @@ def _quantization_config(quantization: Quantization, device: str) -> Any:
     if quantization == "none":
         return None
     if device != "cuda":
-        raise ModelLoadError(f"{quantization} quantization runs on bitsandbytes and needs a CUDA GPU; none is in use")
+        raise ModelLoadError(
+            f"{quantization} quantization runs on bitsandbytes and needs a CUDA GPU; none is in use"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelLoadError(f"{quantization} quantization needs bitsandbytes: pip install 'tokentree[quant]'")
+        raise ModelLoadError(
+            f"{quantization} quantization needs bitsandbytes: pip install 'tokentree[quant]'"
+        )
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
@@ -116,7 +120,9 @@ def _quantization_config(quantization: Quantization, device: str) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def stop_ids_of(tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None) -> frozenset[int]:
+def stop_ids_of(
+    tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None
+) -> frozenset[int]:
     """The tokenizer's EOS plus every EOS id of the generation config (gemma-2-it's `<end_of_turn>` too)."""
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
@@ -147,11 +153,12 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"cannot load model {spec.name!r}: not a local model folder, and the Hugging Face Hub has no such "
+            f"cannot load model {spec.name!r}: not a local model folder, and the Hugging Face Hub has no "
+            "such "
             f"model or cannot be reached ({first_line})"
         ) from exc
     if device == "cpu":
-        model = model.to("cpu")
+        model = model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() oddly
     model.eval()
     generation_config = getattr(model, "generation_config", None)
     stop_ids = stop_ids_of(tokenizer, generation_config)
@@ -159,8 +166,14 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"model {spec.name!r} defines no EOS token; give one with --stop-token")
     text_config = model.config.get_text_config()
     context = getattr(text_config, "max_position_embeddings", None)
-    return LoadedModel(spec=spec, model=model, tokenizer=tokenizer, stop_ids=stop_ids,
-                       context_length=int(context) if context else None, source=source)
+    return LoadedModel(
+        spec=spec,
+        model=model,
+        tokenizer=tokenizer,
+        stop_ids=stop_ids,
+        context_length=int(context) if context else None,
+        source=source,
+    )
 
 
 def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = False, prefix: str | None = None) -> list[int]:

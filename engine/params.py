@@ -103,4 +103,6 @@ class LogprobsParams:
 def branch_threshold(queue_depth: int, params: TreeParams) -> float:
     """The seed's dynamic threshold: rises from min to max as the queue fills toward soft_queue_limit."""
     saturation = min(1.0, queue_depth / params.soft_queue_limit)
-    return params.min_branch_threshold + saturation * (params.max_branch_threshold - params.min_branch_threshold)
+    return params.min_branch_threshold + saturation * (
+        params.max_branch_threshold - params.min_branch_threshold
+    )

@@ -12,6 +12,7 @@ import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import Cache, DynamicCache, PreTrainedModel
@@ -44,10 +45,10 @@ def gather_rows(rows: Sequence[CacheRow]) -> Cache:
     gathered = copy.copy(template)
     gathered.layers = []
     for layer_index, template_layer in enumerate(template.layers):
-        layer = copy.copy(template_layer)
+        layer: Any = copy.copy(template_layer)  # a DynamicLayer or DynamicSlidingWindowLayer
         keys, values = [], []
         for source, indices in runs:
-            src = source.layers[layer_index]
+            src: Any = source.layers[layer_index]
             index = torch.tensor(indices, device=src.keys.device)
             keys.append(src.keys.index_select(0, index))
             values.append(src.values.index_select(0, index))
@@ -98,7 +99,9 @@ def reduce_logits(logits: torch.Tensor, top_k: int) -> list[Distribution]:
     entropy = torch.special.entr(probs).sum(dim=-1)  # [B]; entr(0) = 0, no nan from 0 * -inf
     top_probs, top_ids = probs.topk(top_k, dim=-1)  # [B, k]
     top_logprobs = logprobs.gather(-1, top_ids)
-    ids, p, lp, ent = (t.cpu().tolist() for t in (top_ids, top_probs.double(), top_logprobs.double(), entropy))
+    ids, p, lp, ent = (
+        t.cpu().tolist() for t in (top_ids, top_probs.double(), top_logprobs.double(), entropy)
+    )
     return [
         Distribution(token_ids=ids[b], probs=p[b], logprobs=lp[b], entropy=ent[b]) for b in range(len(ids))
     ]

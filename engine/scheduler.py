@@ -37,7 +37,9 @@ class Distribution:
 
     def ranked(self) -> list[tuple[int, float, float]]:
         """(token, prob, logprob) best first; equal probabilities in token-id order, so ties are stable."""
-        return sorted(zip(self.token_ids, self.probs, self.logprobs, strict=True), key=lambda t: (-t[1], t[0]))
+        return sorted(
+            zip(self.token_ids, self.probs, self.logprobs, strict=True), key=lambda t: (-t[1], t[0])
+        )
 
 
 class TreeBuilder:
@@ -51,8 +53,16 @@ class TreeBuilder:
         decode: Callable[[int], str],
         depth_limit: int | None = None,
     ) -> None:
-        root = Node(id=0, parent_id=None, token_id=None, text=root_text, depth=0, prob=1.0, logprob=0.0,
-                    cumulative_prob=1.0)
+        root = Node(
+            id=0,
+            parent_id=None,
+            token_id=None,
+            text=root_text,
+            depth=0,
+            prob=1.0,
+            logprob=0.0,
+            cumulative_prob=1.0,
+        )
         self._start(params, stop_ids, decode, depth_limit, [root], completed=0, node_count=1)
 
     @classmethod

@@ -78,8 +78,13 @@ class Node(Base):
     __tablename__ = "nodes"
     __table_args__ = (
         Index("uq_nodes_job_parent_token", "job_id", "parent_id", "token_id", unique=True),
-        Index("uq_nodes_job_root", "job_id", unique=True,
-              postgresql_where=text("parent_id IS NULL"), sqlite_where=text("parent_id IS NULL")),
+        Index(
+            "uq_nodes_job_root",
+            "job_id",
+            unique=True,
+            postgresql_where=text("parent_id IS NULL"),
+            sqlite_where=text("parent_id IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(NodeId, primary_key=True, autoincrement=True)

@@ -48,7 +48,7 @@ class RefTree:
 
 @torch.inference_mode()
 def next_token_probs(model, prompt_ids: list[int], node: RefNode, use_cache: bool) -> torch.Tensor:
-    """The node's next-token distribution [V], from a full forward pass or from a copy of the parent's cache."""
+    """The next-token distribution [V]: a full forward, or one token on a copy of the parent's cache."""
     if not use_cache:
         out = model(input_ids=torch.tensor([node.prefix(prompt_ids)]), use_cache=False)
     elif node.parent is None:
@@ -61,8 +61,14 @@ def next_token_probs(model, prompt_ids: list[int], node: RefNode, use_cache: boo
     return torch.softmax(out.logits[0, -1].float(), dim=-1)
 
 
-def sequential_tree(model, prompt_ids: list[int], stop_ids: set[int], params: dict, use_cache: bool = False,
-                    depth_limit: int | None = None) -> RefTree:
+def sequential_tree(
+    model,
+    prompt_ids: list[int],
+    stop_ids: set[int],
+    params: dict,
+    use_cache: bool = False,
+    depth_limit: int | None = None,
+) -> RefTree:
     """Expand the tree one popped node at a time, exactly as the rule reads."""
     t_min, t_max = params["min_branch_threshold"], params["max_branch_threshold"]
     max_depth = params["max_depth"] if depth_limit is None else min(params["max_depth"], depth_limit)
@@ -89,8 +95,13 @@ def sequential_tree(model, prompt_ids: list[int], stop_ids: set[int], params: di
         node.candidates = [(i, p) for p, i in ranked[:10] if p > params["candidate_threshold"]]
         chosen = [(p, i) for p, i in ranked if p > threshold] or ranked[:1]
         for p, i in chosen[: params["max_nodes"] - len(nodes)]:
-            child = RefNode(token_id=i, depth=node.depth + 1, prob=p, cumulative_prob=node.cumulative_prob * p,
-                            parent=node)
+            child = RefNode(
+                token_id=i,
+                depth=node.depth + 1,
+                prob=p,
+                cumulative_prob=node.cumulative_prob * p,
+                parent=node,
+            )
             node.children.append(child)
             nodes.append(child)
             queue.append(child)

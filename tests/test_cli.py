@@ -15,8 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tokentree(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([str(Path(sys.executable).parent / "tokentree"), *args], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "tokentree"), *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_tree_writes_the_seed_layout_and_ranks_paths(tmp_path: Path) -> None:
@@ -36,13 +42,33 @@ def test_tree_writes_the_seed_layout_and_ranks_paths(tmp_path: Path) -> None:
 
 def test_flags_reach_the_engine(tmp_path: Path) -> None:
     out = tmp_path / "tree.json"
-    done = tokentree("tree", "The secret to happiness is", "-q", "-o", str(out), "--max-depth", "3",
-                     "--min-branch-threshold", "0.05", "--max-completed-paths", "2", "--soft-queue-limit", "4",
-                     "--candidate-threshold", "0.2", "--max-nodes", "40", "--max-batch", "2")
+    done = tokentree(
+        "tree",
+        "The secret to happiness is",
+        "-q",
+        "-o",
+        str(out),
+        "--max-depth",
+        "3",
+        "--min-branch-threshold",
+        "0.05",
+        "--max-completed-paths",
+        "2",
+        "--soft-queue-limit",
+        "4",
+        "--candidate-threshold",
+        "0.2",
+        "--max-nodes",
+        "40",
+        "--max-batch",
+        "2",
+    )
     assert done.returncode == 0, done.stderr
     document = json.loads(out.read_text())
     parameters = document["metadata"]["parameters"]
-    assert parameters["max_depth"] == 3 and parameters["soft_queue_limit"] == 4 and parameters["max_nodes"] == 40
+    assert (
+        parameters["max_depth"] == 3 and parameters["soft_queue_limit"] == 4 and parameters["max_nodes"] == 40
+    )
     stack = [document["tree"]]
     while stack:
         node = stack.pop()

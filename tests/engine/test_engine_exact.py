@@ -6,6 +6,7 @@ prefix, so matching it checks both the tree and that every probability equals a 
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 import pytest
@@ -36,7 +37,9 @@ def assert_same_tree(nodes, root: RefNode) -> int:  # type: ignore[no-untyped-de
         assert node.finish_reason == ref.finish_reason, where
         assert node.queue_depth == ref.queue_depth, where
         assert [c.token_id for c in node.candidates] == [t for t, _ in ref.candidates], where
-        assert [c.prob for c in node.candidates] == pytest.approx([p for _, p in ref.candidates], abs=PROB_TOLERANCE)
+        assert [c.prob for c in node.candidates] == pytest.approx(
+            [p for _, p in ref.candidates], abs=PROB_TOLERANCE
+        )
         assert len(node.children) == len(ref.children), where
         pending.extend(zip(node.children, ref.children, strict=True))
         compared += 1
@@ -47,12 +50,36 @@ def assert_same_tree(nodes, root: RefNode) -> int:  # type: ignore[no-untyped-de
 CASES = [
     ("Once upon a time", TreeParams()),
     ("The secret to happiness is", TreeParams()),
-    ("In the beginning", TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=60,
-                                    max_completed_paths=25, max_depth=30)),
-    ("My favourite food is", TreeParams(min_branch_threshold=0.2, max_branch_threshold=0.6, soft_queue_limit=3,
-                                        candidate_threshold=0.05, max_completed_paths=8)),
-    ("A robot walked into a bar and", TreeParams(max_depth=7, max_nodes=120, max_completed_paths=50,
-                                                 min_branch_threshold=0.02, max_branch_threshold=0.2)),
+    (
+        "In the beginning",
+        TreeParams(
+            min_branch_threshold=0.05,
+            max_branch_threshold=0.3,
+            soft_queue_limit=60,
+            max_completed_paths=25,
+            max_depth=30,
+        ),
+    ),
+    (
+        "My favourite food is",
+        TreeParams(
+            min_branch_threshold=0.2,
+            max_branch_threshold=0.6,
+            soft_queue_limit=3,
+            candidate_threshold=0.05,
+            max_completed_paths=8,
+        ),
+    ),
+    (
+        "A robot walked into a bar and",
+        TreeParams(
+            max_depth=7,
+            max_nodes=120,
+            max_completed_paths=50,
+            min_branch_threshold=0.02,
+            max_branch_threshold=0.2,
+        ),
+    ),
 ]
 
 
@@ -69,8 +96,14 @@ def test_demo_model_tree_equals_sequential_rule(demo, prompt: str, params: TreeP
 def test_tiny_architectures_equal_sequential_rule(tiny_model_dirs, architecture: str, max_batch: int) -> None:  # type: ignore[no-untyped-def]
     lm = load_model(ModelSpec(name=str(tiny_model_dirs[architecture])))
     # Past the tiny models' sliding window of 8, so the sliding-window cache layers are exercised too.
-    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.4, soft_queue_limit=10, max_depth=14,
-                        max_nodes=300, max_completed_paths=20)
+    params = TreeParams(
+        min_branch_threshold=0.05,
+        max_branch_threshold=0.4,
+        soft_queue_limit=10,
+        max_depth=14,
+        max_nodes=300,
+        max_completed_paths=20,
+    )
     prompt = "Once upon a time there was"
     result = build_tree(lm, prompt, params, max_batch=max_batch)
     reference = sequential_tree(lm.model, encode_prompt(lm, prompt), set(lm.stop_ids), params.to_dict())
@@ -80,16 +113,27 @@ def test_tiny_architectures_equal_sequential_rule(tiny_model_dirs, architecture:
 
 
 def test_one_forward_pass_per_level_within_the_batch_limit(demo) -> None:  # type: ignore[no-untyped-def]
-    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=200,
-                        max_completed_paths=50, max_depth=25)
+    params = TreeParams(
+        min_branch_threshold=0.05,
+        max_branch_threshold=0.3,
+        soft_queue_limit=200,
+        max_completed_paths=50,
+        max_depth=25,
+    )
     result = build_tree(demo, "Once upon a time", params, max_batch=10_000)
     levels = max(n.depth for n in result.nodes if n.is_expanded) + 1
     assert result.stats.forward_passes == levels == result.stats.levels
 
 
 def test_cache_rows_follow_the_frontier_not_the_tree(demo) -> None:  # type: ignore[no-untyped-def]
-    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=200,
-                        max_completed_paths=10**5, max_depth=30, max_nodes=3000)
+    params = TreeParams(
+        min_branch_threshold=0.05,
+        max_branch_threshold=0.3,
+        soft_queue_limit=200,
+        max_completed_paths=10**5,
+        max_depth=30,
+        max_nodes=3000,
+    )
     prompt_ids = encode_prompt(demo, "Once upon a time")
     builder = TreeBuilder(params, demo.stop_ids, "Once upon a time", demo.decode)
     expander = Expander(builder, ModelRunner(demo.model, top_k_for(params)), {0: prompt_ids})
@@ -103,7 +147,9 @@ def test_cache_rows_follow_the_frontier_not_the_tree(demo) -> None:  # type: ign
             if node.is_expanded:
                 widths[node.depth] = widths.get(node.depth, 0) + 1
         ordered = [widths[d] for d in sorted(widths)]
-        widest_two_levels = max(a + b for a, b in zip(ordered, ordered[1:], strict=False)) if len(ordered) > 1 else 1
+        widest_two_levels = (
+            max(a + b for a, b in itertools.pairwise(ordered)) if len(ordered) > 1 else 1
+        )
     assert len(builder.nodes) > 1000
     # Two levels of expanded nodes, plus at most one batch evaluated but cut off by the max_nodes cap.
     assert held <= widest_two_levels + 64

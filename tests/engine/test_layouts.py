@@ -12,7 +12,16 @@ from engine.params import LogprobsParams, TreeParams
 from engine.tree import Node, tree_json_text
 
 SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed"
-SEED_NODE_KEYS = {"text", "prob", "cumulative_prob", "token_id", "depth", "is_finished", "candidates", "children"}
+SEED_NODE_KEYS = {
+    "text",
+    "prob",
+    "cumulative_prob",
+    "token_id",
+    "depth",
+    "is_finished",
+    "candidates",
+    "children",
+}
 OUR_NODE_KEYS = {"id", "logprob", "entropy", "threshold", "queue_depth", "finish_reason", "child_count"}
 
 
@@ -53,8 +62,20 @@ def test_seed_sample_uses_the_same_keys() -> None:
 
 def test_deep_trees_serialise_without_recursion() -> None:
     depth = 20_000
-    nodes = [Node(id=i, parent_id=i - 1 if i else None, token_id=i or None, text=f"t{i}", depth=i, prob=0.5,
-                  logprob=-0.69, cumulative_prob=0.5, children=[i + 1] if i + 1 < depth else []) for i in range(depth)]
+    nodes = [
+        Node(
+            id=i,
+            parent_id=i - 1 if i else None,
+            token_id=i or None,
+            text=f"t{i}",
+            depth=i,
+            prob=0.5,
+            logprob=-0.69,
+            cumulative_prob=0.5,
+            children=[i + 1] if i + 1 < depth else [],
+        )
+        for i in range(depth)
+    ]
     text = tree_json_text(nodes, {"prompt": "p"})
     assert text.count('"children": [') == depth
     assert text.endswith("]}" * depth + "}")
@@ -91,16 +112,20 @@ def test_logprobs_record_has_the_seed_layout(demo) -> None:  # type: ignore[no-u
 def test_logprobs_follow_the_tree(demo) -> None:  # type: ignore[no-untyped-def]
     """Greedy generation is the tree's most likely child at every step: one stepping code path."""
     record = analyze_logprobs(demo, "The secret to happiness is", LogprobsParams(max_new_tokens=30))
-    result = build_tree(demo, "The secret to happiness is", TreeParams(min_branch_threshold=0.99,
-                                                                       max_branch_threshold=0.99,
-                                                                       max_completed_paths=1))
+    result = build_tree(
+        demo,
+        "The secret to happiness is",
+        TreeParams(min_branch_threshold=0.99, max_branch_threshold=0.99, max_completed_paths=1),
+    )
     greedy_path = [n for n in result.nodes[1:]]
     assert [n.text for n in greedy_path] == [step["token"] for step in record["data"]]
     assert [n.logprob for n in greedy_path] == pytest.approx([s["logprob"] for s in record["data"]], abs=1e-5)
 
 
 def test_prefix_forces_the_response_start(demo) -> None:  # type: ignore[no-untyped-def]
-    record = analyze_logprobs(demo, "Once upon a time", LogprobsParams(max_new_tokens=10), prefix=" in the forest")
+    record = analyze_logprobs(
+        demo, "Once upon a time", LogprobsParams(max_new_tokens=10), prefix=" in the forest"
+    )
     assert record["response"].startswith(" in the forest")
     plain = analyze_logprobs(demo, "Once upon a time", LogprobsParams(max_new_tokens=10))
     assert plain["data"][0]["token"] != record["data"][0]["token"] or plain["data"] != record["data"]

@@ -48,8 +48,13 @@ def test_unknown_parameter_names_are_rejected() -> None:
 
 def test_defaults_are_the_seed_experiment() -> None:
     assert TreeParams().to_dict() == {
-        "min_branch_threshold": 0.1, "max_branch_threshold": 0.5, "soft_queue_limit": 30,
-        "candidate_threshold": 0.01, "max_depth": 1000, "max_completed_paths": 5, "max_nodes": 100_000,
+        "min_branch_threshold": 0.1,
+        "max_branch_threshold": 0.5,
+        "soft_queue_limit": 30,
+        "candidate_threshold": 0.01,
+        "max_depth": 1000,
+        "max_completed_paths": 5,
+        "max_nodes": 100_000,
     }
 
 
@@ -59,8 +64,10 @@ def test_children_bound_covers_every_token_above_the_threshold() -> None:
     assert TreeParams(min_branch_threshold=0.0, max_nodes=50).most_children() == 50
 
 
-@pytest.mark.parametrize(("values", "field"), [({"max_new_tokens": 0}, "max_new_tokens"), ({"top_k": 0}, "top_k"),
-                                               ({"top_k": 1000}, "top_k")])
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [({"max_new_tokens": 0}, "max_new_tokens"), ({"top_k": 0}, "top_k"), ({"top_k": 1000}, "top_k")],
+)
 def test_bad_logprobs_parameters(values: dict, field: str) -> None:
     with pytest.raises(ParameterError) as caught:
         LogprobsParams(**values)

@@ -23,12 +23,19 @@ def fake_distribution(prefix: tuple[int, ...], seed: int) -> Distribution:
     weights[STOP] += 0.02 * len(prefix)  # paths grow likelier to stop as they lengthen
     total = sum(weights)
     probs = [w / total for w in weights]
-    return Distribution(token_ids=list(range(VOCAB)), probs=probs, logprobs=[math.log(p) for p in probs],
-                        entropy=-sum(p * math.log(p) for p in probs))
+    return Distribution(
+        token_ids=list(range(VOCAB)),
+        probs=probs,
+        logprobs=[math.log(p) for p in probs],
+        entropy=-sum(p * math.log(p) for p in probs),
+    )
 
 
 def plain_rule(params: TreeParams, seed: int) -> list[tuple]:
-    """The rule exactly as written, one pop at a time. Returns nodes as (path, children count, threshold, reason)."""
+    """The rule exactly as written, one pop at a time.
+
+    Returns nodes as (path, children count, threshold, finish reason).
+    """
     queue = deque([()])
     out: dict[tuple, list] = {(): [0, None, None]}
     order = [()]
@@ -75,10 +82,21 @@ def batched(params: TreeParams, seed: int, max_batch: int) -> tuple[list[tuple],
 
 PARAMS = [
     TreeParams(),
-    TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=50, max_completed_paths=40,
-               max_depth=12),
-    TreeParams(min_branch_threshold=0.0, max_branch_threshold=0.2, soft_queue_limit=5, max_completed_paths=1000,
-               max_depth=6, max_nodes=700),
+    TreeParams(
+        min_branch_threshold=0.05,
+        max_branch_threshold=0.3,
+        soft_queue_limit=50,
+        max_completed_paths=40,
+        max_depth=12,
+    ),
+    TreeParams(
+        min_branch_threshold=0.0,
+        max_branch_threshold=0.2,
+        soft_queue_limit=5,
+        max_completed_paths=1000,
+        max_depth=6,
+        max_nodes=700,
+    ),
     TreeParams(min_branch_threshold=0.2, max_branch_threshold=0.2, max_completed_paths=3, max_depth=30),
     TreeParams(max_depth=1),
     TreeParams(max_nodes=1),
@@ -107,7 +125,9 @@ def test_only_expanded_nodes_are_evaluated(params: TreeParams) -> None:
 
 
 def test_caps_hold() -> None:
-    params = TreeParams(min_branch_threshold=0.0, max_branch_threshold=0.0, max_nodes=50, max_completed_paths=10**6)
+    params = TreeParams(
+        min_branch_threshold=0.0, max_branch_threshold=0.0, max_nodes=50, max_completed_paths=10**6
+    )
     nodes, _ = batched(params, seed=5, max_batch=8)
     assert len(nodes) == 50
     params = TreeParams(max_depth=4, max_completed_paths=10**6, min_branch_threshold=0.05)
@@ -129,8 +149,13 @@ def test_stop_and_depth_reasons() -> None:
 
 def test_continuing_from_a_frontier_gives_the_same_tree() -> None:
     """What a worker does: take over open nodes mid-tree and finish the job."""
-    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=40,
-                        max_completed_paths=30, max_depth=10)
+    params = TreeParams(
+        min_branch_threshold=0.05,
+        max_branch_threshold=0.3,
+        soft_queue_limit=40,
+        max_completed_paths=30,
+        max_depth=10,
+    )
     whole, _ = batched(params, seed=3, max_batch=5)
 
     first = TreeBuilder(params, {STOP}, root_text="prompt", decode=str)
@@ -140,9 +165,12 @@ def test_continuing_from_a_frontier_gives_the_same_tree() -> None:
         for i in first.update({i: fake_distribution(paths[i], 3) for i in wanted}):
             paths[i] = (*paths[first.nodes[i].parent_id], first.nodes[i].token_id)
     open_ids = list(first.frontier)
-    handed = [dataclasses.replace(first.nodes[i], id=k, parent_id=None, children=[]) for k, i in enumerate(open_ids)]
-    second = TreeBuilder.from_frontier(params, {STOP}, str, handed, completed=first.completed,
-                                       node_count=first.node_count)
+    handed = [
+        dataclasses.replace(first.nodes[i], id=k, parent_id=None, children=[]) for k, i in enumerate(open_ids)
+    ]
+    second = TreeBuilder.from_frontier(
+        params, {STOP}, str, handed, completed=first.completed, node_count=first.node_count
+    )
     local_paths = {k: paths[i] for k, i in enumerate(open_ids)}
     while not second.done():
         wanted = second.schedule(5)

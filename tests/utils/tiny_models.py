@@ -25,9 +25,19 @@ OUTPUT_SCALE = 25.0  # measured: the top token then holds 0.3-0.5 of the mass, w
 
 
 def _config(architecture: str, vocab_size: int, bos: int, eos: int, pad: int):  # type: ignore[no-untyped-def]
-    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
-                  bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     if architecture == "gemma2":
         return Gemma2Config(**common, sliding_window=8)
     if architecture == "gemma3":
@@ -40,15 +50,18 @@ def _config(architecture: str, vocab_size: int, bos: int, eos: int, pad: int):  
 def make_tiny_model(folder: Path, architecture: str, seed: int = 0) -> Path:
     """Save a random model of `architecture` that shares the demo model's tokenizer into `folder`."""
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
-    config = _config(architecture, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
-                     tokenizer.pad_token_id)
+    config = _config(
+        architecture, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(OUTPUT_SCALE)
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
-                                               eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
