@@ -1,0 +1,199 @@
+// Job list: recent jobs with status and progress, and a form to submit a job.
+import {
+  $, el, clear, truncate, messageBox, fetchJSON, statusPill, progressText, relativeTime, ACTIVE_STATUSES,
+  setPageState, HttpError,
+} from "./common.js";
+
+const PARAMS = [
+  { name: "min_branch_threshold", kind: "tree", step: "any", placeholder: "0.1" },
+  { name: "max_branch_threshold", kind: "tree", step: "any", placeholder: "0.5" },
+  { name: "soft_queue_limit", kind: "tree", step: "1", placeholder: "30" },
+  { name: "candidate_threshold", kind: "tree", step: "any", placeholder: "0.01" },
+  { name: "max_depth", kind: "tree", step: "1", placeholder: "1000" },
+  { name: "max_completed_paths", kind: "tree", step: "1", placeholder: "5" },
+  { name: "max_nodes", kind: "tree", step: "1", placeholder: "100000" },
+  { name: "max_new_tokens", kind: "logprobs", step: "1", placeholder: "100" },
+  { name: "top_k", kind: "logprobs", step: "1", placeholder: "5" },
+];
+const PAGE = 20;
+
+let offset = 0;
+let items = [];
+let refreshTimer = null;
+
+// ---------------------------------------------------------------- job list
+
+function jobLinks(job) {
+  const id = encodeURIComponent(job.id);
+  const links = el("td", { class: "links" });
+  if (job.kind === "logprobs") {
+    links.append(el("a", { href: `/viewer/logprobs?job=${id}`, text: "Log-probs" }));
+  } else {
+    links.append(
+      el("a", { href: `/viewer/tree?job=${id}`, text: "Tree" }),
+      el("a", { href: `/viewer/response?job=${id}`, text: "Response" }),
+    );
+  }
+  return links;
+}
+
+function jobRow(job) {
+  const status = el("td", {}, [statusPill(job.status)]);
+  const prompt = el("td", {}, [
+    el("div", { class: "prompt", text: job.prompt || "(empty prompt)", attrs: { title: job.prompt || "" } }),
+    el("div", { class: "muted small", text: `${job.kind === "logprobs" ? "log-probabilities" : "token tree"}${job.chat ? " · chat" : ""}${job.prefix ? ` · prefix “${truncate(job.prefix, 24)}”` : ""}` }),
+  ]);
+  if (job.status === "failed" && job.error) prompt.append(el("div", { class: "err-text", text: truncate(job.error, 160), attrs: { title: job.error } }));
+  return el("tr", { dataset: { job: job.id, status: job.status } }, [
+    status,
+    prompt,
+    el("td", { class: "mono small", text: job.model || "" }),
+    el("td", { class: "progress", text: progressText(job) || "—" }),
+    el("td", { class: "small muted", text: relativeTime(job.created_at), attrs: { title: job.created_at || "" } }),
+    jobLinks(job),
+  ]);
+}
+
+function renderJobs(total) {
+  const body = clear($("#jobs-body"));
+  if (!items.length) {
+    body.append(el("tr", { class: "empty-row" }, [el("td", { attrs: { colspan: "6" }, text: "No jobs yet. Submit one with the form." })]));
+  }
+  for (const job of items) body.append(jobRow(job));
+  $("#jobs-total").textContent = total ? `${items.length} of ${total}` : "";
+  $("#more").classList.toggle("hidden", items.length >= total);
+}
+
+async function loadJobs({ append = false } = {}) {
+  const status = $("#status-filter").value;
+  const q = new URLSearchParams({ limit: String(append ? PAGE : Math.max(PAGE, items.length || PAGE)), offset: String(append ? offset : 0) });
+  if (status) q.set("status", status);
+  try {
+    const page = await fetchJSON(`/v1/jobs?${q}`);
+    const got = Array.isArray(page.items) ? page.items : [];
+    items = append ? items.concat(got) : got;
+    offset = items.length;
+    clear($("#jobs-message"));
+    renderJobs(page.total ?? items.length);
+  } catch (err) {
+    clear($("#jobs-message")).append(messageBox("error", "Could not load the job list", err.message));
+  }
+  setPageState("ready");
+  scheduleRefresh();
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  const active = items.some((j) => ACTIVE_STATUSES.has(j.status));
+  refreshTimer = setTimeout(() => loadJobs(), active ? 2000 : 10000);
+}
+
+// ---------------------------------------------------------------- form
+
+function buildParamFields() {
+  const grid = $("#params-grid");
+  for (const p of PARAMS) {
+    grid.append(el("div", { class: "field", dataset: { field: p.name, kind: p.kind } }, [
+      el("label", { attrs: { for: `p-${p.name}` }, text: p.name }),
+      el("input", { id: `p-${p.name}`, type: "number", name: p.name, attrs: { step: p.step, placeholder: p.placeholder, inputmode: "decimal" } }),
+    ]));
+  }
+  syncKind();
+}
+
+function syncKind() {
+  const kind = $("#f-kind").value;
+  for (const f of document.querySelectorAll("#params-grid .field")) f.classList.toggle("hidden", f.dataset.kind !== kind);
+}
+
+async function loadModels() {
+  try {
+    const res = await fetchJSON("/v1/models");
+    const models = (res.models || []).map((m) => (typeof m === "string" ? { name: m } : m)).filter((m) => m && m.name);
+    if (!models.length) return;
+    const sel = clear($("#f-model"));
+    for (const m of models) sel.append(el("option", { value: m.name, text: m.name, selected: Boolean(m.default) }));
+  } catch (_) { /* keep "demo" */ }
+}
+
+function clearFieldErrors() {
+  for (const f of document.querySelectorAll(".field.invalid")) f.classList.remove("invalid");
+  for (const e of document.querySelectorAll(".field .err")) e.remove();
+}
+
+function fieldError(name, msg) {
+  const field = document.querySelector(`.field[data-field="${CSS.escape(name)}"]`);
+  if (!field) return false;
+  field.classList.add("invalid");
+  field.classList.remove("hidden");
+  field.append(el("span", { class: "err", text: msg }));
+  return true;
+}
+
+async function submit(e) {
+  e.preventDefault();
+  clearFieldErrors();
+  const result = clear($("#form-result"));
+  const kind = $("#f-kind").value;
+  const prompt = $("#f-prompt").value;
+  if (!prompt.trim()) {
+    fieldError("prompt", "Enter a prompt.");
+    return;
+  }
+  const parameters = {};
+  for (const p of PARAMS) {
+    if (p.kind !== kind) continue;
+    const v = $(`#p-${p.name}`).value.trim();
+    if (v === "") continue;
+    const num = Number(v);
+    if (!Number.isFinite(num)) { fieldError(p.name, "Not a number."); return; }
+    parameters[p.name] = p.step === "1" ? Math.trunc(num) : num;
+  }
+  const body = {
+    prompt,
+    model: $("#f-model").value,
+    kind,
+    parameters,
+    chat: $("#f-chat").checked,
+    prefix: $("#f-prefix").value ? $("#f-prefix").value : null,
+  };
+  $("#submit").disabled = true;
+  $("#form-status").textContent = "Submitting…";
+  try {
+    const job = await fetchJSON("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const id = encodeURIComponent(job.id);
+    const links = job.kind === "logprobs"
+      ? [el("a", { href: `/viewer/logprobs?job=${id}`, text: "log-probability viewer" })]
+      : [el("a", { href: `/viewer/tree?job=${id}`, text: "tree viewer" }), " (it grows live) or the ",
+        el("a", { href: `/viewer/response?job=${id}`, text: "response viewer" })];
+    result.append(messageBox("info", "Job submitted", `Job ${job.id} is ${job.status}.`, null, el("p", {}, ["Open it in the ", ...links, "."])));
+    await loadJobs();
+  } catch (err) {
+    let shown = false;
+    const detail = err instanceof HttpError && err.body && err.body.detail;
+    if (Array.isArray(detail)) {
+      for (const d of detail) {
+        const loc = Array.isArray(d.loc) ? d.loc : [];
+        const name = String(loc[loc.length - 1] ?? "");
+        if (fieldError(name, d.msg || "invalid")) shown = true;
+      }
+    }
+    result.append(messageBox("error", "The job was not accepted", shown ? "Check the highlighted fields." : err.message));
+  } finally {
+    $("#submit").disabled = false;
+    $("#form-status").textContent = "";
+  }
+}
+
+function main() {
+  buildParamFields();
+  $("#f-kind").addEventListener("change", syncKind);
+  $("#job-form").addEventListener("submit", submit);
+  $("#refresh").addEventListener("click", () => loadJobs());
+  $("#status-filter").addEventListener("change", () => { items = []; loadJobs(); });
+  $("#more").addEventListener("click", () => loadJobs({ append: true }));
+  loadModels();
+  loadJobs();
+}
+
+main();

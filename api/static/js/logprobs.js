@@ -1,0 +1,277 @@
+// Log-probability viewer: one card per JSONL record, tokens coloured by probability.
+import {
+  $, el, clear, visibleWs, fmtProb, fmtNum, probClass, probColor, probBar, messageBox, queryParams, fetchJSON,
+  fetchText, readFileText, setupDropZone, setupNav, statusPill, progressText, ACTIVE_STATUSES, watchJob,
+  setPageState,
+} from "./common.js";
+
+export class LogprobsFormatError extends Error {}
+
+const isObj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const isNum = (v) => typeof v === "number" && Number.isFinite(v);
+
+function tokenEntry(t, where) {
+  if (!isObj(t)) throw new LogprobsFormatError(`${where} must be an object with "token" and "prob"/"logprob".`);
+  if (typeof t.token !== "string") {
+    throw new LogprobsFormatError(`${where}.token is ${t.token === undefined ? "missing" : "not a string"}.`);
+  }
+  let pct = t.prob;
+  if (pct !== undefined && pct !== null && !isNum(pct)) throw new LogprobsFormatError(`${where}.prob must be a number (a percentage, 0–100).`);
+  if (!isNum(pct)) {
+    if (!isNum(t.logprob)) throw new LogprobsFormatError(`${where} needs "prob" (percentage) or "logprob".`);
+    pct = Math.exp(t.logprob) * 100;
+  }
+  if (pct < 0 || pct > 100.0001) throw new LogprobsFormatError(`${where}.prob is ${pct}; expected a percentage between 0 and 100.`);
+  return { token: t.token, p: pct / 100, logprob: isNum(t.logprob) ? t.logprob : Math.log(Math.max(pct / 100, 1e-300)) };
+}
+
+function validateRecord(rec, where) {
+  if (!isObj(rec)) throw new LogprobsFormatError(`${where} must be a JSON object; it is ${Array.isArray(rec) ? "an array" : typeof rec}.`);
+  if ("tree" in rec && !("data" in rec)) {
+    throw new LogprobsFormatError(`${where} is a token tree, not a log-probability record. Open it in the tree viewer.`);
+  }
+  if (!Array.isArray(rec.data)) {
+    throw new LogprobsFormatError(`${where} has no "data" array (keys: ${Object.keys(rec).slice(0, 8).join(", ") || "none"}).`);
+  }
+  if (rec.prompt !== undefined && typeof rec.prompt !== "string") throw new LogprobsFormatError(`${where}.prompt must be a string.`);
+  const data = rec.data.map((d, i) => {
+    const t = tokenEntry(d, `${where}: data[${i}]`);
+    const others = d.other_tokens === undefined || d.other_tokens === null ? [] : d.other_tokens;
+    if (!Array.isArray(others)) throw new LogprobsFormatError(`${where}: data[${i}].other_tokens must be an array.`);
+    t.others = others.map((o, j) => tokenEntry(o, `${where}: data[${i}].other_tokens[${j}]`));
+    return t;
+  });
+  return { prompt: rec.prompt ?? "", response: typeof rec.response === "string" ? rec.response : null, data };
+}
+
+/** Parse JSONL text (or a JSON array / single record) into validated records. */
+export function parseLogprobs(text, name = "the file") {
+  const trimmed = String(text).trim();
+  if (!trimmed) throw new LogprobsFormatError(`${name} is empty.`);
+  if (trimmed.startsWith("[")) {
+    let arr;
+    try { arr = JSON.parse(trimmed); } catch (err) { throw new LogprobsFormatError(`${name} is not valid JSON: ${err.message}`); }
+    return arr.map((r, i) => validateRecord(r, `record ${i + 1}`));
+  }
+  const lines = trimmed.split(/\r?\n/);
+  const records = [];
+  if (lines.length > 1 || !trimmed.includes("\n")) {
+    // JSONL; a single pretty-printed object spans lines, try that when line 1 alone is not JSON.
+    for (let i = 0; i < lines.length; i++) {
+      const line = lines[i].trim();
+      if (!line) continue;
+      let rec;
+      try {
+        rec = JSON.parse(line);
+      } catch (err) {
+        if (i === 0) {
+          try {
+            return [validateRecord(JSON.parse(trimmed), "the record")];
+          } catch (inner) {
+            if (inner instanceof LogprobsFormatError) throw inner;
+          }
+        }
+        throw new LogprobsFormatError(`line ${i + 1} of ${name} is not valid JSON: ${err.message}`);
+      }
+      records.push(validateRecord(rec, `line ${i + 1}`));
+    }
+  }
+  if (!records.length) throw new LogprobsFormatError(`${name} has no records.`);
+  return records;
+}
+
+// ---------------------------------------------------------------- rendering
+
+let showWs = true;
+let records = [];
+
+function tokenText(s) {
+  if (!showWs) return s;
+  return s.split("\n").map(visibleWs).join("↵\n");
+}
+
+function renderCards() {
+  const cards = clear($("#cards"));
+  records.forEach((rec, ri) => {
+    const tokens = el("div", { class: "tokens" });
+    rec.data.forEach((t, ti) => {
+      tokens.append(el("span", {
+        class: `tok ${probClass(t.p)}`,
+        text: t.token.length ? tokenText(t.token) : "∅",
+        dataset: { record: String(ri), index: String(ti) },
+        attrs: { tabindex: "0" },
+      }));
+    });
+    const n = rec.data.length;
+    const meanLp = n ? rec.data.reduce((s, t) => s + t.logprob, 0) / n : 0;
+    const meanP = n ? rec.data.reduce((s, t) => s + t.p, 0) / n : 0;
+    const low = rec.data.reduce((m, t) => (!m || t.p < m.p ? t : m), null);
+    const stat = (k, v) => el("span", {}, [`${k} `, el("b", { text: v })]);
+    cards.append(el("article", { class: "panel lp-card", dataset: { record: String(ri) } }, [
+      el("header", {}, [el("span", { class: "idx", text: `#${ri + 1}` }), el("div", { class: "lp-prompt", text: rec.prompt || "(no prompt)" })]),
+      tokens,
+      el("div", { class: "lp-stats" }, [
+        stat("tokens", String(n)),
+        stat("mean probability", fmtProb(meanP)),
+        stat("perplexity", n ? fmtNum(Math.exp(-meanLp), 2) : "—"),
+        low ? stat("least likely", `${visibleWs(low.token)} (${fmtProb(low.p)})`) : null,
+      ]),
+    ]));
+  });
+}
+
+function showTooltip(target) {
+  const rec = records[Number(target.dataset.record)];
+  const t = rec && rec.data[Number(target.dataset.index)];
+  if (!t) return;
+  const tip = clear($("#tooltip"));
+  tip.append(el("div", { class: "tt-head" }, [
+    el("span", { class: "tok-chip", text: visibleWs(t.token) || "∅" }),
+    el("span", { class: "mono", text: `${fmtProb(t.p)} · logprob ${fmtNum(t.logprob)}` }),
+  ]));
+  const table = el("table");
+  const others = t.others.length ? t.others : [t];
+  for (const o of others.slice().sort((a, b) => b.p - a.p)) {
+    const chosen = o.token === t.token;
+    table.append(el("tr", { class: chosen ? "chosen" : "" }, [
+      el("td", { class: "t", text: visibleWs(o.token) || "∅" }),
+      el("td", { class: "b" }, [probBar(o.p, probColor(o.p))]),
+      el("td", { class: "p", text: fmtProb(o.p) }),
+    ]));
+  }
+  tip.append(table);
+  tip.classList.remove("hidden");
+  const r = target.getBoundingClientRect();
+  const tw = tip.offsetWidth;
+  const th = tip.offsetHeight;
+  let x = Math.min(window.innerWidth - tw - 8, Math.max(8, r.left));
+  let y = r.bottom + 8;
+  if (y + th > window.innerHeight - 8) y = Math.max(8, r.top - th - 8);
+  tip.style.left = `${x}px`;
+  tip.style.top = `${y}px`;
+}
+
+function hideTooltip() {
+  $("#tooltip").classList.add("hidden");
+}
+
+// ---------------------------------------------------------------- loading
+
+function setRecords(recs) {
+  records = recs;
+  clear($("#message"));
+  $("#empty-state").classList.add("hidden");
+  renderCards();
+  setPageState("ready");
+}
+
+function showError(title, text, extra) {
+  clear($("#message")).append(messageBox("error", title, text, null, extra));
+  if (!records.length) $("#empty-state").classList.remove("hidden");
+  setPageState("error");
+}
+
+function reportError(err, name) {
+  console.warn("tokentree: could not load", name, err);
+  const extra = /token tree/.test(err.message)
+    ? el("p", {}, ["Open it in the ", el("a", { href: "/viewer/tree", text: "tree viewer" }), "."]) : null;
+  showError(`Could not open ${name}`, err.message || String(err), extra);
+}
+
+async function loadFile(file) {
+  $("#source-name").textContent = `File: ${file.name}`;
+  clear($("#job-status"));
+  setupNav("logprobs", {});
+  try {
+    setRecords(parseLogprobs(await readFileText(file), file.name));
+  } catch (err) {
+    reportError(err, file.name);
+  }
+}
+
+async function loadUrl(url) {
+  $("#source-name").textContent = `URL: ${url}`;
+  try {
+    setRecords(parseLogprobs(await fetchText(url), url));
+  } catch (err) {
+    reportError(err, url);
+  }
+}
+
+async function loadJob(id) {
+  $("#source-name").textContent = `Job ${id}`;
+  const base = `/v1/jobs/${encodeURIComponent(id)}`;
+  let job;
+  try {
+    job = await fetchJSON(base);
+  } catch (err) {
+    showError(err.status === 404 ? `Job ${id} not found` : `Could not load job ${id}`, err.message);
+    return;
+  }
+  const status = (j) => clear($("#job-status")).append(statusPill(j.status), el("span", { text: progressText(j) }));
+  status(job);
+  if (job.kind === "tree") {
+    clear($("#message")).append(messageBox("info", "This is a token-tree job", "It has no log-probability records.", null,
+      el("p", {}, [el("a", { href: `/viewer/tree?job=${encodeURIComponent(id)}`, text: "Open it in the tree viewer" })])));
+    setPageState("ready");
+    return;
+  }
+  const fetchRecords = async () => {
+    try {
+      setRecords(parseLogprobs(await fetchText(`${base}/logprobs.jsonl`), `job ${id}`));
+    } catch (err) {
+      reportError(err, `the records of job ${id}`);
+    }
+  };
+  if (ACTIVE_STATUSES.has(job.status)) {
+    clear($("#message")).append(messageBox("info", `Job is ${job.status}`, "The records appear when the job is done."));
+    setPageState("waiting");
+    watchJob(id, {
+      onProgress: status,
+      onEnd: (j) => {
+        status(j);
+        if (j.status === "succeeded") fetchRecords();
+        else showError(`Job ${id} ${j.status}`, j.error || "");
+      },
+    });
+  } else if (job.status === "failed") {
+    showError(`Job ${id} failed`, job.error || "No error message was recorded.");
+  } else {
+    await fetchRecords();
+  }
+}
+
+function main() {
+  const q = queryParams();
+  const job = q.get("job");
+  const file = q.get("file");
+  setupNav("logprobs", { job });
+  const cards = $("#cards");
+  cards.addEventListener("mouseover", (e) => {
+    const t = e.target.closest(".tok");
+    if (t) showTooltip(t);
+  });
+  cards.addEventListener("mouseout", (e) => {
+    const t = e.target.closest(".tok");
+    if (t && !t.contains(e.relatedTarget)) hideTooltip();
+  });
+  cards.addEventListener("focusin", (e) => { const t = e.target.closest(".tok"); if (t) showTooltip(t); });
+  cards.addEventListener("focusout", hideTooltip);
+  $("#show-ws").addEventListener("change", (e) => { showWs = e.target.checked; if (records.length) renderCards(); });
+  for (const id of ["#file-input", "#file-input-2"]) {
+    $(id).addEventListener("change", (e) => {
+      const f = e.target.files && e.target.files[0];
+      if (f) loadFile(f);
+      e.target.value = "";
+    });
+  }
+  setupDropZone(loadFile);
+  if (job) loadJob(job);
+  else if (file) loadUrl(file);
+  else {
+    $("#empty-state").classList.remove("hidden");
+    setPageState("empty");
+  }
+}
+
+main();

@@ -1,0 +1,84 @@
+"""Browser viewers: the job list page and the tree, response and log-probability viewers.
+
+Everything the pages need (HTML, ES modules, CSS, the vendored D3) is served by the app
+itself from ``api/static`` so the viewers work offline.  ``create_app()`` wires this in with::
+
+    app.include_router(viewers.router)
+    viewers.mount_static(app)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Defence in depth on top of the pages never putting model text into HTML: no inline or
+# foreign scripts can run, so an injected `<img onerror=...>` would stay inert anyway.
+# connect-src allows http(s) so that `?file=URL` can load a tree from another origin.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self' http: https:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'self'",
+    ]
+)
+
+PAGES = {
+    "index": "index.html",
+    "tree": "viewer/tree.html",
+    "response": "viewer/response.html",
+    "logprobs": "viewer/logprobs.html",
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+def _page(name: str) -> FileResponse:
+    return FileResponse(
+        STATIC_DIR / PAGES[name],
+        media_type="text/html; charset=utf-8",
+        headers={
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-cache",
+        },
+    )
+
+
+@router.get("/")
+def index_page() -> FileResponse:
+    """Job list: recent jobs with status and progress, and a form to submit a job."""
+    return _page("index")
+
+
+@router.get("/viewer/tree")
+def tree_viewer() -> FileResponse:
+    """Tree viewer: `?job=ID` or `?file=URL`, or open / drop a tree JSON file."""
+    return _page("tree")
+
+
+@router.get("/viewer/response")
+def response_viewer() -> FileResponse:
+    """Response viewer: the most probable path, with alternatives per token."""
+    return _page("response")
+
+
+@router.get("/viewer/logprobs")
+def logprobs_viewer() -> FileResponse:
+    """Log-probability viewer: one card per JSONL record."""
+    return _page("logprobs")
+
+
+def mount_static(app: FastAPI) -> None:
+    """Serve `api/static` (pages' JS, CSS, vendored D3) at `/static`."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,0 +1,129 @@
+"""The response viewer: the most probable path, alternatives, branch switching, explore-from-here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import SEED_TREE
+from .helpers import READY, goto, read_download, shown_text, visible_ws
+from .synthetic import prune_depth
+
+pytestmark = pytest.mark.browser
+
+
+def most_probable_path(node: dict) -> list[dict]:
+    path = []
+    while node["children"]:
+        node = max(node["children"], key=lambda c: c["prob"])  # first on ties, like the viewer
+        path.append(node)
+    return path
+
+
+def tokens_text(page) -> list[str]:
+    return page.locator("#tokens .tok").all_text_contents()
+
+
+def test_switches_branch_on_an_alternative(browser_page, base_url, seed_tree_doc, screenshot):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/response?job=india")
+    original = most_probable_path(seed_tree_doc["tree"])
+    assert tokens_text(page) == [shown_text(n["text"]) for n in original]
+    # Probability classes.
+    first = page.locator("#tokens .tok").first
+    assert "p-low" in first.get_attribute("class")  # " Delhi" at 25.4 %
+    assert page.locator("#reset").is_disabled()
+
+    first.click()
+    panel = page.locator("#token-body")
+    alts = panel.locator("[data-role='alternatives'] button.alt")
+    assert alts.count() == len(seed_tree_doc["tree"]["candidates"])
+    current = panel.locator("button.alt.current")
+    assert current.locator(".t").text_content() == visible_ws(" Delhi")
+    # Explored alternatives can be chosen, the others are disabled.
+    explored = panel.locator("button.alt[data-explored='true']")
+    assert explored.count() == len(seed_tree_doc["tree"]["children"])
+    unexplored = panel.locator("button.alt[data-explored='false']")
+    assert unexplored.count() == len(seed_tree_doc["tree"]["candidates"]) - len(
+        seed_tree_doc["tree"]["children"]
+    )
+    for i in range(unexplored.count()):
+        assert unexplored.nth(i).is_disabled()
+
+    panel.locator("button.alt", has_text=visible_ws(" New")).click()
+    new_child = next(c for c in seed_tree_doc["tree"]["children"] if c["text"] == " New")
+    expected = [new_child, *most_probable_path(new_child)]
+    assert tokens_text(page) == [shown_text(n["text"]) for n in expected]
+    # The switch point is marked; the rest follows the most probable continuation.
+    switched = page.locator("#tokens .tok.switched")
+    assert switched.count() == 1
+    assert switched.get_attribute("data-index") == "0"
+    assert "switches 1" in page.locator("#summary").text_content()
+    assert not page.locator("#reset").is_disabled()
+    screenshot(page, "response-viewer", docs="response-viewer.png")
+
+    # Switch deeper as well, then download the current path.
+    with page.expect_download() as dl:
+        page.click("#download")
+    doc = json.loads(read_download(dl.value))
+    assert doc["switch_points"] == [0]
+    assert doc["text"] == "".join(n["text"] for n in expected)
+    assert [t["token_id"] for t in doc["tokens"]] == [n["token_id"] for n in expected]
+    assert doc["prompt"] == "The capital of India is"
+
+    page.click("#reset")
+    assert tokens_text(page) == [shown_text(n["text"]) for n in original]
+    assert page.locator("#tokens .tok.switched").count() == 0
+    assert page.log.problems() == []
+
+
+def test_whitespace_toggle(browser_page, base_url, seed_tree_doc):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/response?file=/test-files/india_capital_tree.json")
+    text = "".join(n["text"] for n in most_probable_path(seed_tree_doc["tree"]))
+    assert "·" in page.locator("#tokens").text_content()
+    page.uncheck("#show-ws")
+    assert page.locator("#tokens").text_content() == text
+    page.check("#show-ws")
+    assert "↵" in page.locator("#tokens").text_content()
+    assert page.log.problems() == []
+
+
+def test_file_input_and_bad_file(browser_page, base_url):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/response", state="body[data-state=empty]")
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": "bad.json", "mimeType": "application/json", "buffer": b'{"tree": {"text": 3}}'}],
+    )
+    msg = page.locator("#message .message.error")
+    msg.wait_for()
+    assert "tree.text" in msg.text_content() and "bad.json" in msg.text_content()
+    page.set_input_files("#file-input", str(SEED_TREE))
+    page.wait_for_selector(READY, state="attached")
+    assert page.locator("#tokens .tok").count() > 5
+    assert page.log.page_errors == []
+
+
+def test_explore_from_here_submits_and_shows_the_new_job(browser_page, base_url, fake_service, seed_tree_doc):
+    page = browser_page
+    # The stand-in service answers the next POST with a finished job holding this small tree.
+    small = prune_depth(seed_tree_doc, 3)
+    small["tree"]["text"] = "The capital of India is **"
+    fake_service.add_file("__next_tree__", json.dumps(small))
+    goto(page, f"{base_url}/viewer/response?job=india")
+    page.locator("#tokens .tok").first.click()
+    row = page.locator("#token-body li", has=page.locator("button.alt", has_text=visible_ws(" **")))
+    before = len(fake_service.submitted)
+    row.locator("button", has_text="Explore from here").click()
+    page.wait_for_url("**/viewer/response?job=sub-*&from=india")
+    page.wait_for_selector(READY, state="attached")
+    assert len(fake_service.submitted) == before + 1
+    body = fake_service.submitted[-1]
+    assert body["prompt"] == "The capital of India is **"
+    assert body["kind"] == "tree"
+    assert body["parameters"] == seed_tree_doc["metadata"]["parameters"]
+    assert "The capital of India is **" in page.locator("#prompt").text_content()
+    assert "Explored from another tree" in page.locator("#banner").text_content()
+    assert page.log.problems() == []
