@@ -12,17 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from engine.params import LogprobsParams, ParameterError, TreeParams
+from cli.errors import USAGE_ERROR, UsageError
+from engine.params import LogprobsParams, ParameterError, TreeParams, check_prompt
 
 if TYPE_CHECKING:
     from engine.loading import LoadedModel
-
-USAGE_ERROR = 2
-
-
-class UsageError(Exception):
-    """A mistake of the user's, reported as one line with exit status 2."""
-
 
 class Parser(argparse.ArgumentParser):
     """argparse, but errors are one line (no usage dump) so scripts can read them."""
@@ -120,6 +114,7 @@ def run_tree(args: argparse.Namespace) -> int:
     params = TreeParams(**{name: getattr(args, name) for name in TreeParams.__dataclass_fields__})
     if args.max_batch < 1:
         raise ParameterError("max_batch", f"must be at least 1, got {args.max_batch}")
+    check_prompt(args.prompt)
     lm = _load(args)
     with TreeProgressBar(disable=args.quiet) as bar:
         result = build_tree(
@@ -155,6 +150,7 @@ def run_logprobs(args: argparse.Namespace) -> int:
     from engine.analysis import analyze_logprobs
 
     params = LogprobsParams(max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    check_prompt(args.prompt)
     lm = _load(args)
     record = analyze_logprobs(lm, args.prompt, params, chat=args.chat, prefix=args.prefix)
     for step in record["data"]:

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from engine.params import ParameterError
+from engine.params import ParameterError, check_prompt
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
@@ -77,6 +77,11 @@ class LoadedModel:
 def resolve_source(name: str) -> str:
     """`demo` -> the bundled folder; an existing folder -> itself; anything else is taken as a Hub id."""
     if name == "demo":
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
+            raise ModelLoadError(
+                f"the bundled demo model is missing from {DEMO_MODEL_DIR}; reinstall tokentree or rebuild it "
+                "with scripts/train_demo_model.py"
+            )
         return str(DEMO_MODEL_DIR)
     path = Path(name).expanduser()
     if path.is_dir():
@@ -181,8 +186,7 @@ def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = False, prefix: str 
 
     Without chat the ids are `tokenizer(prompt).input_ids`, as the seed did (the tokenizer adds its BOS).
     """
-    if not prompt.strip():
-        raise ParameterError("prompt", "must not be empty")
+    check_prompt(prompt)
     tokenizer = lm.tokenizer
     if chat:
         if not getattr(tokenizer, "chat_template", None):

@@ -100,6 +100,12 @@ class LogprobsParams:
         return asdict(self)
 
 
+def check_prompt(prompt: str) -> None:
+    """A prompt must have some text; its length in tokens is checked against the model once it is loaded."""
+    if not prompt.strip():
+        raise ParameterError("prompt", "must not be empty")
+
+
 def branch_threshold(queue_depth: int, params: TreeParams) -> float:
     """The seed's dynamic threshold: rises from min to max as the queue fills toward soft_queue_limit."""
     saturation = min(1.0, queue_depth / params.soft_queue_limit)

@@ -50,6 +50,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"kind IN {JOB_KINDS}", name="job_kind"),
         CheckConstraint(f"status IN {JOB_STATUSES}", name="job_status"),
+        Index("ix_jobs_created", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
     )
