@@ -1,0 +1,223 @@
+"""/v1/jobs: submit, list, read, cancel and delete jobs; their trees, paths, records and progress."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.deps import DispatcherDep, SessionDep, SettingsDep
+from api.schemas import JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
+from api.tree_cache import RenderedTrees
+from api.validation import reject, validate_job_request
+from models import jobs, node_reads
+from models.schema import TERMINAL_STATUSES, Job
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+def _job_or_404(session: Session, job_id: uuid.UUID) -> Job:
+    job = jobs.get_job(session, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return job
+
+
+def _job_out(session: Session, job: Job) -> JobOut:
+    return JobOut.of(job, node_reads.job_progress(session, job.id))
+
+
+def _require_kind(job: Job, kind: str) -> None:
+    if job.kind != kind:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} is a {job.kind} job, not a {kind} job")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def submit_job(
+    body: JobCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
+) -> JobOut:
+    """Queue a token tree or a log-probability analysis."""
+    request = validate_job_request(body, settings)
+    job = jobs.create_job(session, kind=request.kind, prompt=request.prompt, model=request.model,
+                          parameters=request.parameters, chat=request.chat, prefix=request.prefix)
+    try:
+        dispatcher.submit(str(job.id), job.model)
+    except Exception as exc:
+        # The row is committed; without its task it would wait forever, so it fails, visibly.
+        log.exception("could not queue job %s", job.id)
+        jobs.finish_job(session, job.id, "failed", error=f"could not queue the job: {exc}")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the job queue is unavailable") from exc
+    return _job_out(session, job)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """Jobs, newest first, a page at a time; `status` keeps only jobs in that state."""
+    if limit > settings.max_page_size:
+        reject(("query", "limit"), f"must be at most {settings.max_page_size}, got {limit}", limit)
+    page, total = jobs.list_jobs(session, status=status_filter, limit=limit, offset=offset)
+    return JobPage(items=[JobOut.of(job, node_reads.counted_progress(job)) for job in page], total=total)
+
+
+@router.get("/{job_id}")
+def get_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
+    """One job with its progress: nodes, frontier, completed paths, nodes expanded per worker."""
+    return _job_out(session, _job_or_404(session, job_id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: uuid.UUID, session: SessionDep, dispatcher: DispatcherDep) -> JobOut:
+    """Stop a queued or running job; the nodes written so far stay (the partial tree)."""
+    _job_or_404(session, job_id)
+    if jobs.cancel_job(session, job_id):
+        dispatcher.cancel(str(job_id))
+    job = _job_or_404(session, job_id)
+    if job.status != "cancelled":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
+    return _job_out(session, job)
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_job(
+    job_id: uuid.UUID, request: Request, session: SessionDep, dispatcher: DispatcherDep
+) -> Response:
+    """Delete a job and its nodes, cancelling it first if it still runs."""
+    _job_or_404(session, job_id)
+    if jobs.cancel_job(session, job_id):
+        dispatcher.cancel(str(job_id))
+    jobs.delete_job(session, job_id)
+    request.app.state.rendered_trees.forget(job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{job_id}/tree",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}},
+                     "description": "the tree JSON, in the layout `tokentree tree -o` writes"}},
+)
+def get_tree(
+    job_id: uuid.UUID,
+    request: Request,
+    session: SessionDep,
+    root: Annotated[int | None, Query(ge=1, description="a node id: serve only its subtree")] = None,
+    max_depth: Annotated[int | None, Query(ge=0, description="levels below the root to include")] = None,
+) -> Response:
+    """The job's token tree (partial while it runs), whole or a subtree, to a depth."""
+    job = _job_or_404(session, job_id)
+    _require_kind(job, "tree")
+    if job.status not in TERMINAL_STATUSES:
+        return Response(content=_render_tree(session, job, root, max_depth), media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+    # A finished job's tree is final: a validator lets browsers keep it, the server keeps it rendered.
+    etag = f'"{job.id}-{job.finished_at.timestamp() if job.finished_at else 0}-{root}-{max_depth}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    cache: RenderedTrees = request.app.state.rendered_trees
+    document = cache.get((job.id, root, max_depth))
+    if document is None:
+        document = _render_tree(session, job, root, max_depth)
+        cache.put((job.id, root, max_depth), document)
+    return Response(content=document, media_type="application/json", headers=headers)
+
+
+def _render_tree(session: Session, job: Job, root: int | None, max_depth: int | None) -> bytes:
+    try:
+        text = node_reads.tree_json(session, job, root_id=root, max_depth=max_depth)
+    except node_reads.NodeNotFound:
+        reject(("query", "root"), f"node {root} is not in job {job.id}", root)
+    if text is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has no nodes yet ({job.status})")
+    return text.encode()
+
+
+@router.get("/{job_id}/paths")
+def get_paths(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1)] = 100,
+) -> PathsOut:
+    """Completed paths, most probable first."""
+    if limit > settings.max_paths:
+        reject(("query", "limit"), f"must be at most {settings.max_paths}, got {limit}", limit)
+    job = _job_or_404(session, job_id)
+    _require_kind(job, "tree")
+    paths = node_reads.completed_paths(session, job.id, limit)
+    return PathsOut(paths=[PathOut(**path.to_json()) for path in paths])
+
+
+@router.get(
+    "/{job_id}/logprobs.jsonl",
+    response_class=Response,
+    responses={200: {"content": {"application/x-ndjson": {}},
+                     "description": "one JSONL record, the layout `tokentree logprobs -o` writes"}},
+)
+def get_logprobs_record(job_id: uuid.UUID, session: SessionDep) -> Response:
+    """A finished logprobs job's record, as one JSONL line."""
+    job = _job_or_404(session, job_id)
+    _require_kind(job, "logprobs")
+    record = (job.result or {}).get("record")
+    if record is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no record ({job.status})")
+    return Response(content=json.dumps(record) + "\n", media_type="application/x-ndjson",
+                    headers={"Content-Disposition": f'inline; filename="{job_id}.jsonl"'})
+
+
+def _read_job(factory: sessionmaker[Session], job_id: uuid.UUID) -> JobOut | None:
+    with factory() as session:
+        job = jobs.get_job(session, job_id)
+        return None if job is None else _job_out(session, job)
+
+
+def _event(name: str, job: JobOut) -> str:
+    return f"event: {name}\ndata: {job.model_dump_json()}\n\n"
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "`progress` events (the job JSON) while it runs, then one `end`"}},
+)
+def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep) -> StreamingResponse:
+    """Server-sent progress events until the job ends."""
+    # No SessionDep: a stream may last an hour, and must not hold a pooled connection all along.
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    with factory() as session:
+        _job_or_404(session, job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        last = None
+        with anyio.move_on_after(settings.events_max_s):
+            while not await request.is_disconnected():
+                job = await anyio.to_thread.run_sync(_read_job, factory, job_id)
+                if job is None:  # deleted while we watched
+                    return
+                if job.status in TERMINAL_STATUSES:
+                    yield _event("end", job)
+                    return
+                if job != last:
+                    yield _event("progress", job)
+                    last = job
+                else:
+                    yield ": still running\n\n"  # keeps proxies from closing an idle stream
+                await anyio.sleep(settings.events_interval_s)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,45 @@
+"""Health and the models this server runs."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import SessionDep, SettingsDep
+from api.schemas import HealthOut, ModelOut, ModelsOut
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.get("/v1/models", tags=["models"])
+def list_models(settings: SettingsDep) -> ModelsOut:
+    """The models jobs may name (the operator's allow-list); the first is the default."""
+    return ModelsOut(models=[ModelOut(name=name, default=name == settings.default_model)
+                             for name in settings.models])
+
+
+@router.get("/healthz", tags=["health"], responses={503: {"model": HealthOut}})
+def health(request: Request, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    """Whether the database and the broker answer."""
+    database = broker = "ok"
+    try:
+        session.execute(text("SELECT 1"))
+    except Exception as exc:
+        log.warning("health: database unreachable: %s", exc)
+        database = "unreachable"
+    if settings.embedded:
+        broker = "embedded"
+    else:
+        try:
+            request.app.state.broker.ping()
+        except Exception as exc:
+            log.warning("health: broker unreachable: %s", exc)
+            broker = "unreachable"
+    healthy = database == "ok" and broker != "unreachable"
+    body = HealthOut(status="ok" if healthy else "unavailable", database=database, broker=broker)
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -1,0 +1,101 @@
+"""The API's request and response bodies (they are also the OpenAPI document at /docs)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+
+from models.node_reads import Progress
+from models.schema import Job
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]  # models.schema.JOB_STATUSES
+
+
+class JobCreate(BaseModel):
+    """A job to run: a token tree or a log-probability analysis of `prompt`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: StrictStr = Field(min_length=1)
+    model: StrictStr | None = Field(default=None, description="from GET /v1/models; default: the first")
+    kind: Literal["tree", "logprobs"] = "tree"
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="tree: min_branch_threshold, max_branch_threshold, soft_queue_limit, "
+                    "candidate_threshold, max_depth, max_completed_paths, max_nodes; "
+                    "logprobs: max_new_tokens, top_k",
+    )
+    chat: StrictBool = Field(default=False, description="wrap the prompt in the model's chat template")
+    prefix: StrictStr | None = Field(default=None, description="force the response to start with this text")
+
+
+class ProgressOut(BaseModel):
+    nodes: int
+    frontier: int | None = Field(description="open nodes not yet expanded; null in job lists")
+    completed_paths: int
+    workers: dict[str, int] | None = Field(description="nodes expanded per worker; null in job lists")
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    kind: str
+    prompt: str
+    model: str
+    parameters: dict[str, Any]
+    chat: bool
+    prefix: str | None
+    status: JobStatus
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: ProgressOut
+
+    @field_validator("created_at", "started_at", "finished_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # SQLite hands back naive datetimes; they were written in UTC.
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @classmethod
+    def of(cls, job: Job, progress: Progress) -> JobOut:
+        return cls(id=job.id, kind=job.kind, prompt=job.prompt, model=job.model, parameters=job.parameters,
+                   chat=job.chat, prefix=job.prefix, status=job.status, error=job.error,  # type: ignore[arg-type]
+                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                   progress=ProgressOut(**progress.to_json()))
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+
+
+class PathOut(BaseModel):
+    node_id: int
+    text: str
+    cumulative_prob: float
+    tokens: list[int]
+
+
+class PathsOut(BaseModel):
+    paths: list[PathOut]
+
+
+class ModelOut(BaseModel):
+    name: str
+    default: bool
+
+
+class ModelsOut(BaseModel):
+    models: list[ModelOut]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: str
+    broker: str

@@ -1,0 +1,75 @@
+"""A job request checked against the engine's parameter rules and the operator's caps.
+
+Every mistake is a 422 in FastAPI's own error shape, naming the field: ParameterError from the
+engine (the CLI reports the same message) becomes `loc: ["body", "parameters", field]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, NoReturn
+
+from fastapi.exceptions import RequestValidationError
+
+from api.schemas import JobCreate
+from engine.params import LogprobsParams, ParameterError, TreeParams
+from models.settings import Settings
+
+
+def reject(loc: tuple[str | int, ...], message: str, value: Any = None) -> NoReturn:
+    """Answer 422 with one error at `loc`, as FastAPI does for the errors it finds itself."""
+    raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": value}])
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    kind: str
+    prompt: str
+    model: str
+    parameters: dict[str, Any]
+    chat: bool
+    prefix: str | None
+
+
+def _check_text(name: str, value: str | None, settings: Settings) -> None:
+    if value is None:
+        return
+    if len(value) > settings.max_prompt_chars:
+        reject(("body", name), f"must be at most {settings.max_prompt_chars} characters, got {len(value)}")
+    if "\x00" in value:
+        reject(("body", name), "must not contain NUL characters")
+
+
+def _cap(name: str, value: int, limit: int) -> None:
+    if value > limit:
+        reject(("body", "parameters", name), f"must be at most {limit} on this server, got {value}", value)
+
+
+def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    try:
+        if kind == "tree":
+            tree = TreeParams.from_dict(values)
+            _cap("max_nodes", tree.max_nodes, settings.max_nodes)
+            _cap("max_depth", tree.max_depth, settings.max_depth)
+            return tree.to_dict()
+        known = {f.name for f in fields(LogprobsParams)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ParameterError(unknown[0], f"unknown parameter; expected one of {', '.join(sorted(known))}")
+        logprobs = LogprobsParams(**values)
+        _cap("max_new_tokens", logprobs.max_new_tokens, settings.max_new_tokens)
+        return logprobs.to_dict()
+    except ParameterError as exc:
+        reject(("body", "parameters", exc.field), exc.message, values.get(exc.field))
+
+
+def validate_job_request(body: JobCreate, settings: Settings) -> JobRequest:
+    """The request with its model resolved and its parameters complete (defaults filled in)."""
+    _check_text("prompt", body.prompt, settings)
+    _check_text("prefix", body.prefix, settings)
+    model = settings.default_model if body.model is None else body.model
+    if model not in settings.models:
+        reject(("body", "model"), f"not served here; one of {', '.join(settings.models)}", model)
+    return JobRequest(kind=body.kind, prompt=body.prompt, model=model,
+                      parameters=_parameters(body.kind, body.parameters, settings),
+                      chat=body.chat, prefix=body.prefix)

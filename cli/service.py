@@ -1,0 +1,177 @@
+"""Service commands: `serve`, `db upgrade|downgrade|current`, `models`, and `worker` (cli/worker_cmd.py).
+
+`tokentree serve` with no TOKENTREE_DATABASE_URL / TOKENTREE_REDIS_URL is the whole product in one
+process: SQLite under the data folder (migrated on start) and an in-process worker. With them set it
+is the API alone, and `tokentree worker` processes do the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from cli.main import Parser, UsageError
+
+if TYPE_CHECKING:
+    from models.settings import Settings
+
+
+def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
+    """Register the service subcommands; each sets `handler`."""
+    serve = commands.add_parser("serve", help="run the API and the viewers (embedded: with a worker inside)")
+    serve.add_argument("--host", help="address to listen on (default: TOKENTREE_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: TOKENTREE_PORT, 8000)")
+    serve.set_defaults(handler=run_serve)
+
+    db = commands.add_parser("db", help="database schema migrations (TOKENTREE_DATABASE_URL)")
+    steps = db.add_subparsers(dest="db_command", required=True, parser_class=Parser)
+    upgrade = steps.add_parser("upgrade", help="apply migrations (to the newest by default)")
+    upgrade.add_argument("--to", default="head", metavar="REVISION")
+    upgrade.set_defaults(handler=run_db_upgrade)
+    downgrade = steps.add_parser("downgrade", help="undo migrations; `--to base` empties the database")
+    downgrade.add_argument("--to", required=True, metavar="REVISION", help="a revision, -1, or base")
+    downgrade.set_defaults(handler=run_db_downgrade)
+    current = steps.add_parser("current", help="print the database's revision and the newest")
+    current.set_defaults(handler=run_db_current)
+
+    models = commands.add_parser("models", help="list the models jobs may name (TOKENTREE_MODELS)")
+    models.set_defaults(handler=run_models)
+
+    try:
+        worker_cmd = importlib.import_module("cli.worker_cmd")
+    except ModuleNotFoundError as exc:
+        if exc.name != "cli.worker_cmd":
+            raise
+    else:
+        worker_cmd.add_command(commands)
+
+
+def load_settings() -> Settings:
+    """The settings, or a one-line usage error naming the variable that is wrong."""
+    from pydantic import ValidationError
+
+    from models.settings import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = "TOKENTREE_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        raise UsageError(f"{where}: {error['msg']}") from None
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    """An unreachable database is the user's to fix: one line naming it (password hidden)."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise UsageError(f"cannot use the database {_redacted(url)}: {reason}") from None
+
+
+def run_db_upgrade(args: argparse.Namespace) -> int:
+    from migrations import current_revision, upgrade_database
+
+    url = load_settings().sqlalchemy_url
+    with _reaching(url):
+        upgrade_database(url, args.to)
+        print(f"{_redacted(url)} is at revision {current_revision(url)}")
+    return 0
+
+
+def run_db_downgrade(args: argparse.Namespace) -> int:
+    from migrations import current_revision, downgrade_database
+
+    url = load_settings().sqlalchemy_url
+    with _reaching(url):
+        downgrade_database(url, args.to)
+        print(f"{_redacted(url)} is at revision {current_revision(url) or 'base (empty)'}")
+    return 0
+
+
+def run_db_current(args: argparse.Namespace) -> int:
+    from migrations import current_revision, head_revision
+
+    url = load_settings().sqlalchemy_url
+    with _reaching(url):
+        current = current_revision(url) or "base (empty)"
+    print(f"{_redacted(url)}: revision {current}; newest {head_revision()}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    for name, source in settings.models.items():
+        default = "  (default)" if name == settings.default_model else ""
+        print(f"{name}\t{source}{default}")
+    return 0
+
+
+def _check_schema(settings: Settings) -> None:
+    """Migrate the embedded SQLite file; refuse to serve a shared database that is behind."""
+    from migrations import current_revision, head_revision, upgrade_database
+
+    url = settings.sqlalchemy_url
+    with _reaching(url):
+        if settings.database_url is None:
+            upgrade_database(url)
+            return
+        current, head = current_revision(url), head_revision()
+    if current != head:
+        raise UsageError(f"the database is at revision {current or 'base (empty)'}, this code needs {head}: "
+                         "run `tokentree db upgrade`")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from models.db import engine_from_settings, make_session_factory
+
+    settings = load_settings()
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port must be between 1 and 65535, got {port}")
+    _check_schema(settings)
+    engine = engine_from_settings(settings)
+    session_factory = make_session_factory(engine)
+    worker = None
+    if settings.embedded:
+        try:
+            from workers.local import LocalWorker
+        except ModuleNotFoundError as exc:
+            raise UsageError("the in-process worker (workers.local) is missing; install tokentree fully, "
+                             "or set TOKENTREE_DATABASE_URL and TOKENTREE_REDIS_URL for `tokentree worker`"
+                             ) from exc
+        worker = LocalWorker(settings, session_factory)
+        worker.start()
+    mode = "embedded: SQLite and an in-process worker" if settings.database_url is None else (
+        "with an in-process worker" if settings.embedded else "API only; jobs go to `tokentree worker`")
+    database = _redacted(settings.sqlalchemy_url)
+    print(f"tokentree: serving on http://{host}:{port}/ ({mode}); database {database}", file=sys.stderr)
+    try:
+        app = create_app(settings, dispatcher=worker, session_factory=session_factory)
+        # What is loaded by now (torch, transformers, the app) lives as long as the process: out of the
+        # collector's sight, full collections while a big tree is read stop walking it (-25% there).
+        gc.freeze()
+        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+    finally:
+        if worker is not None:
+            worker.stop()
+        engine.dispose()
+    return 0

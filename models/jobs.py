@@ -1,0 +1,193 @@
+"""The job repository: every query on the `jobs` table lives here.
+
+Lifecycle: queued -> running -> succeeded | failed | cancelled (cancelled also straight from queued).
+A terminal status is final: each transition is one conditional UPDATE that only matches a job still
+queued or running, so when several workers (or a worker and a cancel) race, exactly one wins and the
+function tells its caller whether it was that one.
+
+State transitions commit (each is its own unit of work, and the API must commit a job before its task
+is sent); `add_counts` does not, so counts commit together with the nodes they count.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, Node, utcnow
+
+log = logging.getLogger(__name__)
+
+OPEN_STATUSES = ("queued", "running")
+# A worker's traceback can be long; the job keeps its head and its tail, where the cause usually is.
+MAX_ERROR_CHARS = 8_000
+
+JobId = uuid.UUID | str
+
+
+def as_job_id(job_id: JobId) -> uuid.UUID:
+    """A job id from its string form (as tasks carry it); raises ValueError for anything else."""
+    return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+
+
+def cancel_flag_key(job_id: JobId) -> str:
+    """The Redis key set to "1" when a job is cancelled, so every worker on it stops promptly."""
+    return f"tokentree:job:{as_job_id(job_id)}:cancelled"
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+def _clip_error(error: str | None) -> str | None:
+    if error is None or len(error) <= MAX_ERROR_CHARS:
+        return error
+    half = MAX_ERROR_CHARS // 2
+    return error[:half] + "\n[...]\n" + error[-half:]
+
+
+# -- create and read --------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    *,
+    kind: str,
+    prompt: str,
+    model: str,
+    parameters: dict[str, Any],
+    chat: bool = False,
+    prefix: str | None = None,
+    owner: str | None = None,
+) -> Job:
+    """Insert a queued job and commit it (its task may only be sent after this returns)."""
+    job = Job(kind=kind, prompt=prompt, model=model, parameters=parameters, chat=chat, prefix=prefix,
+              owner=owner, status="queued", node_count=0, completed_paths=0)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def get_job(session: Session, job_id: JobId) -> Job | None:
+    """The job, or None when there is no such job."""
+    return session.get(Job, as_job_id(job_id), populate_existing=True)
+
+
+def list_jobs(
+    session: Session, *, status: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[Job], int]:
+    """A page of jobs, newest first, optionally only those with `status`; and how many match in all."""
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+        count = count.where(Job.status == status)
+    page = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
+    return list(page), session.scalar(count) or 0
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    """How many jobs are in each status (every status present, zeros included)."""
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        counts[status] = count
+    return counts
+
+
+def is_cancelled(session: Session, job_id: JobId) -> bool:
+    """Whether a worker should stop: the job was cancelled, or deleted altogether."""
+    status = session.scalar(select(Job.status).where(Job.id == as_job_id(job_id)))
+    return status is None or status == "cancelled"
+
+
+# -- transitions ------------------------------------------------------------------------------------
+
+
+def mark_running(session: Session, job_id: JobId, worker: str) -> bool:
+    """Record that `worker` works on the job (queued -> running; already running stays running).
+
+    Several workers may join one job: `started_at` keeps the first one's time. Returns False when the
+    job is finished, cancelled or gone, in which case the worker must not touch it. Commits.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == as_job_id(job_id), Job.status.in_(OPEN_STATUSES))
+        .values(status="running", started_at=func.coalesce(Job.started_at, now))
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    joined = _rowcount(result) == 1
+    log.info("job %s %s worker %s", job_id, "running on" if joined else "is closed to", worker)
+    return joined
+
+
+def finish_job(
+    session: Session,
+    job_id: JobId,
+    status: str,
+    error: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> bool:
+    """Move a queued or running job to a terminal `status` (succeeded, failed or cancelled).
+
+    Exactly once: returns True for the one call that finished the job, False if it was already
+    finished (or deleted), in which case nothing changes. `result` (when given) replaces the job's
+    result: {"record": ...} for a logprobs job; for a tree job, every key but "record" is added to the
+    tree JSON's metadata (model source, dtype, versions, prompt_token_ids, stats). Commits.
+    """
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"not a terminal status: {status!r}")
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": _clip_error(error)}
+    if result is not None:
+        values["result"] = result
+    outcome = session.execute(
+        update(Job)
+        .where(Job.id == as_job_id(job_id), Job.status.in_(OPEN_STATUSES))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return _rowcount(outcome) == 1
+
+
+def cancel_job(session: Session, job_id: JobId) -> bool:
+    """Cancel a queued or running job; its nodes stay (the partial tree). True if this call did it."""
+    return finish_job(session, job_id, "cancelled")
+
+
+def delete_job(session: Session, job_id: JobId) -> bool:
+    """Delete a job and its nodes. True if there was such a job. Commits.
+
+    Cancel a running job first (see `cancel_job`): a worker still writing nodes for a deleted job
+    gets foreign-key errors, and `is_cancelled` tells it to stop.
+    """
+    key = as_job_id(job_id)
+    # Explicitly, not through ON DELETE CASCADE alone: one statement over an index, on every backend.
+    session.execute(delete(Node).where(Node.job_id == key).execution_options(synchronize_session=False))
+    outcome = session.execute(delete(Job).where(Job.id == key).execution_options(synchronize_session=False))
+    session.commit()
+    return _rowcount(outcome) == 1
+
+
+# -- counts kept with the job -----------------------------------------------------------------------
+
+
+def add_counts(session: Session, job_id: JobId, *, nodes: int = 0, completed_paths: int = 0) -> None:
+    """Add to the job's node and completed-path counts, atomically (several workers add at once).
+
+    Does not commit: call it in the transaction that writes the nodes, with the numbers of rows that
+    transaction actually inserted, so the counts never disagree with the table.
+    """
+    if nodes == 0 and completed_paths == 0:
+        return
+    session.execute(
+        update(Job)
+        .where(Job.id == as_job_id(job_id))
+        .values(node_count=Job.node_count + nodes, completed_paths=Job.completed_paths + completed_paths)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,221 @@
+"""The read side of a job's nodes: its tree in the CLI's JSON layout, its completed paths, its progress.
+
+Reads are plain column selects (no ORM objects: a 100,000-node tree is read often while it grows) and
+never need the job to be finished: a running job's nodes are a consistent partial tree, because a
+node is written after its parent. The JSON itself is written by `engine.tree.tree_json_text`, so the
+API serves exactly the layout the CLI writes; node ids in it are database ids.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, Text, and_, case, cast, func, select
+from sqlalchemy.orm import Session
+
+from engine.tree import Candidate, CompletedPath, FinishReason, tree_json_text
+from engine.tree import Node as TreeNode
+from models.jobs import JobId, as_job_id
+from models.schema import Job, Node
+
+# What the JSON shows of a node, in one select. Candidates come as text: parsing every node's in one
+# document costs a third of letting the driver decode them row by row.
+TREE_COLUMNS = (
+    Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth, Node.prob, Node.logprob,
+    Node.cumulative_prob, Node.is_finished, Node.finish_reason, cast(Node.candidates, Text), Node.threshold,
+    Node.queue_depth, Node.entropy,
+)
+
+
+class NodeNotFound(LookupError):
+    """The node asked for is not one of the job's nodes."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a job has got: nodes written, open nodes not yet expanded, paths completed, and how many
+    nodes each worker expanded."""
+
+    nodes: int
+    frontier: int | None
+    completed_paths: int
+    workers: dict[str, int] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodes": self.nodes, "frontier": self.frontier, "completed_paths": self.completed_paths,
+                "workers": self.workers}
+
+
+# -- tree -------------------------------------------------------------------------------------------
+
+
+def root_node_id(session: Session, job_id: JobId) -> int | None:
+    """The database id of the job's root node (the prompt), or None before the first write."""
+    return session.scalar(select(Node.id).where(Node.job_id == as_job_id(job_id), Node.parent_id.is_(None)))
+
+
+def _subtree_query(job_id: uuid.UUID, root_id: int, deepest: int | None) -> Select:
+    """The rows of the subtree at `root_id`, down to depth `deepest` at most, parents first."""
+    below = select(Node.id).where(Node.job_id == job_id, Node.id == root_id).cte(recursive=True)
+    child = select(Node.id).join(below, and_(Node.job_id == job_id, Node.parent_id == below.c.id))
+    if deepest is not None:
+        child = child.where(Node.depth <= deepest)
+    below = below.union_all(child)
+    return select(*TREE_COLUMNS).join(below, Node.id == below.c.id).order_by(Node.id)
+
+
+def load_tree_nodes(
+    session: Session, job_id: JobId, root_id: int | None = None, max_depth: int | None = None
+) -> list[TreeNode]:
+    """The job's nodes as engine nodes, the (sub)tree's root first, each node's children by id.
+
+    List positions are the nodes' indices (what `children` holds); `id` is the database id. With
+    `max_depth`, nodes more than `max_depth` levels below the root are left out, except that one
+    level more is read so the deepest nodes shown still report their `child_count`. Raises
+    `NodeNotFound` if `root_id` is not a node of this job. Empty before the job's first write.
+    """
+    key = as_job_id(job_id)
+    whole_tree = root_id is None
+    if root_id is None:
+        root_id = root_node_id(session, key)
+        if root_id is None:
+            return []
+        root_depth = 0
+    else:
+        found = session.scalar(select(Node.depth).where(Node.job_id == key, Node.id == root_id))
+        if found is None:
+            raise NodeNotFound(f"node {root_id} is not in job {key}")
+        root_depth = found
+    deepest = None if max_depth is None else root_depth + max_depth + 1
+    if whole_tree:
+        query = select(*TREE_COLUMNS).where(Node.job_id == key).order_by(Node.id)
+        if deepest is not None:
+            query = query.where(Node.depth <= deepest)
+    else:
+        query = _subtree_query(key, root_id, deepest)
+
+    rows = session.execute(query).all()
+    candidate_lists = json.loads("[" + ",".join(row[10] or "null" for row in rows) + "]")
+    nodes: list[TreeNode] = []
+    index: dict[int, int] = {}
+    for row, candidates in zip(rows, candidate_lists, strict=True):
+        (node_id, parent_id, token_id, text, depth, prob, logprob, cumulative_prob, is_finished,
+         finish_reason, _, threshold, queue_depth, entropy) = row
+        parent = None
+        if node_id != root_id:
+            parent = index.get(parent_id) if parent_id is not None else None
+            if parent is None:
+                continue  # a parent outside what was read: nothing to hang the node on
+        index[node_id] = len(nodes)
+        node = TreeNode(
+            id=node_id, parent_id=parent_id, token_id=token_id, text=text, depth=depth, prob=prob,
+            logprob=logprob, cumulative_prob=cumulative_prob, is_finished=is_finished,
+            finish_reason=typing.cast("FinishReason | None", finish_reason), threshold=threshold,
+            queue_depth=queue_depth, entropy=entropy,
+            candidates=[Candidate(c["token_id"], c["text"], c["prob"]) for c in candidates or ()],
+        )
+        if parent is not None:
+            nodes[parent].children.append(len(nodes))
+        nodes.append(node)
+    return nodes
+
+
+def tree_metadata(job: Job) -> dict[str, Any]:
+    """The tree JSON's metadata: the request as the CLI records it, plus what the workers reported
+    in the job's result (model source, dtype, versions, prompt token ids, stats), plus the job."""
+    metadata: dict[str, Any] = {"prompt": job.prompt, "parameters": job.parameters, "chat": job.chat,
+                                "prefix": job.prefix, "model": job.model}
+    metadata.update((key, value) for key, value in (job.result or {}).items() if key != "record")
+    metadata["job"] = {"id": str(job.id), "status": job.status}
+    return metadata
+
+
+def tree_json(
+    session: Session, job: Job, root_id: int | None = None, max_depth: int | None = None
+) -> str | None:
+    """The job's tree (or the subtree at `root_id`, `max_depth` levels deep) in the CLI's JSON layout;
+    None while the job has no nodes. Raises `NodeNotFound` for a root that is not in the job."""
+    nodes = load_tree_nodes(session, job.id, root_id, max_depth)
+    if not nodes:
+        return None
+    return tree_json_text(nodes, tree_metadata(job), root_id=0, max_depth=max_depth)
+
+
+# -- paths ------------------------------------------------------------------------------------------
+
+
+def completed_paths(session: Session, job_id: JobId, limit: int) -> list[CompletedPath]:
+    """The `limit` most probable paths that reached a stop token (ties: the earlier node first)."""
+    key = as_job_id(job_id)
+    leaves = session.execute(
+        select(Node.id, Node.cumulative_prob)
+        .where(Node.job_id == key, Node.finish_reason == "stop")
+        .order_by(Node.cumulative_prob.desc(), Node.id)
+        .limit(limit)
+    ).all()
+    if not leaves:
+        return []
+    # Every leaf's ancestors, in one recursive query: depth x paths rows, never the whole tree.
+    chain = (
+        select(Node.id.label("leaf"), Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth)
+        .where(Node.job_id == key, Node.id.in_([leaf_id for leaf_id, _ in leaves]))
+        .cte(recursive=True)
+    )
+    chain = chain.union_all(
+        select(chain.c.leaf, Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth)
+        .join(chain, and_(Node.job_id == key, Node.id == chain.c.parent_id))
+    )
+    steps: dict[int, list[tuple[int | None, str]]] = {leaf_id: [] for leaf_id, _ in leaves}
+    rows = session.execute(
+        select(chain.c.leaf, chain.c.token_id, chain.c.text)
+        .where(chain.c.parent_id.is_not(None))  # the root is the prompt, not part of the path
+        .order_by(chain.c.leaf, chain.c.depth)
+    )
+    for leaf_id, token_id, text in rows:
+        steps[leaf_id].append((token_id, text))
+    return [
+        CompletedPath(node_id=leaf_id, cumulative_prob=cumulative_prob,
+                      text="".join(text for _, text in steps[leaf_id]),
+                      token_ids=[token for token, _ in steps[leaf_id] if token is not None])
+        for leaf_id, cumulative_prob in leaves
+    ]
+
+
+# -- progress ---------------------------------------------------------------------------------------
+
+
+def job_progress(session: Session, job_id: JobId) -> Progress:
+    """Counted from the nodes themselves in one pass over the job's rows (so it is right even while
+    workers are between updates of the job's counters)."""
+    is_open = and_(Node.is_finished.is_(False), Node.threshold.is_(None))
+    rows = session.execute(
+        select(
+            Node.expanded_by,
+            func.count(),
+            func.sum(case((is_open, 1), else_=0)),
+            func.sum(case((Node.finish_reason == "stop", 1), else_=0)),
+        )
+        .where(Node.job_id == as_job_id(job_id))
+        .group_by(Node.expanded_by)
+    )
+    nodes = frontier = completed = 0
+    workers: dict[str, int] = {}
+    for worker, count, open_count, stopped in rows:
+        nodes += count
+        frontier += open_count or 0
+        completed += stopped or 0
+        if worker is not None:
+            workers[worker] = count
+    return Progress(nodes=nodes, frontier=frontier, completed_paths=completed,
+                    workers=dict(sorted(workers.items())))
+
+
+def counted_progress(job: Job) -> Progress:
+    """Progress from the counters kept with the job, without reading nodes (for job lists): the
+    frontier and the per-worker counts need the nodes, so they are None (unknown here)."""
+    return Progress(nodes=job.node_count, frontier=None, completed_paths=job.completed_paths, workers=None)
+

@@ -1,0 +1,155 @@
+"""The service's settings, read once from `TOKENTREE_*` environment variables.
+
+With neither `TOKENTREE_DATABASE_URL` nor `TOKENTREE_REDIS_URL` set, everything runs in one process:
+SQLite under `TOKENTREE_DATA_DIR` and an in-process worker (the embedded default). Setting both gives
+the distributed service: Postgres, Redis as the Celery broker, and `tokentree worker` processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from engine.params import MAX_DEPTH_LIMIT, MAX_NEW_TOKENS_LIMIT, MAX_NODES_LIMIT
+
+# A model name becomes part of a Celery queue name and a URL: keep it to plain characters.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Passwords that only ever belong in examples; refused outside a local environment.
+EXAMPLE_PASSWORDS = frozenset({"changethis", "postgres", "password"})
+
+
+def default_data_dir() -> Path:
+    """Where the embedded mode keeps its SQLite file: $XDG_DATA_HOME/tokentree (~/.local/share)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tokentree"
+
+
+def parse_models(text: str) -> dict[str, str]:
+    """`demo,gemma=google/gemma-2-2b-it` -> {"demo": "demo", "gemma": "google/gemma-2-2b-it"}.
+
+    An entry without `=` is its own source (`demo` is the bundled checkpoint, anything else a Hub id).
+    """
+    models: dict[str, str] = {}
+    for entry in text.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, _, source = entry.partition("=")
+        name, source = name.strip(), source.strip() or name.strip()
+        if not MODEL_NAME.match(name):
+            raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-' (64 at most)")
+        if name in models:
+            raise ValueError(f"model name {name!r} is listed twice")
+        models[name] = source
+    if not models:
+        raise ValueError("the model allow-list is empty")
+    return models
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Caps bound what a client may ask for, below the engine's own."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENTREE_", extra="ignore", frozen=True)
+
+    environment: Literal["local", "staging", "production"] = "local"
+    # None: the embedded SQLite file. Otherwise a Postgres URL (postgresql://, postgresql+psycopg://).
+    database_url: str | None = None
+    # None: jobs run in-process. Otherwise the Celery broker, and the home of the cancel flags.
+    redis_url: str | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    # The operator's allow-list, name -> source (`demo`, a Hub id or a folder). Clients name an entry;
+    # the first one is the default.
+    models: Annotated[dict[str, str], NoDecode] = Field(default_factory=lambda: {"demo": "demo"})
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+    # Caps on what one request may ask for.
+    max_nodes: int = Field(default=100_000, ge=1, le=MAX_NODES_LIMIT)
+    max_depth: int = Field(default=10_000, ge=1, le=MAX_DEPTH_LIMIT)
+    max_new_tokens: int = Field(default=2_000, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    max_prompt_chars: int = Field(default=20_000, ge=1)
+    max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_page_size: int = Field(default=200, ge=1)
+    max_paths: int = Field(default=1_000, ge=1)
+    # Server-sent events: how often a job is looked at, and how long one stream may last (clients
+    # reconnect) so a forgotten tab does not hold a connection forever.
+    events_interval_s: float = Field(default=0.5, gt=0)
+    events_max_s: float = Field(default=3600.0, gt=0)
+    # Memory for rendered trees of finished jobs (they never change); 0 turns the cache off.
+    tree_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+
+    # Workers: nodes per bulk write, and how long a cancel flag outlives the job's last worker.
+    node_batch_size: int = Field(default=1_000, ge=1, le=50_000)
+    max_batch: int = Field(default=256, ge=1, le=8_192)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    cancel_ttl_s: int = Field(default=86_400, ge=60)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        return parse_models(value) if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme = value.split(":", 1)[0]
+        # psycopg 3 is the driver we ship; the bare schemes would ask SQLAlchemy for psycopg2.
+        if scheme in ("postgres", "postgresql"):
+            return "postgresql+psycopg:" + value.split(":", 1)[1]
+        if scheme.startswith(("postgresql+", "sqlite")):
+            return value
+        raise ValueError(f"must be a postgresql:// or sqlite:// URL, got scheme {scheme!r}")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError("must be a redis:// or rediss:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.redis_url and not (self.database_url or "").startswith("postgresql"):
+            # Workers on other machines cannot share the embedded SQLite file.
+            raise ValueError("TOKENTREE_REDIS_URL needs TOKENTREE_DATABASE_URL, a Postgres the workers share")
+        if self.environment != "local":
+            for name in ("database_url", "redis_url"):
+                url = getattr(self, name)
+                if url and urlsplit(url).password in EXAMPLE_PASSWORDS:
+                    raise ValueError(f"{name} has an example password; set a real one for {self.environment}")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """Jobs run in this process (no broker), as `tokentree serve` does by default."""
+        return self.redis_url is None
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.models))
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database to use: the configured one, or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+pysqlite:///{self.data_dir / 'tokentree.sqlite3'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,428 @@
+"""The API over HTTP, in both modes: embedded (SQLite) and distributed (Postgres, Celery on Redis).
+
+Jobs are submitted through the API; their nodes are written with the factories, standing in for a
+worker, so every read endpoint is checked against a tree whose shape is known.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy.orm import Session
+
+from api.dispatch import model_queue
+from engine.params import TreeParams
+from migrations import upgrade_database
+from models import jobs
+from models.jobs import cancel_flag_key
+from tests.service.conftest import LiveAPI, embedded_settings, live_api_for, postgres_settings
+from tests.utils.factories import RecordingDispatcher, insert_tree, synthetic_tree
+
+TREE_REQUEST = {"prompt": "The capital of India is",
+                "parameters": {"max_nodes": 500, "max_completed_paths": 5}}
+PARAMETER = ["body", "parameters"]
+JSON_BODY = {"content-type": "application/json"}
+
+
+def submit(api: LiveAPI, **changes: Any) -> dict[str, Any]:
+    response = api.client.post("/v1/jobs", json={**TREE_REQUEST, **changes})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def queued_tasks(api: LiveAPI, model: str = "demo") -> list[dict[str, Any]]:
+    """The Celery messages waiting on a model's queue (distributed mode)."""
+    client = redis.Redis.from_url(api.settings.redis_url or "")
+    messages = [json.loads(raw) for raw in client.lrange(model_queue(model), 0, -1)]
+    client.close()
+    return messages
+
+
+def dispatched(api: LiveAPI) -> list[tuple[str, str]]:
+    """(job id, model) of every job handed to the workers, oldest first."""
+    if api.mode == "embedded":
+        return list(api.dispatcher.submitted)
+    found = []
+    for model in api.settings.models:
+        for message in queued_tasks(api, model):
+            assert message["headers"]["task"] == "tokentree.run_job"
+            found.append((message["headers"]["argsrepr"].strip("[]'\""), model))
+    return found[::-1]  # Redis queues are LPUSHed
+
+
+def write_tree(api: LiveAPI, job_id: str, size: int, **kwargs: Any) -> list[int]:
+    with api.session() as session:
+        return insert_tree(session, uuid.UUID(job_id), synthetic_tree(size, **kwargs))
+
+
+def set_status(api: LiveAPI, job_id: str, status: str, **kwargs: Any) -> None:
+    with api.session() as session:
+        jobs.mark_running(session, job_id, "test-worker")
+        if status != "running":
+            assert jobs.finish_job(session, job_id, status, **kwargs)
+
+
+# -- submit -------------------------------------------------------------------------------------------
+
+
+def test_submit_commits_then_dispatches(live_api: LiveAPI) -> None:
+    job = submit(live_api, chat=True, prefix="Well,")
+    assert job["status"] == "queued"
+    assert (job["kind"], job["model"], job["chat"], job["prefix"]) == ("tree", "demo", True, "Well,")
+    # Parameters are stored complete: the engine's defaults fill what the request left out.
+    assert job["parameters"] == {**TreeParams().to_dict(), "max_nodes": 500, "max_completed_paths": 5}
+    assert job["progress"] == {"nodes": 0, "frontier": 0, "completed_paths": 0, "workers": {}}
+    assert job["created_at"].endswith("Z") and job["started_at"] is None
+    assert dispatched(live_api) == [(job["id"], "demo")]
+    fetched = live_api.client.get(f"/v1/jobs/{job['id']}").json()
+    assert fetched == job
+
+
+def test_submit_logprobs(live_api: LiveAPI) -> None:
+    job = submit(live_api, kind="logprobs", parameters={"top_k": 3})
+    assert job["parameters"] == {"max_new_tokens": 100, "top_k": 3}
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "message"),
+    [
+        ({"parameters": {"max_nodes": 0}}, ["body", "parameters", "max_nodes"], "between 1 and"),
+        ({"parameters": {"min_branch_threshold": 1.5}}, ["body", "parameters", "min_branch_threshold"],
+         "between 0 and 1"),
+        ({"parameters": {"min_branch_threshold": 0.6}}, ["body", "parameters", "min_branch_threshold"],
+         "must not exceed max_branch_threshold"),
+        ({"parameters": {"max_nodez": 5}}, ["body", "parameters", "max_nodez"], "unknown parameter"),
+        ({"parameters": {"max_nodes": "many"}}, ["body", "parameters", "max_nodes"], "must be an integer"),
+        ({"parameters": {"max_nodes": 10_000_000}}, ["body", "parameters", "max_nodes"], "between 1 and"),
+        ({"parameters": {"max_nodes": 200_000}}, [*PARAMETER, "max_nodes"], "at most 100000 on this"),
+        ({"parameters": {"max_depth": 50_000}}, ["body", "parameters", "max_depth"], "at most 10000 on this"),
+        ({"kind": "logprobs", "parameters": {"top_k": 0}}, ["body", "parameters", "top_k"], "between 1 and"),
+        ({"kind": "logprobs", "parameters": {"max_nodes": 5}}, ["body", "parameters", "max_nodes"],
+         "unknown parameter"),
+        ({"kind": "logprobs", "parameters": {"max_new_tokens": 5000}}, [*PARAMETER, "max_new_tokens"],
+         "at most 2000 on this"),
+        ({"model": "/etc/passwd"}, ["body", "model"], "not served here; one of demo"),
+        ({"model": "gpt"}, ["body", "model"], "not served here"),
+        ({"kind": "poem"}, ["body", "kind"], "'tree' or 'logprobs'"),
+        ({"prompt": ""}, ["body", "prompt"], "at least 1 character"),
+        ({"prompt": 42}, ["body", "prompt"], "valid string"),
+        ({"prompt": "x" * 20_001}, ["body", "prompt"], "at most 20000 characters"),
+        ({"prompt": "a\x00b"}, ["body", "prompt"], "NUL"),
+        ({"prefix": "\x00"}, ["body", "prefix"], "NUL"),
+        ({"chat": "yes"}, ["body", "chat"], "valid boolean"),
+        ({"parameters": [1, 2]}, ["body", "parameters"], "valid dictionary"),
+        ({"temperature": 0.7}, ["body", "temperature"], "Extra inputs"),
+    ],
+)
+def test_bad_requests_are_422_naming_the_field(live_api: LiveAPI, change: dict[str, Any], loc: list[str],
+                                               message: str) -> None:
+    response = live_api.client.post("/v1/jobs", json={**TREE_REQUEST, **change})
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert [e["loc"] for e in errors] == [loc]
+    assert message in errors[0]["msg"]
+    assert dispatched(live_api) == []
+    assert live_api.client.get("/v1/jobs").json()["total"] == 0
+
+
+def test_a_missing_prompt_and_broken_json(live_api: LiveAPI) -> None:
+    response = live_api.client.post("/v1/jobs", json={"kind": "tree"})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "prompt"]
+    response = live_api.client.post("/v1/jobs", content=b"{not json", headers=JSON_BODY)
+    assert response.status_code == 422
+
+
+def test_request_bodies_are_capped(live_api: LiveAPI) -> None:
+    big = {**TREE_REQUEST, "prompt": "x" * (live_api.settings.max_request_bytes + 1)}
+    response = live_api.client.post("/v1/jobs", json=big)
+    assert response.status_code == 413
+
+    def chunks() -> Any:  # no Content-Length: counted as it arrives
+        yield json.dumps(big).encode()
+
+    response = live_api.client.post("/v1/jobs", content=chunks(), headers=JSON_BODY)
+    assert response.status_code == 413
+
+
+# -- list, read, cancel, delete -------------------------------------------------------------------------
+
+
+def test_list_pages_newest_first_and_filters_by_status(live_api: LiveAPI) -> None:
+    made = [submit(live_api, prompt=f"prompt {i}")["id"] for i in range(5)]
+    set_status(live_api, made[2], "running")
+    set_status(live_api, made[4], "succeeded")
+    page = live_api.client.get("/v1/jobs", params={"limit": 2}).json()
+    assert page["total"] == 5 and [j["id"] for j in page["items"]] == [made[4], made[3]]
+    page = live_api.client.get("/v1/jobs", params={"limit": 2, "offset": 2}).json()
+    assert [j["id"] for j in page["items"]] == [made[2], made[1]]
+    page = live_api.client.get("/v1/jobs", params={"status": "running"}).json()
+    assert page["total"] == 1 and page["items"][0]["id"] == made[2]
+    listed = page["items"][0]["progress"]
+    assert listed == {"nodes": 0, "frontier": None, "completed_paths": 0, "workers": None}
+    for params, field in (({"status": "done"}, "status"), ({"limit": 0}, "limit"), ({"limit": 201}, "limit"),
+                          ({"offset": -1}, "offset")):
+        response = live_api.client.get("/v1/jobs", params=params)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", field]
+
+
+def test_progress_of_a_running_job(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    set_status(live_api, job["id"], "running")
+    nodes = synthetic_tree(200, seed=5)
+    with live_api.session() as session:
+        insert_tree(session, uuid.UUID(job["id"]), nodes, workers=["gpu-0", "gpu-1"])
+    got = live_api.client.get(f"/v1/jobs/{job['id']}").json()
+    expanded = sum(n.is_expanded for n in nodes)
+    assert got["status"] == "running" and got["started_at"] is not None
+    assert got["progress"] == {
+        "nodes": 200,
+        "frontier": sum(not n.is_finished and not n.is_expanded for n in nodes),
+        "completed_paths": sum(n.finish_reason == "stop" for n in nodes),
+        "workers": {"gpu-0": (expanded + 1) // 2, "gpu-1": expanded // 2},
+    }
+    listed = live_api.client.get("/v1/jobs").json()["items"][0]["progress"]
+    assert (listed["nodes"], listed["completed_paths"]) == (200, got["progress"]["completed_paths"])
+
+
+def test_unknown_and_malformed_job_ids(live_api: LiveAPI) -> None:
+    missing = uuid.uuid4()
+    for method, path in (("GET", ""), ("POST", "/cancel"), ("DELETE", ""), ("GET", "/tree"),
+                         ("GET", "/paths"), ("GET", "/logprobs.jsonl"), ("GET", "/events")):
+        assert live_api.client.request(method, f"/v1/jobs/{missing}{path}").status_code == 404
+        response = live_api.client.request(method, f"/v1/jobs/not-a-uuid{path}")
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["path", "job_id"]
+
+
+def test_cancel_keeps_the_partial_tree_and_signals_workers(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    set_status(live_api, job["id"], "running")
+    write_tree(live_api, job["id"], 50)
+    response = live_api.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 200
+    cancelled = response.json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    assert cancelled["progress"]["nodes"] == 50
+    if live_api.mode == "embedded":
+        assert live_api.dispatcher.cancelled == [job["id"]]
+    else:
+        client = redis.Redis.from_url(live_api.settings.redis_url or "")
+        assert client.get(cancel_flag_key(job["id"])) == b"1"
+        assert 0 < client.ttl(cancel_flag_key(job["id"])) <= live_api.settings.cancel_ttl_s
+        client.close()
+    # Idempotent; the partial tree stays readable.
+    assert live_api.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    tree = live_api.client.get(f"/v1/jobs/{job['id']}/tree").json()
+    assert tree["metadata"]["job"]["status"] == "cancelled"
+
+
+def test_a_finished_job_cannot_be_cancelled(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    set_status(live_api, job["id"], "succeeded")
+    response = live_api.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 409 and "already succeeded" in response.json()["detail"]
+
+
+def test_delete_cancels_then_removes(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    set_status(live_api, job["id"], "running")
+    write_tree(live_api, job["id"], 30)
+    assert live_api.client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert live_api.client.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert live_api.client.delete(f"/v1/jobs/{job['id']}").status_code == 404
+    if live_api.mode == "embedded":
+        assert live_api.dispatcher.cancelled == [job["id"]]
+
+
+# -- trees, paths, records ------------------------------------------------------------------------------
+
+
+def test_tree_in_the_cli_layout_with_options(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    set_status(live_api, job["id"], "succeeded", result={"stats": {"nodes": 400}})
+    db_ids = write_tree(live_api, job["id"], 400, seed=11)
+    response = live_api.client.get(f"/v1/jobs/{job['id']}/tree")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert document["metadata"]["prompt"] == TREE_REQUEST["prompt"]
+    assert document["metadata"]["stats"] == {"nodes": 400}
+    root = document["tree"]
+    assert root["id"] == db_ids[0] and root["depth"] == 0 and root["token_id"] is None
+    assert set(root) >= {"text", "prob", "logprob", "cumulative_prob", "candidates", "children",
+                         "child_count"}
+
+    def count(node: dict[str, Any]) -> int:
+        return 1 + sum(count(child) for child in node["children"])
+
+    assert count(root) == 400
+    shallow = live_api.client.get(f"/v1/jobs/{job['id']}/tree", params={"max_depth": 1}).json()["tree"]
+    assert all(child["children"] == [] and child["child_count"] >= 0 for child in shallow["children"])
+    assert len(shallow["children"]) == root["child_count"]
+    branch = root["children"][0]
+    sub = live_api.client.get(f"/v1/jobs/{job['id']}/tree", params={"root": branch["id"]}).json()["tree"]
+    assert sub == branch
+    for params, field in (({"root": 10**9}, "root"), ({"root": 0}, "root"), ({"max_depth": -1}, "max_depth")):
+        response = live_api.client.get(f"/v1/jobs/{job['id']}/tree", params=params)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", field]
+
+
+def test_tree_of_a_job_without_nodes_or_of_another_kind(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    response = live_api.client.get(f"/v1/jobs/{job['id']}/tree")
+    assert response.status_code == 409 and "no nodes yet" in response.json()["detail"]
+    other = submit(live_api, kind="logprobs", parameters={})
+    assert live_api.client.get(f"/v1/jobs/{other['id']}/tree").status_code == 409
+    assert live_api.client.get(f"/v1/jobs/{other['id']}/paths").status_code == 409
+    assert live_api.client.get(f"/v1/jobs/{job['id']}/logprobs.jsonl").status_code == 409
+
+
+def test_paths_ranked_by_cumulative_probability(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    write_tree(live_api, job["id"], 500, seed=4, stop_share=0.3)
+    paths = live_api.client.get(f"/v1/jobs/{job['id']}/paths").json()["paths"]
+    assert len(paths) > 3
+    probs = [p["cumulative_prob"] for p in paths]
+    assert probs == sorted(probs, reverse=True)
+    assert all(set(p) == {"node_id", "text", "cumulative_prob", "tokens"} for p in paths)
+    assert all(p["tokens"][-1] == 1 for p in paths)  # the factories' stop token ends each one
+    top = live_api.client.get(f"/v1/jobs/{job['id']}/paths", params={"limit": 2}).json()["paths"]
+    assert top == paths[:2]
+    assert live_api.client.get(f"/v1/jobs/{job['id']}/paths", params={"limit": 1001}).status_code == 422
+
+
+def test_logprobs_record_as_jsonl(live_api: LiveAPI) -> None:
+    job = submit(live_api, kind="logprobs", parameters={})
+    assert live_api.client.get(f"/v1/jobs/{job['id']}/logprobs.jsonl").status_code == 409  # not yet
+    step = {"token": " Delhi", "logprob": -0.1, "prob": 90.4, "other_tokens": []}
+    record = {"prompt": TREE_REQUEST["prompt"], "response": " Delhi", "data": [step],
+              "metadata": {"model": "demo"}}
+    set_status(live_api, job["id"], "succeeded", result={"record": record})
+    response = live_api.client.get(f"/v1/jobs/{job['id']}/logprobs.jsonl")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+    assert response.text.endswith("\n") and response.text.count("\n") == 1
+    assert json.loads(response.text) == record
+
+
+# -- events -----------------------------------------------------------------------------------------------
+
+
+def read_events(api: LiveAPI, job_id: str, on_event: Any = None) -> list[tuple[str, dict[str, Any]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    with api.client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name or "", json.loads(line.removeprefix("data: "))))
+                if on_event is not None:
+                    on_event(events)
+    return events
+
+
+def test_events_stream_progress_until_the_end(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+
+    def worker_steps(events: list[tuple[str, dict[str, Any]]]) -> None:
+        # Each event moves the job on, as a worker would: running, some nodes, then done.
+        if len(events) == 1:
+            set_status(live_api, job["id"], "running")
+        elif len(events) == 2:
+            write_tree(live_api, job["id"], 40)
+        elif len(events) == 3:
+            with live_api.session() as session:
+                jobs.finish_job(session, job["id"], "succeeded")
+
+    events = read_events(live_api, job["id"], worker_steps)
+    assert [name for name, _ in events] == ["progress", "progress", "progress", "end"]
+    assert [body["status"] for _, body in events] == ["queued", "running", "running", "succeeded"]
+    assert events[2][1]["progress"]["nodes"] == 40
+    # A finished job's stream is its final state alone.
+    assert [name for name, _ in read_events(live_api, job["id"])] == ["end"]
+
+
+# -- models, health, docs, viewers --------------------------------------------------------------------------
+
+
+def test_models_health_docs_and_viewers(live_api: LiveAPI) -> None:
+    assert live_api.client.get("/v1/models").json() == {"models": [{"name": "demo", "default": True}]}
+    health = live_api.client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "database": "ok",
+                             "broker": "embedded" if live_api.mode == "embedded" else "ok"}
+    schema = live_api.client.get("/openapi.json").json()
+    assert {"/v1/jobs", "/v1/jobs/{job_id}/tree", "/v1/jobs/{job_id}/events", "/v1/models",
+            "/healthz"} <= set(schema["paths"])
+    assert live_api.client.get("/docs").status_code == 200
+    assert live_api.client.get("/").status_code == 200
+    assert live_api.client.get("/static/vendor/d3.min.js").status_code == 200
+
+
+def test_a_job_that_cannot_be_queued_fails_visibly(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path)
+    upgrade_database(settings.sqlalchemy_url)
+    with live_api_for(settings, RecordingDispatcher(fail_submit=True)) as api:
+        response = api.client.post("/v1/jobs", json=TREE_REQUEST)
+        assert response.status_code == 503
+        [job] = api.client.get("/v1/jobs").json()["items"]
+    assert job["status"] == "failed" and "could not queue the job: broker down" in job["error"]
+
+
+@pytest.mark.services
+def test_an_unreachable_broker_fails_health_and_submits(postgres_url: str, pg_session: Session) -> None:
+    settings = postgres_settings(postgres_url, "redis://127.0.0.1:1/0")
+    with live_api_for(settings) as api:
+        response = api.client.get("/healthz")
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable", "database": "ok", "broker": "unreachable"}
+        assert api.client.post("/v1/jobs", json=TREE_REQUEST).status_code == 503
+        [job] = api.client.get("/v1/jobs").json()["items"]
+    assert job["status"] == "failed" and "could not queue" in job["error"]
+
+
+def test_clients_only_name_allow_listed_models(tmp_path: Path) -> None:
+    settings = embedded_settings(tmp_path, models="gemma=google/gemma-2-2b-it,demo")
+    upgrade_database(settings.sqlalchemy_url)
+    dispatcher = RecordingDispatcher()
+    with live_api_for(settings, dispatcher) as api:
+        assert api.client.get("/v1/models").json()["models"] == [{"name": "gemma", "default": True},
+                                                                 {"name": "demo", "default": False}]
+        job = api.client.post("/v1/jobs", json={"prompt": "hi"}).json()
+        assert job["model"] == "gemma"
+        response = api.client.post("/v1/jobs", json={"prompt": "hi", "model": "google/gemma-2-2b-it"})
+        assert response.status_code == 422 and "one of gemma, demo" in response.json()["detail"][0]["msg"]
+    assert dispatcher.submitted == [(job["id"], "gemma")]
+
+
+def test_a_finished_tree_is_kept_and_revalidated(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+    set_status(live_api, job["id"], "running")
+    write_tree(live_api, job["id"], 50)
+    running = live_api.client.get(f"/v1/jobs/{job['id']}/tree")
+    assert running.headers["cache-control"] == "no-store" and "etag" not in running.headers
+    set_status(live_api, job["id"], "succeeded")
+    first = live_api.client.get(f"/v1/jobs/{job['id']}/tree")
+    etag = first.headers["etag"]
+    assert first.json()["metadata"]["job"]["status"] == "succeeded"
+    assert live_api.client.get(f"/v1/jobs/{job['id']}/tree").content == first.content
+    again = live_api.client.get(f"/v1/jobs/{job['id']}/tree", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    shallow = live_api.client.get(f"/v1/jobs/{job['id']}/tree", params={"max_depth": 1})
+    assert shallow.headers["etag"] != etag and shallow.content != first.content
+    assert live_api.client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert live_api.client.get(f"/v1/jobs/{job['id']}/tree").status_code == 404
+
+
+def test_the_api_knows_every_status() -> None:
+    from typing import get_args
+
+    from api.schemas import JobStatus
+    from models.schema import JOB_STATUSES
+
+    assert get_args(JobStatus) == JOB_STATUSES

@@ -1,0 +1,112 @@
+"""`tokentree serve` as a newcomer runs it: one command, one process. Embedded, it migrates its own
+SQLite file and runs jobs with the in-process worker; given Postgres and Redis, it is the API alone."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from api.dispatch import model_queue
+from tests.service.conftest import REPO_ROOT, cli_command, cli_env
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def tokentree_serve(tmp_path: Path, **variables: str) -> Iterator[httpx.Client]:
+    """`tokentree serve` on a free port; a client on it once /healthz answers."""
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(cli_command("serve", "--port", str(port)), cwd=REPO_ROOT, stdout=log,
+                              stderr=subprocess.STDOUT, env=cli_env(XDG_DATA_HOME=str(tmp_path), **variables))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None:
+                    pytest.fail(f"tokentree serve exited: {(tmp_path / 'serve.log').read_text()}")
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail("tokentree serve did not answer in 120 s")
+                time.sleep(0.25)
+            yield client
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def wait_for_end(client: httpx.Client, job_id: str, seconds: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} did not end in {seconds} s")
+
+
+def test_embedded_serve_runs_jobs_in_one_process(tmp_path: Path) -> None:
+    pytest.importorskip("workers.local")
+    with tokentree_serve(tmp_path) as client:
+        assert client.get("/healthz").json()["broker"] == "embedded"
+        tree_job = client.post("/v1/jobs", json={"prompt": "The capital of India is",
+                                                 "parameters": {"max_nodes": 60}}).json()
+        question = "Who was the first President of India?"
+        logprobs_job = client.post("/v1/jobs", json={"prompt": question, "kind": "logprobs",
+                                                     "parameters": {"max_new_tokens": 8}}).json()
+        done = wait_for_end(client, tree_job["id"])
+        assert done["status"] == "succeeded", done["error"]
+        assert 1 < done["progress"]["nodes"] <= 60
+        tree = client.get(f"/v1/jobs/{tree_job['id']}/tree").json()
+        assert tree["tree"]["text"] == "The capital of India is" and tree["tree"]["children"]
+        assert wait_for_end(client, logprobs_job["id"])["status"] == "succeeded"
+        record = json.loads(client.get(f"/v1/jobs/{logprobs_job['id']}/logprobs.jsonl").text)
+        assert record["prompt"] == question and record["data"]
+        assert client.get("/").status_code == 200  # the viewers come with it
+    assert (tmp_path / "tokentree" / "tokentree.sqlite3").exists()
+
+
+@pytest.mark.services
+def test_serve_with_postgres_and_redis_is_the_api_alone(tmp_path: Path, postgres_url: str,
+                                                        redis_url: str) -> None:
+    services = {"TOKENTREE_DATABASE_URL": postgres_url, "TOKENTREE_REDIS_URL": redis_url}
+    with tokentree_serve(tmp_path, **services) as client:
+        assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "broker": "ok"}
+        job = client.post("/v1/jobs", json={"prompt": "hello"}).json()
+        assert job["status"] == "queued"
+    queued = redis.Redis.from_url(redis_url).lrange(model_queue("demo"), 0, -1)
+    assert [json.loads(m)["headers"]["argsrepr"] for m in queued] == [f"['{job['id']}']"]
+    assert not (tmp_path / "tokentree").exists()  # no SQLite file on the side
+
+
+def test_serve_refuses_an_unmigrated_shared_database(tmp_path: Path) -> None:
+    empty = f"sqlite+pysqlite:///{tmp_path / 'shared.sqlite3'}"
+    done = subprocess.run(cli_command("serve", "--port", str(free_port())), cwd=REPO_ROOT,
+                          env=cli_env(TOKENTREE_DATABASE_URL=empty), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 2
+    assert "run `tokentree db upgrade`" in done.stderr
