@@ -99,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
+    from transformers.utils import logging as transformers_logging
+
     from engine.loading import ModelSpec, load_model
+
+    # stderr carries our progress bar and errors only, not the library's loading bars and notices.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
     lm = load_model(
         ModelSpec(name=args.model, dtype=args.dtype, device=args.device, quantization=args.quantize)

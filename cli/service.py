@@ -1,4 +1,5 @@
-"""Service commands: `serve`, `db upgrade|downgrade|current`, `models`, and `worker` (cli/worker_cmd.py).
+"""Service commands: `serve`, `db upgrade|downgrade|current`, `models`, `keys` (cli/keys_cmd.py),
+`status` (cli/status_cmd.py) and `worker` (cli/worker_cmd.py).
 
 `tokentree serve` with no TOKENTREE_DATABASE_URL / TOKENTREE_REDIS_URL is the whole product in one
 process: SQLite under the data folder (migrated on start) and an in-process worker. With them set it
@@ -10,11 +11,12 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
-import sys
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from cli import keys_cmd, status_cmd
 from cli.main import Parser, UsageError
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
 
     models = commands.add_parser("models", help="list the models jobs may name (TOKENTREE_MODELS)")
     models.set_defaults(handler=run_models)
+
+    keys_cmd.add_command(commands)
+    status_cmd.add_command(commands)
 
     try:
         worker_cmd = importlib.import_module("cli.worker_cmd")
@@ -140,15 +145,17 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from models.db import engine_from_settings, make_session_factory
+    from api.logs import configure_logging
+    from models.db import api_engine, make_session_factory
 
     settings = load_settings()
+    configure_logging(settings)
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be between 1 and 65535, got {port}")
     _check_schema(settings)
-    engine = engine_from_settings(settings)
+    engine = api_engine(settings)
     session_factory = make_session_factory(engine)
     worker = None
     if settings.embedded:
@@ -163,13 +170,16 @@ def run_serve(args: argparse.Namespace) -> int:
     mode = "embedded: SQLite and an in-process worker" if settings.database_url is None else (
         "with an in-process worker" if settings.embedded else "API only; jobs go to `tokentree worker`")
     database = _redacted(settings.sqlalchemy_url)
-    print(f"tokentree: serving on http://{host}:{port}/ ({mode}); database {database}", file=sys.stderr)
+    logging.getLogger("tokentree.serve").info("tokentree: serving on http://%s:%s/ (%s); database %s",
+                                              host, port, mode, database)
     try:
         app = create_app(settings, dispatcher=worker, session_factory=session_factory)
         # What is loaded by now (torch, transformers, the app) lives as long as the process: out of the
         # collector's sight, full collections while a big tree is read stop walking it (-25% there).
         gc.freeze()
-        uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+        # log_config=None: uvicorn's loggers go through configure_logging's handler (text or JSON).
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True,
+                    log_config=None)
     finally:
         if worker is not None:
             worker.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -34,7 +35,7 @@ def test_tree_writes_the_seed_layout_and_ranks_paths(tmp_path: Path) -> None:
     stats = document["metadata"]["stats"]
     assert f"nodes {stats['nodes']}" in done.stdout
     assert f"forward passes {stats['forward_passes']}" in done.stdout
-    ranked = [line for line in done.stdout.splitlines() if line.strip()[:3].rstrip(".").isdigit()]
+    ranked = [line for line in done.stdout.splitlines() if re.match(r"\s*\d+\. p=", line)]
     assert len(ranked) == 5
     probs = [float(line.split("p=")[1].split()[0]) for line in ranked]
     assert probs == sorted(probs, reverse=True)

@@ -129,3 +129,46 @@ def test_prefix_forces_the_response_start(demo) -> None:  # type: ignore[no-unty
     assert record["response"].startswith(" in the forest")
     plain = analyze_logprobs(demo, "Once upon a time", LogprobsParams(max_new_tokens=10))
     assert plain["data"][0]["token"] != record["data"][0]["token"] or plain["data"] != record["data"]
+
+
+def test_node_json_is_what_json_dumps_writes() -> None:
+    import numpy as np
+
+    from engine.tree import Candidate, node_json_head
+
+    node = Node(
+        id=7,
+        parent_id=3,
+        token_id=42,
+        text='a "quoted"\ttab, ünïcode \u2028 and <img src=x>',
+        depth=2,
+        prob=0.123456789,
+        logprob=np.float64(-2.0920684),
+        cumulative_prob=1e-12,
+        is_finished=True,
+        finish_reason="stop",
+        candidates=[Candidate(token_id=5, text="\n\n", prob=0.98765)],
+        threshold=0.1 + 0.4 / 3,
+        queue_depth=10,
+        entropy=0.0,
+    )
+    expected = {
+        "id": 7,
+        "text": node.text,
+        "prob": round(node.prob, 6),
+        "logprob": float(node.logprob),
+        "cumulative_prob": 1e-12,
+        "token_id": 42,
+        "depth": 2,
+        "is_finished": True,
+        "finish_reason": "stop",
+        "threshold": node.threshold,
+        "queue_depth": 10,
+        "entropy": 0.0,
+        "candidates": [{"text": "\n\n", "prob": 0.9877, "token_id": 5}],
+        "child_count": 0,
+        "children": [],
+    }
+    text = node_json_head(node, 0) + "]}"
+    assert json.loads(text) == expected
+    assert text == json.dumps(expected)
