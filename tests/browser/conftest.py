@@ -361,14 +361,19 @@ def browser_page(browser, request):
 
 
 @pytest.fixture()
-def screenshot():
-    """screenshot(page, name, docs=None): save artifacts/screenshots/<name>.png (and docs/img/<docs>)."""
+def screenshot(request):
+    """screenshot(page, name, docs=None): save artifacts/screenshots/<name>.png (and docs/img/<docs>).
+
+    The README's pictures come from the real service (test_real_service.py, whose module sets
+    `DOCS_IMAGES = True`); tests against the stand-in app keep theirs under artifacts/ only.
+    """
+    writes_docs = bool(getattr(request.module, "DOCS_IMAGES", False))
 
     def take(page, name: str, docs: str | None = None, full_page: bool = False) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
         page.screenshot(path=str(path), full_page=full_page)
-        if docs:
+        if docs and writes_docs:
             DOCS_IMG.mkdir(parents=True, exist_ok=True)
             (DOCS_IMG / docs).write_bytes(path.read_bytes())
         return path

@@ -366,6 +366,10 @@ async function loadJob(id, from) {
     setTree(tree, Object.assign({}, meta, tree.metadata));
   };
   try {
+    // A job with no nodes yet has no tree (the API answers 409): wait for it to end instead.
+    if (ACTIVE_STATUSES.has(job.status) && job.progress && job.progress.nodes === 0) {
+      throw new HttpError(409, "the job has no nodes yet");
+    }
     await load();
   } catch (err) {
     if (ACTIVE_STATUSES.has(job.status) && err instanceof HttpError) {

@@ -992,7 +992,11 @@ async function loadJob(jobId) {
     loadDocument(doc, `job ${jobId}`, jobMeta(state.job), { live });
   };
   const active = ACTIVE_STATUSES.has(job.status);
+  // A job with no nodes yet has no tree (the API answers 409): wait for its first progress event
+  // instead of asking, so that the console stays free of failed requests.
+  const noNodesYet = active && job.progress && job.progress.nodes === 0;
   try {
+    if (noNodesYet) throw new HttpError(409, "the job has no nodes yet");
     await fetchTree(false);
   } catch (err) {
     if (active && (err instanceof HttpError) && (err.status === 404 || err.status === 409)) {
