@@ -7,22 +7,72 @@ worker as the dispatcher, since the API never imports `workers/`.
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
-from fastapi import FastAPI
+from celery import Celery
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import viewers
 from api.dispatch import CeleryDispatcher, Dispatcher
-from api.limits import RequestSizeLimit
+from api.limits import RequestSizeLimit, make_rate_limiter
+from api.metrics import Metrics, WorkerWatch
 from api.routes import jobs, system
 from api.tree_cache import RenderedTrees
-from models.db import engine_from_settings, make_session_factory
+from models.db import api_engine, make_session_factory
 from models.settings import Settings, get_settings
 
+log = logging.getLogger(__name__)
+
 BROKER_PING_TIMEOUT_S = 2
+DATABASE_RETRY_AFTER_S = 5
+DATABASE_UNAVAILABLE = {"detail": "database unavailable, retry later"}
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that any input echoed back can be written in: ASCII escapes for lone surrogates, and
+    non-finite numbers as strings (JSON has no NaN)."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(_finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        return text.encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return SafeJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DBAPIError) and not isinstance(exc, OperationalError | InterfaceError) \
+            and not exc.connection_invalidated:
+        raise exc  # a real bug, not an outage: the usual 500
+    log.warning("database unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+    request.app.state.metrics.refused("database")
+    return JSONResponse(DATABASE_UNAVAILABLE, status_code=503,
+                        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)})
 
 
 def create_app(
@@ -40,16 +90,27 @@ def create_app(
         dispatcher = owned_dispatcher = CeleryDispatcher(settings.redis_url, settings.cancel_ttl_s)
     engine = None
     if session_factory is None:
-        engine = engine_from_settings(settings)
+        engine = api_engine(settings)
         session_factory = make_session_factory(engine)
     broker = None
+    worker_watch = None
+    owned_celery: Celery | None = None
     if settings.redis_url is not None:
         broker = redis.Redis.from_url(settings.redis_url, socket_timeout=BROKER_PING_TIMEOUT_S,
                                       socket_connect_timeout=BROKER_PING_TIMEOUT_S)
+        celery_app = getattr(dispatcher, "celery", None)
+        if not isinstance(celery_app, Celery):
+            celery_app = owned_celery = Celery("tokentree-api-inspect", broker=settings.redis_url,
+                                               set_as_current=False)
+        worker_watch = WorkerWatch(celery_app)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        if worker_watch is not None:
+            worker_watch.stop()
+        if owned_celery is not None:
+            owned_celery.close()
         if owned_dispatcher is not None:
             owned_dispatcher.close()
         if broker is not None:
@@ -68,7 +129,16 @@ def create_app(
     app.state.session_factory = session_factory
     app.state.broker = broker
     app.state.rendered_trees = RenderedTrees(settings.tree_cache_bytes)
+    app.state.rate_limiter = make_rate_limiter(settings, broker)
+    app.state.metrics = Metrics(settings, session_factory, broker, worker_watch)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    for error in (OperationalError, InterfaceError, PoolTimeout, DBAPIError):
+        app.add_exception_handler(error, _database_unavailable)
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:  # closed unless the operator lists origins: no CORS headers at all
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.include_router(jobs.router)
     app.include_router(system.router)
     app.include_router(viewers.router)

@@ -1,10 +1,32 @@
-"""A cap on request bodies: 413 before a large body is read into memory."""
+"""Limits on what one client may ask of the server.
+
+- request bodies: 413 before a large body is read into memory (`RequestSizeLimit`);
+- requests per key: a token bucket per caller, in Redis when there is one (every API process shares
+  it) or in this process (the embedded mode); an empty bucket is a 429 with Retry-After;
+- jobs per key: queued + running jobs are counted in the database when a job is submitted (see
+  api/routes/jobs.py), also a 429 with Retry-After.
+
+The caps on a job's size (max_nodes, max_depth, max_new_tokens, prompt length) are in api/validation.py.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from typing import Annotated, Protocol
 
+import redis
+from fastapi import Depends, HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import CallerDep
+from models.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 class BodyTooLarge(Exception):
@@ -58,3 +80,106 @@ class RequestSizeLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+# -- requests per key ---------------------------------------------------------------------------------
+
+
+class RateLimiter(Protocol):
+    def take(self, identity: str) -> float:
+        """Spend one request of `identity`'s bucket: 0 if allowed, else the seconds until it may retry."""
+
+
+# KEYS: the bucket.  ARGV: capacity, refill per ms.  Returns the ms to wait (0: allowed, one spent).
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or capacity
+local at = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
+return wait
+"""
+
+
+class RedisRateLimiter:
+    """Buckets in Redis, updated by one script (atomic across API processes, Redis' clock)."""
+
+    def __init__(self, client: redis.Redis, per_minute: int, burst: int) -> None:
+        self.client = client
+        self.capacity = burst
+        self.per_ms = per_minute / 60_000
+        self.script = client.register_script(_TAKE)
+
+    def take(self, identity: str) -> float:
+        try:
+            key = f"tokentree:ratelimit:{identity}"
+            wait_ms = int(self.script(keys=[key], args=[self.capacity, self.per_ms]))
+        except redis.RedisError as exc:
+            # The limiter protects the service; it must not take it down. Jobs still need Redis to queue.
+            log.warning("rate limiter: Redis unreachable, letting the request through: %s", exc)
+            return 0.0
+        return wait_ms / 1000
+
+
+class LocalRateLimiter:
+    """Buckets in this process (the embedded mode has a single API process)."""
+
+    MAX_BUCKETS = 10_000
+
+    def __init__(self, per_minute: int, burst: int) -> None:
+        self.capacity = float(burst)
+        self.per_s = per_minute / 60
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def take(self, identity: str) -> float:
+        now = time.monotonic()
+        with self.lock:
+            tokens, at = self.buckets.pop(identity, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - at) * self.per_s)
+            wait = 0.0
+            if tokens >= 1:
+                tokens -= 1
+            else:
+                wait = (1 - tokens) / self.per_s
+            self.buckets[identity] = (tokens, now)
+            while len(self.buckets) > self.MAX_BUCKETS:
+                self.buckets.popitem(last=False)  # the least recently seen: a full bucket by now, likely
+        return wait
+
+
+def make_rate_limiter(settings: Settings, client: redis.Redis | None) -> RateLimiter | None:
+    if settings.rate_limit_per_minute == 0:
+        return None
+    if client is not None:
+        return RedisRateLimiter(client, settings.rate_limit_per_minute, settings.rate_limit_burst)
+    return LocalRateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+
+
+def too_many(message: str, retry_after_s: float) -> HTTPException:
+    """A 429 with its Retry-After (whole seconds, at least 1)."""
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, message,
+                         headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+def enforce_rate_limit(request: Request, caller: CallerDep) -> None:
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None:
+        return
+    wait = limiter.take(caller.identity)
+    if wait > 0:
+        settings: Settings = request.app.state.settings
+        request.app.state.metrics.refused("rate_limit")
+        who = "this API key" if caller.key_id else "this client"
+        raise too_many(f"rate limit exceeded: {settings.rate_limit_per_minute} requests per minute for {who} "
+                       f"(bursts of {settings.rate_limit_burst}); retry in {max(1, math.ceil(wait))} s", wait)
+
+
+RateLimited = Annotated[None, Depends(enforce_rate_limit)]

@@ -99,3 +99,9 @@ class HealthOut(BaseModel):
     status: Literal["ok", "unavailable"]
     database: str
     broker: str
+
+
+class ErrorOut(BaseModel):
+    """Every refusal that is not a validation error: 401, 404, 409, 413, 429, 503."""
+
+    detail: str

@@ -38,6 +38,10 @@ def _check_text(name: str, value: str | None, settings: Settings) -> None:
         reject(("body", name), f"must be at most {settings.max_prompt_chars} characters, got {len(value)}")
     if "\x00" in value:
         reject(("body", name), "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): no database stores it
+        reject(("body", name), "must be valid Unicode (no lone surrogates)")
 
 
 def _cap(name: str, value: int, limit: int) -> None:
@@ -45,10 +49,21 @@ def _cap(name: str, value: int, limit: int) -> None:
         reject(("body", "parameters", name), f"must be at most {limit} on this server, got {value}", value)
 
 
+def _capped_defaults(values: dict[str, Any], defaults: Any, caps: dict[str, int]) -> dict[str, Any]:
+    """A size the request leaves out is the engine's default or the server's cap, whichever is lower
+    (an operator's lower cap must not make every request without that parameter a 422)."""
+    filled = dict(values)
+    for name, cap in caps.items():
+        if name not in filled:
+            filled[name] = min(getattr(defaults, name), cap)
+    return filled
+
+
 def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[str, Any]:
     try:
         if kind == "tree":
-            tree = TreeParams.from_dict(values)
+            tree = TreeParams.from_dict(_capped_defaults(values, TreeParams(), {
+                "max_nodes": settings.max_nodes, "max_depth": settings.max_depth}))
             _cap("max_nodes", tree.max_nodes, settings.max_nodes)
             _cap("max_depth", tree.max_depth, settings.max_depth)
             return tree.to_dict()
@@ -56,7 +71,8 @@ def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[s
         unknown = sorted(set(values) - known)
         if unknown:
             raise ParameterError(unknown[0], f"unknown parameter; expected one of {', '.join(sorted(known))}")
-        logprobs = LogprobsParams(**values)
+        logprobs = LogprobsParams(**_capped_defaults(values, LogprobsParams(),
+                                                     {"max_new_tokens": settings.max_new_tokens}))
         _cap("max_new_tokens", logprobs.max_new_tokens, settings.max_new_tokens)
         return logprobs.to_dict()
     except ParameterError as exc:

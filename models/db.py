@@ -42,8 +42,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(parsed, **kwargs)
 
 
-def engine_from_settings(settings: Settings) -> Engine:
-    return make_engine(settings.sqlalchemy_url)
+def engine_from_settings(settings: Settings, **kwargs: Any) -> Engine:
+    """The settings' database; connecting to a Postgres gives up after `db_connect_timeout_s`."""
+    if make_url(settings.sqlalchemy_url).get_backend_name() == "postgresql":
+        kwargs.setdefault("connect_args", {"connect_timeout": settings.db_connect_timeout_s})
+    return make_engine(settings.sqlalchemy_url, **kwargs)
+
+
+def api_engine(settings: Settings) -> Engine:
+    """The API's engine: a pool as large as its thread pool, and a quick failure when the database
+    is gone (the API answers 503 rather than holding the request)."""
+    kwargs: dict[str, Any] = {"pool_timeout": settings.db_pool_timeout_s}
+    if make_url(settings.sqlalchemy_url).get_backend_name() == "postgresql":
+        kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+    return engine_from_settings(settings, **kwargs)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

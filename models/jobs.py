@@ -78,14 +78,19 @@ def get_job(session: Session, job_id: JobId) -> Job | None:
 
 
 def list_jobs(
-    session: Session, *, status: str | None = None, limit: int = 50, offset: int = 0
+    session: Session, *, status: str | None = None, limit: int = 50, offset: int = 0,
+    owner: str | None = None,
 ) -> tuple[list[Job], int]:
-    """A page of jobs, newest first, optionally only those with `status`; and how many match in all."""
+    """A page of jobs, newest first, optionally only those with `status` or of `owner`; and how many
+    match in all."""
     query = select(Job)
     count = select(func.count()).select_from(Job)
     if status is not None:
         query = query.where(Job.status == status)
         count = count.where(Job.status == status)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+        count = count.where(Job.owner == owner)
     page = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset))
     return list(page), session.scalar(count) or 0
 
@@ -96,6 +101,20 @@ def count_by_status(session: Session) -> dict[str, int]:
     for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
         counts[status] = count
     return counts
+
+
+def count_open(session: Session, owner: str) -> int:
+    """How many of `owner`'s jobs are queued or running."""
+    return session.scalar(
+        select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(OPEN_STATUSES))
+    ) or 0
+
+
+def lock_owner(session: Session, owner: str) -> None:
+    """Serialise `owner`'s submissions until the transaction ends (Postgres; SQLite writes are serial
+    already), so a quota checked with `count_open` holds under concurrent submissions."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tokentree.owner:" + owner))))
 
 
 def is_cancelled(session: Session, job_id: JobId) -> bool:

@@ -106,3 +106,18 @@ class Node(Base):
     entropy: Mapped[float | None] = mapped_column(Double)
     expanded_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """A client's key. Only the SHA-256 of the token is kept; `prefix` is its first characters, to tell
+    keys apart in lists. A revoked key stays (its jobs keep their owner) but opens nothing."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("uq_api_keys_hash", "hash", unique=True),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -93,10 +93,44 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     cancel_ttl_s: int = Field(default=86_400, ge=60)
 
+    # Access. With keys required, every /v1 request carries `Authorization: Bearer <token>` (see
+    # `tokentree keys`); production refuses to start without them. Browsers on other origins get no
+    # CORS headers unless their origin is listed (comma-separated).
+    require_api_key: bool = False
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Abuse limits per API key (per client address without one): a token bucket of requests (0: off),
+    # refilled at `rate_limit_per_minute`, holding at most `rate_limit_burst`; and queued + running
+    # jobs one key may have at once (0: no quota).
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    rate_limit_burst: int = Field(default=120, ge=1)
+    max_active_jobs_per_key: int = Field(default=20, ge=0)
+    # An unreachable database is a quick 503, not a hung request: bounds on connecting to it and on
+    # waiting for a pooled connection.
+    db_connect_timeout_s: int = Field(default=2, ge=1, le=60)
+    db_pool_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # The API's connections: as many as its thread pool runs requests at once (40), so a burst waits
+    # for a thread, not for a connection (and the short pool timeout does not turn it into 503s).
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    db_max_overflow: int = Field(default=30, ge=0, le=200)
+
+    # Logs: one JSON object per line (with the job id when there is one), or plain text.
+    log_format: Literal["json", "text"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> Any:
         return parse_models(value) if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        for origin in value:
+            if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
+                raise ValueError(f"origin {origin!r} must be an http:// or https:// URL (or *)")
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -130,6 +164,9 @@ class Settings(BaseSettings):
                 url = getattr(self, name)
                 if url and urlsplit(url).password in EXAMPLE_PASSWORDS:
                     raise ValueError(f"{name} has an example password; set a real one for {self.environment}")
+        if self.environment == "production" and not self.require_api_key:
+            raise ValueError("production needs TOKENTREE_REQUIRE_API_KEY=true "
+                             "(create keys with `tokentree keys create NAME`)")
         return self
 
     @property

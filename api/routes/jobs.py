@@ -9,12 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import DispatcherDep, SessionDep, SettingsDep
-from api.schemas import JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
+from api.auth import Caller, CallerDep
+from api.deps import DispatcherDep, SessionDep, SettingsDep, releases_session
+from api.limits import enforce_rate_limit, too_many
+from api.logs import bind_job
+from api.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
 from api.tree_cache import RenderedTrees
 from api.validation import reject, validate_job_request
 from models import jobs, node_reads
@@ -22,11 +26,22 @@ from models.schema import TERMINAL_STATUSES, Job
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every refusal is {"detail": "..."}; 404 also stands for "another key's job" (its existence stays hidden).
+REFUSALS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorOut} for code in (401, 404, 409, 413, 429, 503)
+}
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(enforce_rate_limit)],
+                   responses=REFUSALS)
+# Large enough for any real id, small enough for a 64-bit column: bigger ones are 422s, not 500s.
+MAX_ID = 2**62
+MAX_OFFSET = 10**9
+QUOTA_RETRY_S = 10
 
-def _job_or_404(session: Session, job_id: uuid.UUID) -> Job:
+
+def _job_or_404(session: Session, job_id: uuid.UUID, caller: Caller) -> Job:
+    bind_job(job_id)
     job = jobs.get_job(session, job_id)
-    if job is None:
+    if job is None or (caller.owner is not None and job.owner != caller.owner):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return job
 
@@ -41,13 +56,26 @@ def _require_kind(job: Job, kind: str) -> None:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
+@releases_session
 def submit_job(
-    body: JobCreate, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep
+    body: JobCreate, http: Request, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
+    caller: CallerDep,
 ) -> JobOut:
     """Queue a token tree or a log-probability analysis."""
     request = validate_job_request(body, settings)
+    if caller.owner is not None and settings.max_active_jobs_per_key:
+        jobs.lock_owner(session, caller.owner)  # held until create_job commits
+        active = jobs.count_open(session, caller.owner)
+        if active >= settings.max_active_jobs_per_key:
+            session.rollback()
+            http.app.state.metrics.refused("quota")
+            raise too_many(f"this API key has {active} queued or running jobs, the most allowed "
+                           f"({settings.max_active_jobs_per_key}); retry when one ends", QUOTA_RETRY_S)
     job = jobs.create_job(session, kind=request.kind, prompt=request.prompt, model=request.model,
-                          parameters=request.parameters, chat=request.chat, prefix=request.prefix)
+                          parameters=request.parameters, chat=request.chat, prefix=request.prefix,
+                          owner=caller.owner)
+    bind_job(job.id)
+    log.info("job submitted: %s on %s", job.kind, job.model)
     try:
         dispatcher.submit(str(job.id), job.model)
     except Exception as exc:
@@ -59,47 +87,57 @@ def submit_job(
 
 
 @router.get("")
+@releases_session
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     """Jobs, newest first, a page at a time; `status` keeps only jobs in that state."""
     if limit > settings.max_page_size:
         reject(("query", "limit"), f"must be at most {settings.max_page_size}, got {limit}", limit)
-    page, total = jobs.list_jobs(session, status=status_filter, limit=limit, offset=offset)
+    page, total = jobs.list_jobs(session, status=status_filter, limit=limit, offset=offset,
+                                 owner=caller.owner)
     return JobPage(items=[JobOut.of(job, node_reads.counted_progress(job)) for job in page], total=total)
 
 
 @router.get("/{job_id}")
-def get_job(job_id: uuid.UUID, session: SessionDep) -> JobOut:
+@releases_session
+def get_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobOut:
     """One job with its progress: nodes, frontier, completed paths, nodes expanded per worker."""
-    return _job_out(session, _job_or_404(session, job_id))
+    return _job_out(session, _job_or_404(session, job_id, caller))
 
 
 @router.post("/{job_id}/cancel")
-def cancel_job(job_id: uuid.UUID, session: SessionDep, dispatcher: DispatcherDep) -> JobOut:
+@releases_session
+def cancel_job(
+    job_id: uuid.UUID, session: SessionDep, dispatcher: DispatcherDep, caller: CallerDep
+) -> JobOut:
     """Stop a queued or running job; the nodes written so far stay (the partial tree)."""
-    _job_or_404(session, job_id)
+    _job_or_404(session, job_id, caller)
     if jobs.cancel_job(session, job_id):
+        log.info("job cancelled")
         dispatcher.cancel(str(job_id))
-    job = _job_or_404(session, job_id)
+    job = _job_or_404(session, job_id, caller)
     if job.status != "cancelled":
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
     return _job_out(session, job)
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
+@releases_session
 def delete_job(
-    job_id: uuid.UUID, request: Request, session: SessionDep, dispatcher: DispatcherDep
+    job_id: uuid.UUID, request: Request, session: SessionDep, dispatcher: DispatcherDep, caller: CallerDep
 ) -> Response:
     """Delete a job and its nodes, cancelling it first if it still runs."""
-    _job_or_404(session, job_id)
+    _job_or_404(session, job_id, caller)
     if jobs.cancel_job(session, job_id):
         dispatcher.cancel(str(job_id))
     jobs.delete_job(session, job_id)
+    log.info("job deleted")
     request.app.state.rendered_trees.forget(job_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -110,15 +148,19 @@ def delete_job(
     responses={200: {"content": {"application/json": {}},
                      "description": "the tree JSON, in the layout `tokentree tree -o` writes"}},
 )
+@releases_session
 def get_tree(
     job_id: uuid.UUID,
     request: Request,
     session: SessionDep,
-    root: Annotated[int | None, Query(ge=1, description="a node id: serve only its subtree")] = None,
-    max_depth: Annotated[int | None, Query(ge=0, description="levels below the root to include")] = None,
+    caller: CallerDep,
+    root: Annotated[int | None, Query(ge=1, le=MAX_ID,
+                                      description="a node id: serve only its subtree")] = None,
+    max_depth: Annotated[int | None, Query(ge=0, le=MAX_ID,
+                                           description="levels below the root to include")] = None,
 ) -> Response:
     """The job's token tree (partial while it runs), whole or a subtree, to a depth."""
-    job = _job_or_404(session, job_id)
+    job = _job_or_404(session, job_id, caller)
     _require_kind(job, "tree")
     if job.status not in TERMINAL_STATUSES:
         return Response(content=_render_tree(session, job, root, max_depth), media_type="application/json",
@@ -147,16 +189,18 @@ def _render_tree(session: Session, job: Job, root: int | None, max_depth: int | 
 
 
 @router.get("/{job_id}/paths")
+@releases_session
 def get_paths(
     job_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1)] = 100,
 ) -> PathsOut:
     """Completed paths, most probable first."""
     if limit > settings.max_paths:
         reject(("query", "limit"), f"must be at most {settings.max_paths}, got {limit}", limit)
-    job = _job_or_404(session, job_id)
+    job = _job_or_404(session, job_id, caller)
     _require_kind(job, "tree")
     paths = node_reads.completed_paths(session, job.id, limit)
     return PathsOut(paths=[PathOut(**path.to_json()) for path in paths])
@@ -168,9 +212,10 @@ def get_paths(
     responses={200: {"content": {"application/x-ndjson": {}},
                      "description": "one JSONL record, the layout `tokentree logprobs -o` writes"}},
 )
-def get_logprobs_record(job_id: uuid.UUID, session: SessionDep) -> Response:
+@releases_session
+def get_logprobs_record(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> Response:
     """A finished logprobs job's record, as one JSONL line."""
-    job = _job_or_404(session, job_id)
+    job = _job_or_404(session, job_id, caller)
     _require_kind(job, "logprobs")
     record = (job.result or {}).get("record")
     if record is None:
@@ -195,18 +240,24 @@ def _event(name: str, job: JobOut) -> str:
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "`progress` events (the job JSON) while it runs, then one `end`"}},
 )
-def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep) -> StreamingResponse:
+def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, caller: CallerDep
+               ) -> StreamingResponse:
     """Server-sent progress events until the job ends."""
     # No SessionDep: a stream may last an hour, and must not hold a pooled connection all along.
     factory: sessionmaker[Session] = request.app.state.session_factory
     with factory() as session:
-        _job_or_404(session, job_id)
+        _job_or_404(session, job_id, caller)
 
     async def stream() -> AsyncIterator[str]:
         last = None
         with anyio.move_on_after(settings.events_max_s):
             while not await request.is_disconnected():
-                job = await anyio.to_thread.run_sync(_read_job, factory, job_id)
+                try:
+                    job = await anyio.to_thread.run_sync(_read_job, factory, job_id)
+                except SQLAlchemyError as exc:  # the headers are sent: end the stream, saying why
+                    log.warning("events: database unavailable: %s", exc, extra={"job_id": str(job_id)})
+                    yield 'event: error\ndata: {"detail": "database unavailable, retry later"}\n\n'
+                    return
                 if job is None:  # deleted while we watched
                     return
                 if job.status in TERMINAL_STATUSES:

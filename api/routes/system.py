@@ -1,22 +1,26 @@
-"""Health and the models this server runs."""
+"""Health, metrics and the models this server runs."""
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.deps import SessionDep, SettingsDep
-from api.schemas import HealthOut, ModelOut, ModelsOut
+from api.deps import SessionDep, SettingsDep, releases_session
+from api.limits import enforce_rate_limit
+from api.metrics import Metrics
+from api.schemas import ErrorOut, HealthOut, ModelOut, ModelsOut
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 
-@router.get("/v1/models", tags=["models"])
+@router.get("/v1/models", tags=["models"], dependencies=[Depends(enforce_rate_limit)],
+            responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}})
 def list_models(settings: SettingsDep) -> ModelsOut:
     """The models jobs may name (the operator's allow-list); the first is the default."""
     return ModelsOut(models=[ModelOut(name=name, default=name == settings.default_model)
@@ -24,6 +28,7 @@ def list_models(settings: SettingsDep) -> ModelsOut:
 
 
 @router.get("/healthz", tags=["health"], responses={503: {"model": HealthOut}})
+@releases_session
 def health(request: Request, session: SessionDep, settings: SettingsDep) -> JSONResponse:
     """Whether the database and the broker answer."""
     database = broker = "ok"
@@ -43,3 +48,15 @@ def health(request: Request, session: SessionDep, settings: SettingsDep) -> JSON
     healthy = database == "ok" and broker != "unreachable"
     body = HealthOut(status="ok" if healthy else "unavailable", database=database, broker=broker)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+
+
+@router.get(
+    "/metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus' text format"}},
+)
+def metrics(request: Request) -> Response:
+    """Prometheus metrics: jobs by status, nodes and nodes/s, frontier, queues, workers alive."""
+    registry: Metrics = request.app.state.metrics
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

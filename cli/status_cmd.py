@@ -1,0 +1,66 @@
+"""`tokentree status`: jobs by status, the Celery queue of each model, and the workers that answer.
+
+In the embedded mode (no TOKENTREE_REDIS_URL) jobs run inside `tokentree serve`: there are no queues
+nor separate workers, and the command says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cli.errors import UsageError
+from cli.main import Parser
+
+PING_TIMEOUT_S = 1.5
+
+
+def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
+    status = commands.add_parser("status", help="jobs by status, queue lengths per model, workers alive")
+    status.set_defaults(handler=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from cli.service import _check_schema, _reaching, _redacted, load_settings
+    from models import jobs
+    from models.db import engine_from_settings, make_session_factory
+
+    settings = load_settings()
+    _check_schema(settings)  # creates the embedded file if need be; a shared database must be current
+    engine = engine_from_settings(settings)
+    try:
+        with _reaching(settings.sqlalchemy_url), make_session_factory(engine)() as session:
+            counts = jobs.count_by_status(session)
+    finally:
+        engine.dispose()
+    print(f"database {_redacted(settings.sqlalchemy_url)}")
+    print("jobs: " + ", ".join(f"{status} {count}" for status, count in counts.items()))
+    if settings.redis_url is None:
+        print("mode: embedded (jobs run inside `tokentree serve`; no queues and no separate workers)")
+        return 0
+    _broker_status(settings.redis_url, list(settings.models))
+    return 0
+
+
+def _broker_status(redis_url: str, models: list[str]) -> None:
+    import redis
+    from celery import Celery
+
+    from api.dispatch import model_queue
+    from api.metrics import ping_workers
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        lengths = [int(client.llen(model_queue(model))) for model in models]
+    except redis.RedisError as exc:
+        raise UsageError(f"cannot reach the broker {redis_url.split('@')[-1]}: {exc}") from None
+    finally:
+        client.close()
+    print("queues: " + ", ".join(f"{model_queue(model)} {length}"
+                                 for model, length in zip(models, lengths, strict=True)))
+    app = Celery("tokentree-status", broker=redis_url, set_as_current=False)
+    try:
+        names = ping_workers(app, PING_TIMEOUT_S)
+    finally:
+        app.close()
+    print(f"workers alive: {len(names)}" + (f" ({', '.join(names)})" if names else
+                                            f" (none answered a ping within {PING_TIMEOUT_S} s)"))
