@@ -14,7 +14,7 @@ from typing import Any, Literal
 FinishReason = Literal["stop", "max_depth"]
 
 # JSON strings as json.dumps writes them (ASCII-escaped), by the C encoder json.dumps itself uses.
-_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_string = json.encoder.encode_basestring_ascii
 
 # Printed probabilities keep the seed's precision: 6 digits on nodes, 4 on candidates.
 NODE_PROB_DIGITS = 6
