@@ -48,15 +48,13 @@ class RefTree:
 
 @torch.inference_mode()
 def next_token_probs(model, prompt_ids: list[int], node: RefNode, use_cache: bool) -> torch.Tensor:
-    """The next-token distribution [V]: a full forward, or one token on a copy of the parent's cache."""
+    """The next-token distribution [V]: a full forward, or one token on the cache copy the node holds."""
     if not use_cache:
         out = model(input_ids=torch.tensor([node.prefix(prompt_ids)]), use_cache=False)
     elif node.parent is None:
         node.cache = DynamicCache(config=model.config)
         out = model(torch.tensor([node.prefix(prompt_ids)]), None, None, node.cache, use_cache=True)
     else:
-        # The seed's way: copy the parent's cache, feed one token. The copy is what makes it slow.
-        node.cache = copy.deepcopy(node.parent.cache)
         out = model(torch.tensor([[node.token_id]]), None, None, node.cache, use_cache=True)
     return torch.softmax(out.logits[0, -1].float(), dim=-1)
 
@@ -102,7 +100,11 @@ def sequential_tree(
                 cumulative_prob=node.cumulative_prob * p,
                 parent=node,
             )
+            if use_cache:
+                # The seed's way: every child queues with a full copy of its parent's cache.
+                child.cache = copy.deepcopy(node.cache)
             node.children.append(child)
             nodes.append(child)
             queue.append(child)
+        node.cache = None  # the queued children hold the copies: memory follows the queue
     return RefTree(root=root, nodes=nodes, completed=completed, forward_passes=passes)
