@@ -1,0 +1,224 @@
+"""The distributed service against the CLI: one worker's time on the CLI's tree, and how node throughput
+grows from one worker process to two on a big job.
+
+Everything is real: `tokentree worker` processes (Celery, solo pool) on a Redis broker, a fresh Postgres
+database, jobs committed and sent the way the API does. A job's time is its `finished_at -
+started_at` as the database recorded it (the worker loaded its model at start, as a deployed worker
+has). The CLI's time is the expansion time it reports (its model loading excluded likewise).
+
+    python bench/service_speed.py [--model demo] [--repeats 3] [--big-nodes 20000]
+                                  [--postgres postgresql+psycopg://postgres@127.0.0.1:5432]
+                                  [--redis redis://127.0.0.1:6379/13]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis
+from celery import Celery
+from sqlalchemy import text
+
+from engine.params import TreeParams
+from migrations import upgrade_database
+from models import jobs
+from models.db import make_engine, make_session_factory
+from models.node_reads import tree_json
+from tests.workers.trees import assert_same_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+# The engine bench's wide tree (bench/engine_speed.py): a low threshold the queue barely raises.
+SAME_TREE = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=1000,
+                       max_completed_paths=100_000, max_depth=40, max_nodes=3000)
+PROMPT = "Once upon a time"
+LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "warning")  # the workers' (info: a line per unit)
+CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
+
+
+@contextmanager
+def postgres_database(server: str) -> Iterator[str]:
+    name = f"tokentree_service_bench_{os.getpid()}"
+    admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+class Service:
+    """A database, a broker, and worker processes on them."""
+
+    def __init__(self, database_url: str, redis_url: str, model: str, logs: Path) -> None:
+        self.database_url, self.redis_url, self.model, self.logs = database_url, redis_url, model, logs
+        self.engine = make_engine(database_url)
+        self.sessions = make_session_factory(self.engine)
+        self.redis = redis.Redis.from_url(redis_url)
+        self.celery = Celery(broker=redis_url, set_as_current=False)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
+        self.env.update(TOKENTREE_DATABASE_URL=database_url, TOKENTREE_REDIS_URL=redis_url,
+                        TOKENTREE_MODELS=f"bench={model}", HF_HUB_OFFLINE="1")
+
+    @contextmanager
+    def workers(self, count: int, threads: int) -> Iterator[list[str]]:
+        """`count` worker processes of `threads` torch threads each, ready (model loaded) when yielded."""
+        names = [f"w{i + 1}-t{threads}" for i in range(count)]
+        processes = []
+        for name in names:
+            log = (self.logs / f"{name}.log").open("ab")
+            processes.append(subprocess.Popen(
+                [*CLI, "worker", "--name", name, "--threads", str(threads), "--loglevel", LOG_LEVEL],
+                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        try:
+            deadline = time.monotonic() + 300
+            while not all(self.redis.zscore("tokentree:model:bench:idle", n) is not None for n in names):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise RuntimeError(f"workers did not start; see {self.logs}")
+                time.sleep(0.2)
+            yield names
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(120)
+
+    def run_job(self, params: TreeParams) -> dict[str, Any]:
+        """Commit a tree job and send its task as the API does; wait for it; its row and tree."""
+        with self.sessions() as session:
+            job = jobs.create_job(session, kind="tree", prompt=PROMPT, model="bench",
+                                  parameters=params.to_dict())
+        self.celery.send_task("tokentree.run_job", args=[str(job.id)], queue="tokentree.model.bench")
+        while True:
+            time.sleep(0.05)
+            with self.sessions() as session:
+                row = jobs.get_job(session, job.id)
+                assert row is not None
+                if row.status in ("succeeded", "failed", "cancelled"):
+                    assert row.status == "succeeded", row.error
+                    assert row.started_at is not None and row.finished_at is not None
+                    seconds = (row.finished_at - row.started_at).total_seconds()
+                    document = tree_json(session, row)
+                    return {"seconds": seconds, "nodes": row.node_count, "tree": json.loads(document or "{}"),
+                            "workers": _expanded_by(session, str(job.id))}
+
+    def close(self) -> None:
+        self.celery.close()
+        self.redis.close()
+        self.engine.dispose()
+
+
+def _expanded_by(session: Any, job_id: str) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from models.schema import Node
+
+    rows = session.execute(select(Node.expanded_by, func.count()).where(
+        Node.job_id == jobs.as_job_id(job_id), Node.expanded_by.is_not(None)).group_by(Node.expanded_by))
+    return {name: count for name, count in rows}
+
+
+def cli_tree(
+    model: str, params: TreeParams, out: Path, threads: int, passive: bool
+) -> tuple[float, dict[str, Any]]:
+    args = [*CLI, "tree", PROMPT, "--model", model, "-q", "-o", str(out)]
+    for name, value in params.to_dict().items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}  # torch's thread count
+    if passive:  # the workers' OpenMP wait policy (workers/__init__.py)
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    subprocess.run(args, cwd=ROOT, check=True, capture_output=True, env=env)
+    tree = json.loads(out.read_text())
+    return float(tree["metadata"]["stats"]["seconds"]), tree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo", help="a model source, as `--model` of `tokentree tree`")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--big-nodes", type=int, default=12_000, help="nodes of the throughput job")
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13",
+                        help="a Redis database to use (it is flushed)")
+    args = parser.parse_args()
+    # Wider still (the demo model's whole tree has 14,000+ nodes), cut before it narrows at the end.
+    big = TreeParams(min_branch_threshold=0.03, max_branch_threshold=0.3, soft_queue_limit=1000,
+                     max_completed_paths=1_000_000, max_depth=60, max_nodes=args.big_nodes)
+
+    redis.Redis.from_url(args.redis).flushdb()
+    logs = Path(tempfile.mkdtemp(prefix="tokentree-bench-"))
+    cores = os.cpu_count() or 1
+    print(f"Python {platform.python_version()}, {platform.machine()}, {cores} CPUs; model {args.model}; "
+          f"load average {os.getloadavg()}; worker logs in {logs}\n")
+    with postgres_database(args.postgres) as url:
+        upgrade_database(url)
+        service = Service(url, args.redis, args.model, logs)
+        try:
+            # 1. One worker against the CLI, on the same tree, with the same torch threads.
+            print("| setup | job | median time | vs the CLI |")
+            print("| --- | --- | --- | --- |")
+            for threads in sorted({1, cores}):
+                cli_times: list[float] = []
+                reference: dict[str, Any] = {}
+                worker_times: list[float] = []
+                with service.workers(1, threads=threads):
+                    for _ in range(args.repeats):  # alternately, so both see the same machine
+                        # The CLI's best: as users run it, or with the workers' OpenMP policy.
+                        out = logs / "cli-tree.json"
+                        seconds, reference = cli_tree(args.model, SAME_TREE, out, threads, passive=False)
+                        passive_s, _ = cli_tree(args.model, SAME_TREE, out, threads, passive=True)
+                        cli_times.append(min(seconds, passive_s))
+                        run = service.run_job(SAME_TREE)
+                        assert_same_tree(run["tree"], reference)  # the CLI's tree, or no number at all
+                        worker_times.append(run["seconds"])
+                cli_s, worker_s = statistics.median(cli_times), statistics.median(worker_times)
+                nodes = reference["metadata"]["stats"]["nodes"]
+                print(f"| `tokentree tree`, {threads} thread(s) | {nodes:,} nodes | {cli_s:.2f} s | 1.00 |")
+                print(f"| 1 worker, {threads} thread(s), the same tree | {nodes:,} nodes | "
+                      f"{worker_s:.2f} s | **{worker_s / cli_s:.2f}x** |")
+
+            # 2. Node throughput on a big job: one worker process, then two, one thread each.
+            # Round after round, so that a busier spell of the machine hits every setup alike.
+            rates: dict[str, list[float]] = {}
+            shares: dict[str, dict[str, int]] = {}
+            setups = [("1 worker, 1 thread", 1, 1), ("2 workers, 1 thread each", 2, 1)]
+            if cores > 1:
+                setups.append((f"1 worker, {cores} threads", 1, cores))
+            for _ in range(args.repeats):
+                for label, count, threads in setups:
+                    with service.workers(count, threads):
+                        run = service.run_job(big)
+                    rates.setdefault(label, []).append(run["nodes"] / run["seconds"])
+                    shares[label] = run["workers"]
+            one = statistics.median(rates["1 worker, 1 thread"])
+            print("\n| setup | job | median nodes/s | vs 1 worker |")
+            print("| --- | --- | --- | --- |")
+            for label, values in rates.items():
+                rate = statistics.median(values)
+                print(f"| {label} | {args.big_nodes:,} nodes | {rate:,.0f} | **{rate / one:.2f}x** |")
+            print(f"\nexpanded per worker (last run): {shares}")
+            print(f"load average at the end (1, 5, 15 min): {os.getloadavg()}")
+        finally:
+            service.close()
+
+
+if __name__ == "__main__":
+    main()

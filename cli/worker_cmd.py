@@ -1,0 +1,113 @@
+"""`tokentree worker`: run Celery workers that expand the jobs of some models (the distributed mode).
+
+Each worker process is a Celery worker with a solo pool: one unit of work at a time, in the process
+that loaded the models, so no CUDA context is ever forked. For several GPUs (or CPU cores) start one
+process each: `--gpus 0,1` pins one process per device, `--processes N` starts N on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+QUEUE_PREFIX = "tokentree.model."
+
+
+def _allow_list() -> list[str] | None:
+    """The allow-list's names, for `--model`'s choices; None when the settings cannot be read yet (the
+    command then reports the settings' error itself)."""
+    try:
+        from models.settings import get_settings
+
+        return list(get_settings().models)
+    except Exception:
+        return None
+
+
+def add_command(commands: Any) -> None:
+    """Register `tokentree worker` on the CLI's subcommands."""
+    parser = commands.add_parser(
+        "worker", help="run workers that expand the jobs of their models (needs Postgres and Redis)",
+        description="Run Celery workers for the distributed mode "
+                    "(TOKENTREE_DATABASE_URL, TOKENTREE_REDIS_URL).",
+    )
+    parser.add_argument("--model", action="append", choices=_allow_list(), metavar="NAME",
+                        help="a model of the allow-list to serve (repeatable; default: every model)")
+    parser.add_argument("--name", help="the worker's name in job progress (default: the host name)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="worker processes to run, one unit of work at a time each (default 1)")
+    parser.add_argument("--gpus", help="comma-separated CUDA device ids: one process per device")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads per process (default: the CPU cores shared among processes)")
+    parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(handler=run_worker)
+
+
+def _process_envs(args: argparse.Namespace, models: list[str]) -> list[dict[str, str]]:
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
+    count = len(gpus) or args.processes
+    name = args.name or socket.gethostname()
+    threads = args.threads or max(1, (os.cpu_count() or 1) // count)
+    envs = []
+    for index in range(count):
+        env = dict(os.environ)
+        env["TOKENTREE_WORKER_NAME"] = name if count == 1 else f"{name}-{index + 1}"
+        env["TOKENTREE_WORKER_MODELS"] = ",".join(models)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see workers/__init__.py
+        if not gpus:
+            env["TOKENTREE_WORKER_THREADS"] = str(threads)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index]
+        envs.append(env)
+    return envs
+
+
+def celery_argv(env: dict[str, str], models: list[str], loglevel: str) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
+        "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+        "-Q", ",".join(QUEUE_PREFIX + m for m in models),
+        "-n", f"{env['TOKENTREE_WORKER_NAME']}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "-l", loglevel,
+    ]
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from cli.main import UsageError
+    from cli.service import load_settings
+
+    settings = load_settings()
+    if settings.redis_url is None or settings.database_url is None:
+        raise UsageError("tokentree worker needs TOKENTREE_REDIS_URL and TOKENTREE_DATABASE_URL (Postgres); "
+                         "without them `tokentree serve` runs jobs in its own process")
+    if args.processes < 1:
+        raise UsageError(f"--processes must be at least 1, got {args.processes}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must not be negative, got {args.threads}")
+    models = args.model or list(settings.models)
+    envs = _process_envs(args, models)
+    if len(envs) == 1:
+        # The worker becomes this process: signals (a warm shutdown on SIGTERM) go straight to Celery.
+        argv = celery_argv(envs[0], models, args.loglevel)
+        os.execve(argv[0], argv, envs[0])
+    return _supervise([subprocess.Popen(celery_argv(env, models, args.loglevel), env=env) for env in envs])
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    """Wait for the worker processes, passing SIGINT and SIGTERM on to them."""
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)

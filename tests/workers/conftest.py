@@ -1,0 +1,301 @@
+"""Real services for the worker tests: a Postgres database of their own (created, migrated, dropped),
+a Redis database number of their own, the API served over HTTP, and real `tokentree worker` processes.
+
+The model is the bundled demo model; TOKENTREE_TEST_MODEL points at another folder while it is built.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from migrations import upgrade_database
+from models.db import make_engine, make_session_factory
+from models.settings import Settings
+
+PG_SERVER = os.environ.get("TOKENTREE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_SERVER = os.environ.get("TOKENTREE_TEST_REDIS", "redis://127.0.0.1:6379")
+MODEL_SOURCE = os.environ.get("TOKENTREE_TEST_MODEL", "demo")
+MODEL = "demo"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here needs the real Postgres and Redis (`-m "not services"` leaves them out)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.services)
+
+
+def _admin(statement: str) -> None:
+    engine = make_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"tokentree_workers_test_{os.getpid()}"
+    try:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:  # pragma: no cover - a machine without the service
+        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}: {exc}")
+    url = f"{PG_SERVER}/{name}"
+    upgrade_database(url)
+    yield url
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def db_engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(db_engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(db_engine)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    # Not the number tests/service picks for the same pid (1 + pid % 15): both may run in one session.
+    url = f"{REDIS_SERVER}/{1 + (os.getpid() + 7) % 15}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as exc:  # pragma: no cover
+        pytest.skip(f"Redis is not reachable at {REDIS_SERVER}: {exc}")
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        database_url=database_url, redis_url=redis_url, environment="local", models={MODEL: MODEL_SOURCE}
+    )
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
+    env.update(
+        TOKENTREE_DATABASE_URL=str(settings.database_url),
+        TOKENTREE_REDIS_URL=str(settings.redis_url),
+        TOKENTREE_MODELS=f"{MODEL}={MODEL_SOURCE}",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    env.update(extra)
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", *args]
+
+
+# -- worker processes ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no warm shutdown, nothing given back; what it held must be taken over."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class Workers:
+    settings: Settings
+    tmp: Path
+    started: list[WorkerProcess] = field(default_factory=list)
+
+    def start(self, name: str, *, wait: bool = True, **knobs: str) -> WorkerProcess:
+        """`tokentree worker --model demo --name NAME` as a subprocess; waits until it takes work."""
+        env = service_env(self.settings, **{f"TOKENTREE_WORKER_{k.upper()}": v for k, v in knobs.items()})
+        env.setdefault("TOKENTREE_WORKER_LEASE_TTL_S", "3")
+        env.setdefault("TOKENTREE_WORKER_SWEEP_INTERVAL_S", "0.5")
+        env.setdefault("TOKENTREE_WORKER_STALE_AFTER_S", "4")
+        log_path = self.tmp / f"worker-{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                cli("worker", "--model", MODEL, "--name", name, "--threads", "1", "--loglevel", "info"),
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        worker = WorkerProcess(name, process, log_path)
+        self.started.append(worker)
+        if wait:
+            self.wait_ready(worker)
+        return worker
+
+    def wait_ready(self, worker: WorkerProcess, timeout: float = 180) -> None:
+        client = redis.Redis.from_url(str(self.settings.redis_url))
+        deadline = time.monotonic() + timeout
+        try:
+            while client.zscore(f"tokentree:model:{MODEL}:idle", worker.name) is None:
+                if worker.process.poll() is not None:
+                    raise RuntimeError(f"worker {worker.name} exited:\n{worker.log()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"worker {worker.name} not ready in {timeout}s:\n{worker.log()[-3000:]}"
+                    )
+                time.sleep(0.2)
+        finally:
+            client.close()
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in self.started:
+            try:
+                worker.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self.started.clear()
+
+
+@pytest.fixture(scope="module")
+def workers(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """The worker processes a test module starts; all stopped when the module is done."""
+    pool = Workers(settings, tmp_path_factory.mktemp("workers"))
+    yield pool
+    pool.stop_all()
+
+
+# -- the API over HTTP --------------------------------------------------------------------------------
+
+
+@contextmanager
+def serve(
+    settings: Settings, dispatcher: Any = None, session_factory: sessionmaker[Session] | None = None
+) -> Iterator[httpx.Client]:
+    from api.app import create_app
+
+    app = create_app(settings, dispatcher=dispatcher, session_factory=session_factory)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def api(settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[httpx.Client]:
+    with serve(settings, session_factory=session_factory) as client:
+        yield client
+
+
+def submit(api: httpx.Client, prompt: str, kind: str = "tree", **parameters: Any) -> str:
+    body = {"prompt": prompt, "model": MODEL, "kind": kind, "parameters": parameters}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def wait_for(
+    api: httpx.Client,
+    job_id: str,
+    until: Callable[[dict[str, Any]], bool],
+    timeout: float = 240,
+    workers: Workers | None = None,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return job
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.name}\n{w.log()[-4000:]}" for w in (workers.started if workers else []))
+            raise AssertionError(f"job {job_id} did not get there in {timeout}s: {job}\n{logs}")
+        time.sleep(0.25)
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def job_keys(client: redis.Redis, job_id: str) -> list[str]:
+    """The job's keys in Redis, but for the cancel flag (which outlives it on purpose)."""
+    keys = [_text(k) for k in client.keys(f"tokentree:job:{job_id}:*")]
+    return sorted(k for k in keys if not k.endswith(":cancelled"))
+
+
+def idle_workers(client: redis.Redis) -> set[str]:
+    """The workers of the model that say they wait for work."""
+    return {_text(n) for n in client.zrange(f"tokentree:model:{MODEL}:idle", 0, -1)}
+
+
+@pytest.fixture(scope="session")
+def stop_ids() -> set[int]:
+    from engine.loading import ModelSpec, load_model
+
+    return set(load_model(ModelSpec(name=MODEL_SOURCE)).stop_ids)

@@ -1,0 +1,139 @@
+"""The frontier's operations against a real Redis (and the in-memory one where it behaves the same)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from workers.frontier import Frontier, MemoryFrontier, RedisFrontier, job_key
+
+
+@pytest.fixture
+def job() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def rfrontier(redis_client: redis.Redis) -> Iterator[RedisFrontier]:
+    yield RedisFrontier(redis_client)
+
+
+@pytest.fixture(params=["redis", "memory"])
+def frontier(request: pytest.FixtureRequest) -> Frontier:
+    if request.param == "memory":
+        return MemoryFrontier()
+    return request.getfixturevalue("rfrontier")
+
+
+def test_lease_commit_release_keep_every_open_node_somewhere(frontier: Frontier, job: str) -> None:
+    frontier.load(job, [1, 2, 3])
+    assert frontier.ready(job)
+    leased = frontier.lease(job, "u1", 2, ttl_s=5)
+    assert (leased.node_ids, leased.open_count, leased.queue_length) == ([1, 2], 3, 1)
+    # u1 expands 1 (children 4, 5) and finishes 2; |Q| counts held and queued nodes alike.
+    committed = frontier.commit(job, "u1", popped=[1, 2], children=[4, 5], recovered=[], ttl_s=5)
+    assert (committed.open_count, committed.queue_length, committed.alive) == (3, 1, True)
+    assert committed.not_held == []
+    # Another unit gets only what nobody holds.
+    assert frontier.lease(job, "u2", 10, ttl_s=5).node_ids == [3]
+    frontier.release(job, "u1", [5, 4], end_unit=True)  # given back in the order given
+    assert frontier.lease(job, "u3", 10, ttl_s=5).node_ids == [5, 4]
+    snap = frontier.snapshot(job)
+    assert (snap.open_count, snap.queue_length) == (3, 0)
+
+
+def test_a_node_done_twice_is_counted_once(frontier: Frontier, job: str) -> None:
+    """A redelivered commit: popping and adding the same nodes again changes nothing."""
+    frontier.load(job, [1])
+    frontier.lease(job, "u1", 1, ttl_s=5)
+    for _ in range(2):
+        committed = frontier.commit(job, "u1", popped=[1], children=[2, 3], recovered=[], ttl_s=5)
+        assert committed.open_count == 2
+    # Recovered children (found written in Postgres) are queued once, and not if already open.
+    committed = frontier.commit(job, "u1", popped=[], children=[], recovered=[3, 4, 4], ttl_s=5)
+    assert (committed.open_count, committed.queue_length) == (3, 1)
+
+
+def test_stale_queue_entries_are_skipped(frontier: Frontier, job: str) -> None:
+    frontier.load(job, [1, 2])
+    frontier.lease(job, "u1", 1, ttl_s=5)
+    frontier.commit(job, "u1", popped=[1], children=[], recovered=[], ttl_s=5)
+    frontier.release(job, "u1", [1])  # already popped: not requeued
+    assert frontier.lease(job, "u2", 5, ttl_s=5).node_ids == [2]
+
+
+def test_ending_a_unit_gives_back_everything_it_holds(frontier: Frontier, job: str) -> None:
+    frontier.load(job, [1, 2, 3])
+    frontier.lease(job, "u1", 3, ttl_s=5)
+    attempts = frontier.release(job, "u1", [2], end_unit=True, failed=True)
+    assert attempts == 1
+    assert frontier.lease(job, "u2", 5, ttl_s=5).node_ids == [2, 1, 3]
+
+
+def test_a_dead_units_nodes_go_back_to_the_head_with_an_attempt(rfrontier: RedisFrontier, job: str) -> None:
+    rfrontier.load(job, [1, 2, 3, 4])
+    rfrontier.lease(job, "dead", 2, ttl_s=0.2)
+    rfrontier.lease(job, "alive", 1, ttl_s=30)
+    assert rfrontier.expire(job, max_attempts=3).requeued == []  # not yet expired
+    time.sleep(0.3)
+    expired = rfrontier.expire(job, max_attempts=3)
+    assert expired.requeued == [1, 2] and expired.poisoned == {} and expired.live_units == 1
+    assert not rfrontier.renew(job, "dead", 5)  # the unit learns it lost its lease
+    assert rfrontier.lease(job, "next", 10, ttl_s=5).node_ids == [1, 2, 4]  # oldest first, then the rest
+
+
+def test_a_node_that_outlives_its_workers_is_poison(rfrontier: RedisFrontier, job: str) -> None:
+    rfrontier.load(job, [7])
+    for attempt in (1, 2, 3):
+        assert rfrontier.lease(job, f"crash-{attempt}", 1, ttl_s=0.05).node_ids == [7]
+        time.sleep(0.1)
+        expired = rfrontier.expire(job, max_attempts=3)
+        assert expired.requeued == [7]
+    assert expired.poisoned == {7: 3}
+
+
+def test_a_unit_whose_lease_expired_holds_nothing_it_creates(rfrontier: RedisFrontier, job: str) -> None:
+    rfrontier.load(job, [1])
+    rfrontier.lease(job, "slow", 1, ttl_s=0.05)
+    time.sleep(0.1)
+    rfrontier.expire(job, max_attempts=3)
+    # Its write went through (Postgres had the node still open): its children must not be orphaned.
+    committed = rfrontier.commit(job, "slow", popped=[1], children=[2, 3], recovered=[], ttl_s=5)
+    assert not committed.alive and committed.not_held == [2, 3]
+    assert rfrontier.lease(job, "other", 10, ttl_s=5).node_ids == [2, 3]
+
+
+def test_repair_requeues_open_nodes_that_are_nowhere(
+    rfrontier: RedisFrontier, redis_client: redis.Redis, job: str
+) -> None:
+    rfrontier.load(job, [1, 2, 3])
+    redis_client.delete(job_key(job, "queue"))
+    assert rfrontier.repair(job) == 3
+    assert rfrontier.lease(job, "u", 10, ttl_s=5).node_ids == [1, 2, 3]
+
+
+def test_cancel_flag_and_idle_peers_come_back_with_a_commit(
+    rfrontier: RedisFrontier, redis_client: redis.Redis, job: str
+) -> None:
+    rfrontier.load(job, [1])
+    rfrontier.lease(job, "u", 1, ttl_s=5)
+    redis_client.zadd("tokentree:model:m-test:idle", {"peer": int(time.time() * 1000)})
+    committed = rfrontier.commit(job, "u", popped=[], children=[], recovered=[], ttl_s=5, model="m-test")
+    assert committed.idle_peers == 1 and not committed.cancelled
+    redis_client.set(f"tokentree:job:{job}:cancelled", "1")
+    assert rfrontier.commit(job, "u", popped=[], children=[], recovered=[], ttl_s=5).cancelled
+    assert rfrontier.cancelled(job)
+    rfrontier.clear(job)
+    assert not rfrontier.ready(job)
+
+
+def test_a_whole_job_claim_counts_its_attempts(frontier: Frontier, job: str) -> None:
+    assert frontier.claim(job, "a", ttl_s=5) == 1
+    assert frontier.claim(job, "b", ttl_s=5) is None  # held
+    assert frontier.claimed(job)
+    frontier.drop_claim(job, "a")
+    assert frontier.claim(job, "b", ttl_s=5) == 2

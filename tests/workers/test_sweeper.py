@@ -1,0 +1,106 @@
+"""The sweeper, in process, against the real Postgres and Redis: takeovers, poison nodes, lost messages."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.params import TreeParams
+from models import jobs
+from models.node_writes import ensure_root, open_node_ids
+from models.settings import Settings
+from workers.frontier import RedisFrontier, job_key
+from workers.service import ModelRegistry, NoExpiryKeeper, Services, WorkerConfig
+from workers.sweeper import Sweeper
+
+MODEL = "demo-sweep"  # a model no worker process serves: nothing but this test touches its jobs
+
+
+def make_sweeper(
+    settings: Settings, factory: sessionmaker[Session], client: redis.Redis, sent: list[str]
+) -> Sweeper:
+    services = Services(
+        config=WorkerConfig(name="sweeper-test", max_attempts=3),
+        session_factory=factory,
+        frontier=RedisFrontier(client),
+        models=ModelRegistry(settings),
+        keeper=NoExpiryKeeper(),
+    )
+    return Sweeper(
+        services,
+        client,
+        [MODEL],
+        lambda job_id, model: sent.append(job_id),
+        interval_s=0.01,
+        stale_after_s=0.5,
+    )
+
+
+def running_job(factory: sessionmaker[Session], frontier: RedisFrontier) -> tuple[str, int]:
+    with factory() as session:
+        job = jobs.create_job(
+            session, kind="tree", prompt="p", model=MODEL, parameters=TreeParams().to_dict()
+        )
+        jobs.mark_running(session, job.id, "t")
+        root = ensure_root(session, job.id, "p")
+        frontier.load(str(job.id), open_node_ids(session, job.id))
+    return str(job.id), root
+
+
+def sweep(sweeper: Sweeper) -> None:
+    time.sleep(0.02)  # past the sweep lock of the previous round
+    sweeper.sweep()
+
+
+def test_a_dead_units_nodes_are_requeued_and_a_unit_sent(
+    settings: Settings, session_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    sent: list[str] = []
+    sweeper = make_sweeper(settings, session_factory, redis_client, sent)
+    frontier = RedisFrontier(redis_client)
+    job_id, root = running_job(session_factory, frontier)
+    assert frontier.lease(job_id, "dies", 1, ttl_s=0.1).node_ids == [root]
+    sweep(sweeper)
+    assert sent == []  # a live unit holds the job
+    time.sleep(0.15)
+    sweep(sweeper)
+    assert sent == [job_id]
+    assert frontier.snapshot(job_id).queue_length == 1
+
+
+def test_a_node_that_kills_every_worker_fails_its_job(
+    settings: Settings, session_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    sent: list[str] = []
+    sweeper = make_sweeper(settings, session_factory, redis_client, sent)
+    frontier = RedisFrontier(redis_client)
+    job_id, root = running_job(session_factory, frontier)
+    for attempt in range(3):
+        assert frontier.lease(job_id, f"crash-{attempt}", 1, ttl_s=0.05).node_ids == [root]
+        time.sleep(0.1)
+        redis_client.delete(job_key(job_id, "kick"))
+        sweep(sweeper)
+    with session_factory() as session:
+        job = jobs.get_job(session, job_id)
+        assert job is not None and job.status == "failed"
+        assert job.error is not None and f"node {root}" in job.error and "3" in job.error
+    assert not frontier.ready(job_id)  # nothing left behind
+
+
+def test_a_job_nobody_works_on_gets_a_unit_but_not_a_flood(
+    settings: Settings, session_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    sent: list[str] = []
+    sweeper = make_sweeper(settings, session_factory, redis_client, sent)
+    with session_factory() as session:
+        queued = str(jobs.create_job(session, kind="tree", prompt="p", model=MODEL, parameters={}).id)
+    sweep(sweeper)
+    assert queued not in sent  # young: its first message may still be on its way
+    time.sleep(0.6)
+    for _ in range(5):
+        sweep(sweeper)
+    assert sent.count(queued) == 1  # one kick per stale period, not one per sweep
+    assert uuid.UUID(queued)

@@ -1,0 +1,66 @@
+"""The Celery app of the workers: Redis as the broker, one queue per model, one short unit per message.
+
+Delivery is at least once and every effect is idempotent (see workers/tree_jobs.py), so the settings
+below aim at "never lose a message" and "never hold one for long":
+
+- acks late: a message is acknowledged when its unit ends, so a worker that dies mid-unit leaves it
+  in Redis' unacked set, to be delivered again after the visibility timeout;
+- prefetch 1 with a solo pool: a worker reserves only the message it runs, so the others stay free
+  for idle peers. The solo pool also means no fork after CUDA is touched;
+- the visibility timeout (10 minutes by default) is far above a unit's bound (20 s), so a message is
+  never delivered twice while its unit still runs. A killed worker's nodes do not wait for it: their
+  leases expire within seconds and the sweeper sends a unit for them (workers/sweeper.py);
+- no task results: the job's row is the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from models.settings import get_settings
+from workers.runtime import WorkerSettings
+
+RUN_JOB_TASK = "tokentree.run_job"
+
+
+def model_queue(model: str) -> str:
+    """The queue of the workers that serve `model` (an allow-list name); the API sends to the same."""
+    return f"tokentree.model.{model}"
+
+
+def route_by_model(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    """Route a run_job sent with `model=` in its options or kwargs to that model's queue."""
+    if name == RUN_JOB_TASK and not options.get("queue"):
+        model = (kwargs or {}).get("model")
+        if model:
+            return {"queue": model_queue(model)}
+    return None
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    worker = WorkerSettings()
+    app = Celery("tokentree", broker=settings.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_acks_on_failure_or_timeout=True,
+        task_reject_on_worker_lost=False,  # a unit that kills its worker must not loop: attempts count
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="solo",
+        task_ignore_result=True,
+        task_default_queue="tokentree.default",
+        task_routes=(route_by_model,),
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": worker.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=False,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery()

@@ -1,0 +1,227 @@
+"""A worker process's wiring: settings, database, Redis, the frontier, the models, and the heartbeat
+thread that keeps leases alive, tells peers whether this worker idles, and runs the sweeper.
+
+Built lazily, on the first task or when the worker is ready, in the process that runs the tasks (the
+pool is solo: nothing here is ever forked, so a CUDA context made here stays valid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import redis
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import select
+
+from models.db import engine_from_settings, make_session_factory
+from models.jobs import as_job_id
+from models.schema import Job
+from models.settings import Settings, get_settings
+from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key
+from workers.logprobs_jobs import LogprobsJobs
+from workers.service import HeldLease, ModelRegistry, Outcome, Services, WorkerConfig
+from workers.sweeper import Sweeper
+from workers.tree_jobs import TreeJobs
+
+log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
+
+
+class WorkerSettings(BaseSettings):
+    """The worker's own knobs (`TOKENTREE_WORKER_*`); the `tokentree worker` command sets some."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENTREE_WORKER_", extra="ignore", frozen=True)
+
+    name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    models: str = ""  # comma-separated allow-list names this worker serves; empty: all of them
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    preload: bool = True  # load the models when the worker starts, not on its first job
+    hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch
+    unit_seconds: float = Field(default=20.0, gt=0)
+    lease_ttl_s: float = Field(default=8.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    split_min: int = Field(default=16, ge=1)
+    pipeline_writes: bool = True
+    sweep_interval_s: float = Field(default=2.0, gt=0)
+    stale_after_s: float = Field(default=15.0, gt=0)
+    visibility_timeout_s: int = Field(default=600, ge=60)
+
+
+def served_models(settings: Settings, worker: WorkerSettings) -> list[str]:
+    names = [m.strip() for m in worker.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in settings.models]
+    if unknown:
+        raise ValueError(f"model {unknown[0]!r} is not in the allow-list ({', '.join(settings.models)})")
+    return names or list(settings.models)
+
+
+def worker_config(settings: Settings, worker: WorkerSettings) -> WorkerConfig:
+    return WorkerConfig(
+        name=worker.name, max_batch=settings.max_batch,
+        hold_limit=worker.hold_limit or 4 * settings.max_batch,
+        unit_seconds=worker.unit_seconds, lease_ttl_s=worker.lease_ttl_s, max_attempts=worker.max_attempts,
+        split_min=worker.split_min, pipeline_writes=worker.pipeline_writes,
+    )
+
+
+class Heartbeat:
+    """One daemon thread: renews the leases of running units, refreshes this worker's idle mark, and
+    sweeps. A unit whose renewal fails (its lease expired and its nodes were taken back) is told so."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        self._holdings: dict[str, HeldLease] = {}
+        self._lock = threading.Lock()
+        self._busy = False
+        self._idle_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tokentree-heartbeat", daemon=True)
+        self._next_sweep = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @contextlib.contextmanager
+    def hold(self, job_id: str, unit: str, kind: str) -> Iterator[HeldLease]:
+        lease = HeldLease(job_id, unit, kind)
+        with self._lock:
+            self._holdings[unit] = lease
+        try:
+            yield lease
+        finally:
+            with self._lock:
+                self._holdings.pop(unit, None)
+
+    def set_busy(self, busy: bool) -> None:
+        with self._idle_lock:
+            self._busy = busy
+            self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        """Tell peers whether this worker waits for work. Under the lock: a heartbeat must never mark
+        the worker idle again just after the task it started marked it busy."""
+        r = self.runtime.redis
+        name = self.runtime.services.config.name
+        pipe = r.pipeline(transaction=False)
+        now_ms = int(time.time() * 1000)
+        for model in self.runtime.models:
+            if self._busy or not self.runtime.ready:
+                pipe.zrem(idle_key(model), name)
+            else:
+                pipe.zadd(idle_key(model), {name: now_ms})
+                pipe.zremrangebyscore(idle_key(model), "-inf", now_ms - 10 * IDLE_WINDOW_MS)
+        pipe.execute()
+
+    def _run(self) -> None:
+        config = self.runtime.services.config
+        tick = min(1.0, config.renew_every_s)
+        while not self._stop.wait(tick):
+            try:
+                self._beat()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _beat(self) -> None:
+        frontier = self.runtime.frontier
+        ttl = self.runtime.services.config.lease_ttl_s
+        with self._lock:
+            holdings = list(self._holdings.values())
+        for lease in holdings:
+            renew = frontier.renew if lease.kind == "nodes" else frontier.renew_claim
+            if not renew(lease.job_id, lease.unit, ttl):
+                lease.lost.set()  # it expired and its nodes were taken back: the unit must stop
+        with self._idle_lock:
+            self._mark_idle()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.runtime.worker_settings.sweep_interval_s
+            self.runtime.sweeper.sweep()
+
+
+class WorkerRuntime:
+    """Everything a worker process needs, built once."""
+
+    def __init__(self, settings: Settings | None = None, worker: WorkerSettings | None = None,
+                 send: Callable[[str, str], None] | None = None) -> None:
+        self.settings = settings or get_settings()
+        if self.settings.redis_url is None or self.settings.database_url is None:
+            raise RuntimeError("a worker needs TOKENTREE_REDIS_URL and TOKENTREE_DATABASE_URL (Postgres)")
+        self.worker_settings = worker or WorkerSettings()
+        self.models = served_models(self.settings, self.worker_settings)
+        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30,
+                                          socket_connect_timeout=10, health_check_interval=30)
+        self.frontier = RedisFrontier(self.redis)
+        self.engine = engine_from_settings(self.settings)
+        self.heartbeat = Heartbeat(self)
+        self._send = send
+        self._send_lock = threading.Lock()
+        self.services = Services(
+            config=worker_config(self.settings, self.worker_settings),
+            session_factory=make_session_factory(self.engine),
+            frontier=self.frontier,
+            models=ModelRegistry(self.settings),
+            keeper=self.heartbeat,
+            hand_off=self.send,
+        )
+        self.trees = TreeJobs(self.services)
+        self.logprobs = LogprobsJobs(self.services)
+        self.sweeper = Sweeper(self.services, self.redis, self.models, self.send,
+                               self.worker_settings.sweep_interval_s, self.worker_settings.stale_after_s)
+        self.ready = False
+
+    def start(self) -> None:
+        if self.worker_settings.threads > 0:
+            import torch
+
+            torch.set_num_threads(self.worker_settings.threads)
+        # The model's thread takes the GIL back between every torch op; with the default 5 ms switch
+        # interval, the node writer's Python work would make it wait that long each time.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self.heartbeat.start()
+
+    def preload(self) -> None:
+        for model in self.models:
+            started = time.perf_counter()
+            self.services.models.get(model)
+            log.info("model %s loaded in %.1fs", model, time.perf_counter() - started)
+
+    def mark_ready(self) -> None:
+        self.ready = True
+        self.heartbeat.set_busy(False)
+
+    def send(self, job_id: str, model: str) -> None:
+        """Send a unit of work on the job to its model's queue, and note when (for the sweeper)."""
+        if self._send is None:
+            raise RuntimeError("this runtime cannot send tasks")
+        with self._send_lock:
+            self._send(job_id, model)
+        self.redis.set(job_key(job_id, "sent"), "1", px=int(self.worker_settings.stale_after_s * 1000))
+
+    def run(self, job_id: str) -> Outcome:
+        """One unit of work on the job, of whatever kind; hands the job on when it needs more units."""
+        with self.services.session_factory() as session:
+            kind = session.scalar(select(Job.kind).where(Job.id == as_job_id(job_id)))
+        if kind is None:
+            return Outcome.DONE
+        jobs = self.trees if kind == "tree" else self.logprobs
+        outcome, model = jobs.run_unit(job_id)
+        if outcome is Outcome.CONTINUE and model is not None:
+            self.send(job_id, model)
+        return outcome
+
+    def close(self) -> None:
+        self.heartbeat.stop()
+        self.engine.dispose()
+        self.redis.close()

@@ -1,0 +1,133 @@
+"""What every kind of job's unit of work shares: the worker's configuration, its models, how a unit's
+lease is kept alive, and how a job is finished.
+
+A unit of work is one short run on one job (a task message in the distributed mode); it ends with an
+`Outcome` that tells the transport what to do next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.analysis import model_metadata
+from engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
+from models.jobs import JobId, finish_job
+from models.settings import Settings
+from workers.frontier import Frontier
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    CONTINUE = "continue"  # the job has open nodes in the shared queue: send another unit
+    IDLE = "idle"  # nothing to take: the rest of the job is held by other units, which go on with it
+    DONE = "done"  # the job is finished, failed, cancelled or gone: nothing more to send
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker works. Defaults suit the demo model on CPU and a small GPU model alike."""
+
+    name: str
+    max_batch: int = 256  # nodes evaluated in one forward pass, as the CLI's --max-batch
+    # Open nodes a unit keeps following before it gives the surplus back to the shared queue. Up to this
+    # many, one worker on a job builds exactly the CLI's tree (nothing leaves its FIFO order).
+    hold_limit: int = 1024
+    unit_seconds: float = 20.0  # a unit's wall-clock bound, far below the broker's visibility timeout
+    lease_ttl_s: float = 10.0  # a silent unit's nodes go back to the queue after this
+    max_attempts: int = 3  # a node taken back from this many dead units fails its job
+    split_min: int = 16  # never hand an idle peer fewer nodes than this
+    split_cooldown_s: float = 1.0  # after a hand-off, let the peer pick it up before handing off again
+    pipeline_writes: bool = True  # write step N while the model computes step N+1
+
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease_ttl_s / 4
+
+
+@dataclass
+class HeldLease:
+    """A unit's lease as its keeper sees it: `lost` turns true when a renewal found it expired."""
+
+    job_id: str
+    unit: str
+    kind: str  # "nodes" (a tree unit's node lease) or "claim" (a whole-job claim, for logprobs)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+class LeaseKeeper(Protocol):
+    """Keeps the leases of the units running in this process alive (a heartbeat), until they end."""
+
+    def hold(self, job_id: str, unit: str, kind: str) -> contextlib.AbstractContextManager[HeldLease]: ...
+
+
+class NoExpiryKeeper:
+    """For the embedded mode, where leases never expire."""
+
+    @contextlib.contextmanager
+    def hold(self, job_id: str, unit: str, kind: str) -> Iterator[HeldLease]:
+        yield HeldLease(job_id, unit, kind)
+
+
+class ModelRegistry:
+    """The allow-list's models, loaded on first use (once per process: `load_model` caches them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        # Loading is not thread-safe in transformers (a model is built on the meta device first); the
+        # embedded worker's thread and a caller's thread may ask at once.
+        self._lock = threading.Lock()
+
+    def spec(self, name: str) -> ModelSpec:
+        source = self.settings.models.get(name)
+        if source is None:
+            raise ModelLoadError(f"model {name!r} is not in this service's allow-list")
+        return ModelSpec(name=source, dtype=self.settings.dtype, device=self.settings.device)
+
+    def get(self, name: str) -> LoadedModel:
+        with self._lock:
+            return load_model(self.spec(name))
+
+
+def poison_message(node: int, attempts: int) -> str:
+    return (f"node {node} was taken back from {attempts} workers that stopped before finishing it (it may "
+            f"crash the worker, out of memory?); given up after {attempts} attempts")
+
+
+def result_metadata(lm: LoadedModel, **extra: Any) -> dict[str, Any]:
+    """What a finished job's `result` adds to its tree's metadata (the allow-list name stays the model)."""
+    metadata = {k: v for k, v in model_metadata(lm).items() if k != "model"}
+    metadata.update(extra)
+    return metadata
+
+
+@dataclass
+class Services:
+    """Everything a unit of work uses, wired once per process."""
+
+    config: WorkerConfig
+    session_factory: sessionmaker[Session]
+    frontier: Frontier
+    models: ModelRegistry
+    keeper: LeaseKeeper
+    # Set when the process is asked to stop: units end at their next step, giving their nodes back.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    # Hands the job to another unit (the distributed mode sends a task; the embedded mode loops).
+    hand_off: Callable[[str, str], None] = lambda job_id, model: None
+
+    def fail(self, job_id: JobId, error: str) -> bool:
+        """Fail the job (once) and forget its frontier."""
+        with self.session_factory() as session:
+            failed = finish_job(session, job_id, "failed", error=error)
+        self.frontier.clear(job_id)
+        if failed:
+            log.warning("job %s failed: %s", job_id, error.splitlines()[0] if error else "")
+        return failed

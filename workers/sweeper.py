@@ -1,0 +1,96 @@
+"""The safety net under at-least-once delivery: a periodic look at every open job of the models a worker
+serves, so that no job stays stuck in running because a message or a worker was lost.
+
+It runs in each worker's heartbeat thread; one worker per model sweeps at a time (a Redis lock). For
+each queued or running job it
+
+- takes back the nodes of units whose leases expired (a killed worker) and sends a unit for them at
+  once, failing the job if a node was taken back `max_attempts` times (a poison node);
+- sends a unit when nothing works on a job that has work (its message was lost, or its frontier was
+  lost with a Redis restart and must be rebuilt from Postgres), unless one was sent recently;
+- requeues open nodes that are neither queued nor held, should any ever be (belt and braces).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+import redis
+from sqlalchemy import select
+
+from models.jobs import OPEN_STATUSES
+from models.schema import Job, utcnow
+from workers.frontier import job_key
+from workers.service import Services, poison_message
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(self, services: Services, client: redis.Redis, models: list[str],
+                 send: Callable[[str, str], None], interval_s: float, stale_after_s: float) -> None:
+        self.s = services
+        self.redis = client
+        self.models = models
+        self.send = send
+        self.interval_s = interval_s
+        self.stale_after_s = stale_after_s
+
+    def sweep(self) -> None:
+        turn_ms = int(self.interval_s * 1000)
+        mine = [m for m in self.models
+                if self.redis.set(f"tokentree:sweep:{m}", self.s.config.name, nx=True, px=turn_ms)]
+        if not mine:
+            return
+        with self.s.session_factory() as session:
+            jobs = session.execute(
+                select(Job.id, Job.kind, Job.model, Job.created_at, Job.started_at)
+                .where(Job.status.in_(OPEN_STATUSES), Job.model.in_(mine))
+            ).all()
+        for job_id, kind, model, created_at, started_at in jobs:
+            try:
+                # A job's first unit may simply not have got to it yet: only an old one is suspect.
+                since = started_at or created_at
+                old = since is not None and utcnow() - since > timedelta(seconds=self.stale_after_s)
+                self._sweep_job(str(job_id), kind, model, old)
+            except Exception:
+                log.exception("sweeping job %s failed", job_id)
+
+    def _sweep_job(self, job_id: str, kind: str, model: str, old: bool) -> None:
+        if kind != "tree":
+            if old and not self.s.frontier.claimed(job_id):
+                self.kick(job_id, model)
+            return
+        snap = self.s.frontier.snapshot(job_id)
+        if not snap.ready:
+            if old:
+                # Its message was lost, or Redis lost its frontier: a unit loads it from Postgres.
+                self.kick(job_id, model)
+            return
+        expired = self.s.frontier.expire(job_id, self.s.config.max_attempts)
+        if expired.poisoned:
+            node, attempts = next(iter(expired.poisoned.items()))
+            self.s.fail(job_id, poison_message(node, attempts))
+            return
+        if expired.requeued:
+            log.warning("job %s: %d nodes of dead units back in the queue", job_id, len(expired.requeued))
+            self.kick(job_id, model, urgent=True)
+            return
+        if expired.live_units > 0:
+            return
+        if snap.queue_length == 0 and snap.open_count > 0 and self.s.frontier.repair(job_id):
+            self.kick(job_id, model, urgent=True)
+            return
+        self.kick(job_id, model)  # nothing runs on it; the queue has work, or the job needs finishing
+
+    def kick(self, job_id: str, model: str, urgent: bool = False) -> None:
+        """Send a unit, unless one was sent recently (urgent: only within the last sweep)."""
+        window = self.interval_s if urgent else self.stale_after_s
+        if self.redis.exists(job_key(job_id, "sent")) and not urgent:
+            return
+        if not self.redis.set(job_key(job_id, "kick"), "1", nx=True, px=int(window * 1000)):
+            return
+        log.info("sweeper sends a unit for job %s", job_id)
+        self.send(job_id, model)

@@ -1,0 +1,76 @@
+"""The task: `tokentree.run_job(job_id)` runs one unit of work on the job and hands it on.
+
+Tasks carry ids only; what to do is read from Postgres and Redis. The process's runtime is built on
+the first task (or when the worker is ready, see the signal handlers below), never before a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import signals
+
+from workers.app import RUN_JOB_TASK, app, model_queue
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def send_run_job(job_id: str, model: str) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=model_queue(model))
+
+
+def get_runtime() -> WorkerRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime(send=send_run_job)
+            _runtime.start()
+        return _runtime
+
+
+@app.task(name=RUN_JOB_TASK, acks_late=True, ignore_result=True)
+def run_job(job_id: str) -> str:
+    """One unit of work on the job (a short, bounded run); sends the next unit if the job needs one."""
+    return get_runtime().run(str(job_id)).value
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    runtime = get_runtime()
+    if runtime.worker_settings.preload:
+        runtime.preload()
+    runtime.mark_ready()
+    log.info("worker %s serves %s", runtime.services.config.name, ", ".join(runtime.models))
+
+
+@signals.task_prerun.connect
+def _on_task_start(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.heartbeat.set_busy(True)
+
+
+@signals.task_postrun.connect
+def _on_task_end(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.heartbeat.set_busy(False)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    # Units end at their next step and give their nodes back, so a warm shutdown is prompt.
+    if _runtime is not None:
+        _runtime.services.stopping.set()
+        _runtime.ready = False
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    if _runtime is not None:
+        _runtime.heartbeat.set_busy(True)  # no longer idle: peers must not hand it work
+        _runtime.close()

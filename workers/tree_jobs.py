@@ -1,0 +1,424 @@
+"""A unit of tree work: take open nodes from the job's frontier, expand them with the engine's batched
+stepping for a while, write every step, give back what is left, and say whether the job needs more.
+
+One unit, step by step:
+
+1. lease up to `hold_limit` nodes from the shared queue (the job's frontier is loaded from Postgres
+   first if Redis does not have it), read them and their token paths from Postgres;
+2. step the engine over them; the queue depth for the threshold is the unit's own frontier plus
+   `external` = open nodes anywhere else (the frontier's SCARD at the last commit minus what this unit
+   held then). A unit that holds the whole frontier sees external = 0 and builds the CLI's tree;
+3. write each step in one transaction (`models.node_writes.write_step`: idempotent, limits checked under
+   the job's row lock) and then commit it to the frontier (children held by this unit, popped nodes
+   gone). Writing step N overlaps computing step N+1;
+4. keep following the children (their KV caches are here); give nodes back to the shared queue when
+   holding more than `hold_limit` or when a peer idles, sending a task so the peer takes them;
+5. stop when the job finishes (frontier empty or a limit reached: the job is finalized, once), is
+   cancelled, the unit's time is up, the worker is stopping, or the unit's lease was lost; give back
+   everything still held.
+
+Any surprise (a node written by someone else, a lease lost) ends the unit cleanly rather than being
+patched up: the frontier and the database stay consistent and the next unit starts afresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC
+
+from sqlalchemy.orm import Session
+
+from engine.expand import top_k_for
+from engine.loading import LoadedModel, ModelLoadError, encode_prompt
+from engine.params import ParameterError, TreeParams
+from engine.runner import ModelRunner
+from models.jobs import finish_job, get_job, mark_running
+from models.node_writes import (
+    Finish,
+    Limits,
+    Pop,
+    StepWritten,
+    children_of,
+    ensure_root,
+    load_nodes,
+    node_totals,
+    open_node_ids,
+    path_tokens,
+    write_step,
+)
+from models.schema import TERMINAL_STATUSES, Job, utcnow
+from workers.frontier import Committed
+from workers.held import HeldTree, Step
+from workers.service import HeldLease, Outcome, Services, poison_message, result_metadata
+
+log = logging.getLogger(__name__)
+
+INIT_LOCK_S = 60.0
+
+
+@dataclass
+class _Plan:
+    """What the engine needs for a job, worked out once per unit."""
+
+    job: Job
+    params: TreeParams
+    lm: LoadedModel
+    prompt_ids: list[int]
+    depth_limit: int | None
+
+
+class TreeJobs:
+    """Runs units of tree jobs."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def run_unit(self, job_id: str) -> tuple[Outcome, str | None]:
+        """One unit of work on the job; the outcome and the job's model (for a hand-off)."""
+        s = self.s
+        unit = f"{s.config.name}:{uuid.uuid4().hex[:10]}"
+        with s.session_factory() as session:
+            job = get_job(session, job_id)
+            if job is None or job.status in TERMINAL_STATUSES:
+                s.frontier.clear(job_id)
+                return Outcome.DONE, None
+            if s.frontier.cancelled(job_id):
+                return Outcome.DONE, None
+            try:
+                plan = self._plan(job)
+            except (ParameterError, ModelLoadError) as exc:
+                s.fail(job_id, str(exc))
+                return Outcome.DONE, job.model
+            if not mark_running(session, job_id, s.config.name):
+                return Outcome.DONE, job.model
+            params = plan.params
+            if job.node_count >= params.max_nodes or job.completed_paths >= params.max_completed_paths:
+                finish_tree(s, job_id, plan)
+                return Outcome.DONE, job.model
+            if not s.frontier.ready(job_id):
+                if not s.frontier.try_lock_init(job_id, unit, INIT_LOCK_S):
+                    return Outcome.IDLE, job.model  # another unit is loading it, and goes on with it
+                ensure_root(session, job_id, job.prompt)
+                s.frontier.load(job_id, open_node_ids(session, job_id))
+        expired = s.frontier.expire(job_id, s.config.max_attempts)
+        if expired.poisoned:
+            node, attempts = next(iter(expired.poisoned.items()))
+            s.fail(job_id, poison_message(node, attempts))
+            return Outcome.DONE, job.model
+        with s.keeper.hold(str(job.id), unit, "nodes") as lease:
+            return _TreeUnit(s, plan, unit, lease).run(), job.model
+
+    def _plan(self, job: Job) -> _Plan:
+        params = TreeParams.from_dict(dict(job.parameters))
+        lm = self.s.models.get(job.model)
+        prompt_ids = encode_prompt(lm, job.prompt, chat=job.chat, prefix=job.prefix)
+        depth_limit = None if lm.context_length is None else lm.context_length - len(prompt_ids)
+        return _Plan(job, params, lm, prompt_ids, depth_limit)
+
+
+def finish_tree(s: Services, job_id: str, plan: _Plan) -> bool:
+    """Finalize a finished tree job: succeeded, with its statistics. Exactly once (the first caller)."""
+    with s.session_factory() as session:
+        nodes, expanded, completed = node_totals(session, job_id)
+        job = get_job(session, job_id)
+        started = job.started_at if job is not None else None
+        if started is not None and started.tzinfo is None:  # SQLite keeps no time zone; we write UTC
+            started = started.replace(tzinfo=UTC)
+        seconds = (utcnow() - started).total_seconds() if started is not None else None
+        stats = {"nodes": nodes, "expanded": expanded, "completed_paths": completed,
+                 "seconds": None if seconds is None else round(seconds, 4)}
+        result = result_metadata(plan.lm, prompt_token_ids=plan.prompt_ids, stats=stats)
+        finished = finish_job(session, job_id, "succeeded", result=result)
+    s.frontier.clear(job_id)
+    if finished:
+        log.info("job %s succeeded: %d nodes, %d completed paths", job_id, nodes, completed)
+    return finished
+
+
+@dataclass
+class _Pending:
+    """A step whose writes are in flight."""
+
+    step: Step
+    future: Future[_Written]
+
+
+@dataclass
+class _Written:
+    pops: list[Pop]
+    written: StepWritten
+    committed: Committed | None
+
+
+class _TreeUnit:
+    def __init__(self, s: Services, plan: _Plan, unit: str, lease: HeldLease) -> None:
+        self.s = s
+        self.cfg = s.config
+        self.plan = plan
+        self.job_id = str(plan.job.id)
+        self.model = plan.job.model
+        self.unit = unit
+        self.lease = lease
+        self.limits = Limits(plan.params.max_nodes, plan.params.max_completed_paths)
+        runner = ModelRunner(plan.lm.model, top_k=top_k_for(plan.params))
+        self.held = HeldTree(plan.lm, plan.params, plan.prompt_ids, plan.depth_limit, runner)
+        self.deadline = time.monotonic() + self.cfg.unit_seconds
+        # The job's counts as of this unit's last write (all workers' nodes), to tell others' growth.
+        self.known_nodes = 0
+        self.known_completed = 0
+        self.external = 0
+        self.open_count = 0
+        self.idle_peers = 0
+        self.last_hand_off = 0.0
+        self.discarded: list[int] = []  # nodes popped by a step that was never written (still held)
+        self.stats: dict[str, float] = {"steps": 0, "popped": 0, "taken": 0, "given": 0, "model_s": 0.0,
+                                        "write_wait_s": 0.0}
+        self.started = time.monotonic()
+        self.session = s.session_factory()
+        self.write_session = s.session_factory()
+        self.writer: ThreadPoolExecutor | None = None
+        if self.cfg.pipeline_writes:
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="node-writer")
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        failed = False
+        try:
+            outcome = self._loop()
+            log.info("unit %s on job %s: %s after %.2fs, %s", self.unit, self.job_id, outcome.value,
+                     time.monotonic() - self.started,
+                     ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items()))
+            return outcome
+        except Exception:
+            failed = True
+            log.exception("unit %s on job %s failed", self.unit, self.job_id)
+            return self._give_up(traceback.format_exc())
+        finally:
+            # A write in flight finishes first, so what it commits is given back too.
+            if self.writer is not None:
+                self.writer.shutdown(wait=True)
+            if not failed:
+                self._release_all()
+            self.session.close()
+            self.write_session.close()
+
+    def _loop(self) -> Outcome:
+        if not self._take(self.cfg.hold_limit):
+            if self.open_count == 0:
+                return self._finish()
+            return Outcome.IDLE
+        pending: _Pending | None = None
+        while True:
+            if self._should_stop():
+                break
+            if pending is not None and self._wants_hand_off():
+                verdict, pending = self._settle(pending), None
+                if verdict is not None:
+                    return verdict
+            if pending is None:
+                self._hand_off()
+            if self.held.done():
+                if pending is not None:
+                    verdict, pending = self._settle(pending), None
+                    if verdict is not None:
+                        return verdict
+                    continue
+                if len(self.held) > 0:
+                    # Done with nodes left: a limit is reached. The held counts are the job's, as of the
+                    # last write (this unit's nodes plus every other unit's), so the job is done.
+                    return self._finish()
+                if not self._take(self.cfg.hold_limit):
+                    if self.open_count == 0:
+                        return self._finish()
+                    return Outcome.IDLE
+                continue
+            started = time.monotonic()
+            step = self.held.step(self.cfg.max_batch, self.external)
+            self.stats["model_s"] += time.monotonic() - started
+            if pending is not None:
+                verdict, pending = self._settle(pending), None
+                if verdict is not None:
+                    self.discarded = [i for i in (self.held.db_ids[p] for p in step.popped) if i is not None]
+                    return verdict
+            pending = self._submit(step)
+            self.stats["steps"] += 1
+            self.stats["popped"] += len(step.popped)
+        if pending is not None:
+            verdict = self._settle(pending)
+            if verdict is not None:
+                return verdict
+        return self._end()
+
+    def _should_stop(self) -> bool:
+        return time.monotonic() > self.deadline or self.s.stopping.is_set() or self.lease.lost.is_set()
+
+    # -- taking nodes ------------------------------------------------------------------------------------
+
+    def _take(self, count: int) -> bool:
+        """Lease up to `count` open nodes and take them in; False when the queue had none."""
+        for _ in range(8):  # only nodes found done already are retried for; a few rounds at most
+            leased = self.s.frontier.lease(self.job_id, self.unit, count, self.cfg.lease_ttl_s)
+            self.open_count = leased.open_count
+            if not leased.node_ids:
+                return False
+            found = load_nodes(self.session, self.job_id, leased.node_ids)
+            opened = [found[i] for i in leased.node_ids if i in found and found[i].is_open]
+            settled = [i for i in leased.node_ids if i not in found or not found[i].is_open]
+            if settled:
+                # Written by a unit that died before its frontier commit: take them off the frontier and
+                # put their open children on it.
+                expanded = [i for i in settled if i in found and found[i].is_expanded]
+                recovered = self._open_children(self.session, expanded)
+                self.s.frontier.commit(self.job_id, self.unit, settled, [], recovered, self.cfg.lease_ttl_s)
+            if not opened:
+                continue
+            paths = path_tokens(self.session, self.job_id, [n.id for n in opened])
+            job = get_job(self.session, self.job_id)
+            self.session.commit()
+            if job is None:
+                return False
+            self.known_nodes, self.known_completed = job.node_count, job.completed_paths
+            self.held.adopt(opened, paths, job.completed_paths, job.node_count)
+            self.stats["taken"] += len(opened)
+            self.external = leased.open_count - len(settled) - len(self.held)
+            return True
+        return False
+
+    # -- writing steps ----------------------------------------------------------------------------------
+
+    def _submit(self, step: Step) -> _Pending:
+        future: Future[_Written]
+        if self.writer is not None:
+            future = self.writer.submit(self._write, step)
+        else:
+            future = Future()
+            future.set_result(self._write(step))
+        return _Pending(step, future)
+
+    def _write(self, step: Step) -> _Written:
+        """Write a step, then commit it to the frontier (the writer thread's work, so the model's thread
+        only steps the model: the step's nodes are read here, never changed after the step)."""
+        pops = self.held.pops(step)
+        written = write_step(self.write_session, self.job_id, pops, self.limits, self.cfg.name)
+        if not written.running:
+            return _Written(pops, written, None)
+        done = [p.node_id for p, o in zip(pops, written.outcomes, strict=True)
+                if o == "done" and p.node_id is not None]
+        recovered = self._open_children(self.write_session, done)
+        popped = [p.node_id for p, o in zip(pops, written.outcomes, strict=True)
+                  if o != "skipped" and p.node_id is not None]
+        children = [i for ids in written.child_ids for i in ids if i not in written.finished_children]
+        committed = self.s.frontier.commit(self.job_id, self.unit, popped, children, recovered,
+                                           self.cfg.lease_ttl_s, self.model)
+        return _Written(pops, written, committed)
+
+    def _open_children(self, session: Session, parents: list[int]) -> list[int]:
+        if not parents:
+            return []
+        kids = children_of(session, self.job_id, parents)
+        session.commit()
+        return [k.id for ks in kids.values() for k in ks if k.is_open]
+
+    def _settle(self, pending: _Pending) -> Outcome | None:
+        """Take in a written step's results; an outcome if the unit must end because of them."""
+        started = time.monotonic()
+        done = pending.future.result()
+        written, committed = done.written, done.committed
+        self.stats["write_wait_s"] += time.monotonic() - started
+        if not written.running or committed is None:
+            log.info("job %s is %s: unit %s stops", self.job_id, written.status or "gone", self.unit)
+            self.s.frontier.clear(self.job_id)
+            return Outcome.DONE
+        unwritten = self.held.written(pending.step, written.child_ids)
+        mine_nodes = sum(len(ids) for ids in written.child_ids)
+        mine_completed = sum(1 for p, o in zip(done.pops, written.outcomes, strict=True)
+                             if o == "applied" and isinstance(p, Finish) and p.reason == "stop")
+        others_nodes = written.node_count - self.known_nodes - mine_nodes
+        others_completed = written.completed_paths - self.known_completed - mine_completed
+        self.known_nodes, self.known_completed = written.node_count, written.completed_paths
+        if others_nodes > 0 or others_completed > 0:
+            completed, node_count = self.held.counts()
+            self.held.sync(completed + max(0, others_completed), node_count + max(0, others_nodes))
+        if committed.cancelled:
+            log.info("job %s was cancelled: unit %s stops", self.job_id, self.unit)
+            self.s.frontier.clear(self.job_id)
+            return Outcome.DONE
+        limits = self.limits
+        if (written.node_count >= limits.max_nodes or written.completed_paths >= limits.max_completed_paths
+                or committed.open_count == 0):
+            return self._finish()
+        surprised = any(o != "applied" for o in written.outcomes)
+        if unwritten or committed.not_held or not committed.alive or surprised:
+            # Another unit got to some of these nodes first (this unit was too slow to keep its lease):
+            # stop here rather than reconcile; everything written is on the frontier already.
+            log.warning("unit %s on job %s met nodes done elsewhere; ending it", self.unit, self.job_id)
+            self.held.drop(unwritten | self.held.local_ids(set(committed.not_held)))
+            return self._end()
+        self.external = committed.open_count - pending.step.frontier_after
+        self.open_count = committed.open_count
+        self.idle_peers = committed.idle_peers
+        return None
+
+    # -- giving nodes back -------------------------------------------------------------------------------
+
+    def _wants_hand_off(self) -> bool:
+        return len(self.held) > self.cfg.hold_limit or self._peer_waits()
+
+    def _peer_waits(self) -> bool:
+        return (self.idle_peers > 0 and len(self.held) >= 2 * self.cfg.split_min
+                and time.monotonic() - self.last_hand_off > self.cfg.split_cooldown_s)
+
+    def _hand_off(self) -> None:
+        """Give surplus nodes back to the shared queue and send a unit to take them (only between
+        written steps: what is given back must be on the frontier already)."""
+        count = 0
+        if len(self.held) > self.cfg.hold_limit:
+            count = len(self.held) - self.cfg.hold_limit
+        if self._peer_waits():
+            # An equal share for each idle peer: they each take one from the queue.
+            count = max(count, len(self.held) * self.idle_peers // (self.idle_peers + 1))
+        if count <= 0:
+            return
+        given = self.held.give_back(count)
+        self.stats["given"] += len(given)
+        self.s.frontier.release(self.job_id, self.unit, given)
+        self.external += len(given)
+        self.last_hand_off = time.monotonic()
+        for _ in range(max(1, min(self.idle_peers, 8))):
+            self.s.hand_off(self.job_id, self.model)
+        self.idle_peers = 0
+        log.debug("unit %s gave %d nodes of job %s back", self.unit, len(given), self.job_id)
+
+    def _held_in_order(self) -> list[int]:
+        held = self.held.builder.frontier if self.held.builder is not None else ()
+        return [i for i in (self.held.db_ids[x] for x in held) if i is not None]
+
+    def _release_all(self, failed: bool = False) -> int:
+        """End the unit: give back every node still held, in queue order (and anything else the frontier
+        says it holds). With `failed`, count an attempt on each; the most attempts any has had."""
+        return self.s.frontier.release(self.job_id, self.unit, self._held_in_order() + self.discarded,
+                                       end_unit=True, failed=failed)
+
+    def _end(self) -> Outcome:
+        return Outcome.CONTINUE  # what is held is given back as the unit ends; another unit goes on
+
+    def _give_up(self, error: str) -> Outcome:
+        """After an error: give the nodes back, counting an attempt on each; fail the job at the limit."""
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+        attempts = self._release_all(failed=True)
+        if attempts >= self.cfg.max_attempts:
+            self.s.fail(self.job_id, f"expanding failed {attempts} times; the last error:\n{error}")
+            return Outcome.DONE
+        return Outcome.CONTINUE
+
+    def _finish(self) -> Outcome:
+        finish_tree(self.s, self.job_id, self.plan)
+        return Outcome.DONE
+
