@@ -452,22 +452,13 @@ def test_html_in_a_real_prompt_stays_inert(browser_page, real_service, screensho
 
 @pytest.mark.services
 def test_tree_viewer_on_postgres_with_a_real_worker(browser_page, tmp_path, screenshot):
-    from migrations import upgrade_database
     from models.db import make_engine, make_session_factory
     from models.settings import Settings
-    from tests.service.conftest import PG_SERVER, REDIS_SERVER, admin_sql, live_api_for
+    from tests.service.conftest import REDIS_SERVER, live_api_for
+    from tests.utils.databases import fresh_database
     from workers.local import LocalWorker
 
-    name = f"tokentree_browser_test_{os.getpid()}"
-    try:
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # pragma: no cover - a machine without the service
-        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}: {exc}")
-    database_url = f"{PG_SERVER}/{name}"
-    engine = None
-    try:
-        upgrade_database(database_url)
+    with fresh_database(f"tokentree_browser_test_{os.getpid()}") as database_url:
         settings = Settings(
             database_url=database_url,
             redis_url=f"{REDIS_SERVER}/{1 + (os.getpid() + 3) % 15}",
@@ -496,7 +487,4 @@ def test_tree_viewer_on_postgres_with_a_real_worker(browser_page, tmp_path, scre
                 assert page.log.problems() == []
         finally:
             worker.stop()
-    finally:
-        if engine is not None:
             engine.dispose()
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

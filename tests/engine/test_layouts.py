@@ -11,7 +11,8 @@ from engine.analysis import analyze_logprobs, build_tree
 from engine.params import LogprobsParams, TreeParams
 from engine.tree import Node, tree_json_text
 
-SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed"
+# Copies of the seed notebooks' sample files, kept with the browser tests.
+SEED = Path(__file__).resolve().parents[1] / "browser" / "data"
 SEED_NODE_KEYS = {
     "text",
     "prob",
@@ -54,8 +55,6 @@ def test_tree_json_has_the_seed_layout_plus_ours(demo) -> None:  # type: ignore[
 
 def test_seed_sample_uses_the_same_keys() -> None:
     sample = SEED / "india_capital_tree.json"
-    if not sample.exists():
-        pytest.skip("the seed folder is not beside this checkout")
     tree = json.loads(sample.read_text())["tree"]
     assert set(tree) == SEED_NODE_KEYS
 
@@ -103,10 +102,9 @@ def test_logprobs_record_has_the_seed_layout(demo) -> None:  # type: ignore[no-u
         assert step["other_tokens"][0]["token"] == step["token"]  # greedy: the chosen one is the best
         assert set(step["other_tokens"][0]) == {"token", "logprob", "prob"}
     # The record reads back as the seed's JSONL does.
-    if (SEED / "logprobs_sample.jsonl").exists():
-        seed_record = json.loads((SEED / "logprobs_sample.jsonl").read_text().splitlines()[0])
-        assert set(seed_record) <= set(record)
-        assert set(seed_record["data"][0]) == set(record["data"][0])
+    seed_record = json.loads((SEED / "logprobs_sample.jsonl").read_text().splitlines()[0])
+    assert set(seed_record) <= set(record)
+    assert set(seed_record["data"][0]) == set(record["data"][0])
 
 
 def test_logprobs_follow_the_tree(demo) -> None:  # type: ignore[no-untyped-def]

@@ -30,9 +30,9 @@ from api.dispatch import Dispatcher
 from migrations import upgrade_database
 from models.db import make_engine, make_session_factory
 from models.settings import Settings
+from tests.utils.databases import fresh_database
 from tests.utils.factories import RecordingDispatcher
 
-PG_SERVER = os.environ.get("TOKENTREE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("TOKENTREE_TEST_REDIS", "redis://127.0.0.1:6379")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,28 +42,11 @@ def unique_suffix() -> str:
     return f"{os.getpid()}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
 
 
-def admin_sql(statement: str) -> None:
-    engine = make_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, migrated Postgres database for this test session, dropped afterwards."""
-    name = f"tokentree_test_{unique_suffix()}"
-    try:
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # pragma: no cover - a machine without the service
-        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}: {exc}")
-    url = f"{PG_SERVER}/{name}"
-    upgrade_database(url)
-    yield url
-    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(f"tokentree_test_{unique_suffix()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from sqlalchemy import inspect
 from migrations import current_revision, downgrade_database, head_revision, upgrade_database
 from models.db import make_engine
 from models.schema import Base
-from tests.service.conftest import PG_SERVER, admin_sql, run_cli, unique_suffix
+from tests.service.conftest import run_cli, unique_suffix
+from tests.utils.databases import PG_SERVER, admin_sql
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])

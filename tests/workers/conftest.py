@@ -23,14 +23,13 @@ import httpx
 import pytest
 import redis
 import uvicorn
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from migrations import upgrade_database
 from models.db import make_engine, make_session_factory
 from models.settings import Settings
+from tests.utils.databases import fresh_database
 
-PG_SERVER = os.environ.get("TOKENTREE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_SERVER = os.environ.get("TOKENTREE_TEST_REDIS", "redis://127.0.0.1:6379")
 MODEL_SOURCE = os.environ.get("TOKENTREE_TEST_MODEL", "demo")
 MODEL = "demo"
@@ -45,27 +44,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.services)
 
 
-def _admin(statement: str) -> None:
-    engine = make_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.execute(text(statement))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    name = f"tokentree_workers_test_{os.getpid()}"
-    try:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        _admin(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # pragma: no cover - a machine without the service
-        pytest.skip(f"PostgreSQL is not reachable at {PG_SERVER}: {exc}")
-    url = f"{PG_SERVER}/{name}"
-    upgrade_database(url)
-    yield url
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(f"tokentree_workers_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,37 @@
+"""Throwaway Postgres databases for test sessions: created fresh, migrated, dropped afterwards."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import text
+
+from migrations import upgrade_database
+from models.db import make_engine
+
+PG_SERVER = os.environ.get("TOKENTREE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+
+
+def admin_sql(statement: str) -> None:
+    engine = make_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def fresh_database(name: str) -> Iterator[str]:
+    """A new database `name` at the migrations' head; its URL. The suite needs the real Postgres:
+    if it is not reachable this fails (it does not skip)."""
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_sql(f'CREATE DATABASE "{name}"')
+    url = f"{PG_SERVER}/{name}"
+    try:
+        upgrade_database(url)
+        yield url
+    finally:
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
