@@ -30,4 +30,5 @@ class TreeProgressBar:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._bar.refresh()  # a run shorter than tqdm's refresh interval still shows its last state once
         self._bar.close()

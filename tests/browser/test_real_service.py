@@ -36,13 +36,14 @@ PROMPT = "Once upon a time"
 XSS_PROMPT = "<img src=x onerror=alert(1)>"
 # The demo model never stops after this prompt: keep its tree small.
 XSS_PARAMS: dict[str, Any] = {"max_depth": 30, "max_nodes": 200}
+# Big enough to take seconds in the embedded worker even on an idle machine (the CLI alone needs ~1 s).
 GROWING: dict[str, Any] = {
-    "min_branch_threshold": 0.05,
-    "max_branch_threshold": 0.3,
-    "soft_queue_limit": 1000,
-    "max_depth": 40,
+    "min_branch_threshold": 0.02,
+    "max_branch_threshold": 0.1,
+    "soft_queue_limit": 100_000,
+    "max_depth": 80,
     "max_completed_paths": 100_000,
-    "max_nodes": 3000,
+    "max_nodes": 12_000,
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -410,8 +411,8 @@ def test_tree_viewer_grows_while_the_job_runs(browser_page, real_service, screen
             seen.append(n)
         return "succeeded" in (page.locator("#job-status").text_content() or "") and n == GROWING["max_nodes"]
 
-    wait_until(done, timeout=60, interval=0.1, message=f"the tree to reach {GROWING['max_nodes']} nodes")
-    assert len(seen) >= 3, seen  # drawn in steps while the worker expanded it, not once at the end
+    wait_until(done, timeout=120, interval=0.1, message=f"the tree to reach {GROWING['max_nodes']} nodes")
+    assert len(seen) >= 2, seen  # drawn while the worker expanded it, not only once at the end
     assert seen == sorted(seen), seen
     job = real_service.client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "succeeded" and job["progress"]["nodes"] == GROWING["max_nodes"]
