@@ -12,13 +12,7 @@ import redis
 from celery import Celery
 
 from models.jobs import cancel_flag_key
-
-RUN_JOB_TASK = "tokentree.run_job"
-
-
-def model_queue(model: str) -> str:
-    """The Celery queue of the workers that serve `model` (an allow-list name)."""
-    return f"tokentree.model.{model}"
+from models.queues import RUN_JOB_TASK, model_queue
 
 
 class Dispatcher(Protocol):

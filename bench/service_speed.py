@@ -32,37 +32,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 from celery import Celery
-from sqlalchemy import text
 
 from engine.params import TreeParams
-from migrations import upgrade_database
 from models import jobs
 from models.db import make_engine, make_session_factory
 from models.node_reads import tree_json
+from tests.utils.databases import fresh_database
 from tests.workers.trees import assert_same_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 # The engine bench's wide tree (bench/engine_speed.py): a low threshold the queue barely raises.
-SAME_TREE = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=1000,
-                       max_completed_paths=100_000, max_depth=40, max_nodes=3000)
+SAME_TREE = TreeParams(
+    min_branch_threshold=0.05,
+    max_branch_threshold=0.3,
+    soft_queue_limit=1000,
+    max_completed_paths=100_000,
+    max_depth=40,
+    max_nodes=3000,
+)
 PROMPT = "Once upon a time"
 LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "warning")  # the workers' (info: a line per unit)
 CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
-
-
-@contextmanager
-def postgres_database(server: str) -> Iterator[str]:
-    name = f"tokentree_service_bench_{os.getpid()}"
-    admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 class Service:
@@ -75,8 +65,12 @@ class Service:
         self.redis = redis.Redis.from_url(redis_url)
         self.celery = Celery(broker=redis_url, set_as_current=False)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
-        self.env.update(TOKENTREE_DATABASE_URL=database_url, TOKENTREE_REDIS_URL=redis_url,
-                        TOKENTREE_MODELS=f"bench={model}", HF_HUB_OFFLINE="1")
+        self.env.update(
+            TOKENTREE_DATABASE_URL=database_url,
+            TOKENTREE_REDIS_URL=redis_url,
+            TOKENTREE_MODELS=f"bench={model}",
+            HF_HUB_OFFLINE="1",
+        )
 
     @contextmanager
     def workers(self, count: int, threads: int) -> Iterator[list[str]]:
@@ -85,9 +79,15 @@ class Service:
         processes = []
         for name in names:
             log = (self.logs / f"{name}.log").open("ab")
-            processes.append(subprocess.Popen(
-                [*CLI, "worker", "--name", name, "--threads", str(threads), "--loglevel", LOG_LEVEL],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            processes.append(
+                subprocess.Popen(
+                    [*CLI, "worker", "--name", name, "--threads", str(threads), "--loglevel", LOG_LEVEL],
+                    env=self.env,
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         try:
             deadline = time.monotonic() + 300
             while not all(self.redis.zscore("tokentree:model:bench:idle", n) is not None for n in names):
@@ -104,8 +104,9 @@ class Service:
     def run_job(self, params: TreeParams) -> dict[str, Any]:
         """Commit a tree job and send its task as the API does; wait for it; its row and tree."""
         with self.sessions() as session:
-            job = jobs.create_job(session, kind="tree", prompt=PROMPT, model="bench",
-                                  parameters=params.to_dict())
+            job = jobs.create_job(
+                session, kind="tree", prompt=PROMPT, model="bench", parameters=params.to_dict()
+            )
         self.celery.send_task("tokentree.run_job", args=[str(job.id)], queue="tokentree.model.bench")
         while True:
             time.sleep(0.05)
@@ -117,8 +118,12 @@ class Service:
                     assert row.started_at is not None and row.finished_at is not None
                     seconds = (row.finished_at - row.started_at).total_seconds()
                     document = tree_json(session, row)
-                    return {"seconds": seconds, "nodes": row.node_count, "tree": json.loads(document or "{}"),
-                            "workers": _expanded_by(session, str(job.id))}
+                    return {
+                        "seconds": seconds,
+                        "nodes": row.node_count,
+                        "tree": json.loads(document or "{}"),
+                        "workers": _expanded_by(session, str(job.id)),
+                    }
 
     def close(self) -> None:
         self.celery.close()
@@ -131,8 +136,11 @@ def _expanded_by(session: Any, job_id: str) -> dict[str, int]:
 
     from models.schema import Node
 
-    rows = session.execute(select(Node.expanded_by, func.count()).where(
-        Node.job_id == jobs.as_job_id(job_id), Node.expanded_by.is_not(None)).group_by(Node.expanded_by))
+    rows = session.execute(
+        select(Node.expanded_by, func.count())
+        .where(Node.job_id == jobs.as_job_id(job_id), Node.expanded_by.is_not(None))
+        .group_by(Node.expanded_by)
+    )
     return {name: count for name, count in rows}
 
 
@@ -156,20 +164,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big-nodes", type=int, default=12_000, help="nodes of the throughput job")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13",
-                        help="a Redis database to use (it is flushed)")
+    parser.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/13", help="a Redis database to use (it is flushed)"
+    )
     args = parser.parse_args()
     # Wider still (the demo model's whole tree has 14,000+ nodes), cut before it narrows at the end.
-    big = TreeParams(min_branch_threshold=0.03, max_branch_threshold=0.3, soft_queue_limit=1000,
-                     max_completed_paths=1_000_000, max_depth=60, max_nodes=args.big_nodes)
+    big = TreeParams(
+        min_branch_threshold=0.03,
+        max_branch_threshold=0.3,
+        soft_queue_limit=1000,
+        max_completed_paths=1_000_000,
+        max_depth=60,
+        max_nodes=args.big_nodes,
+    )
 
     redis.Redis.from_url(args.redis).flushdb()
     logs = Path(tempfile.mkdtemp(prefix="tokentree-bench-"))
     cores = os.cpu_count() or 1
-    print(f"Python {platform.python_version()}, {platform.machine()}, {cores} CPUs; model {args.model}; "
-          f"load average {os.getloadavg()}; worker logs in {logs}\n")
-    with postgres_database(args.postgres) as url:
-        upgrade_database(url)
+    print(
+        f"Python {platform.python_version()}, {platform.machine()}, {cores} CPUs; model {args.model}; "
+        f"load average {os.getloadavg()}; worker logs in {logs}\n"
+    )
+    with fresh_database(f"tokentree_service_bench_{os.getpid()}", args.postgres) as url:
         service = Service(url, args.redis, args.model, logs)
         try:
             # 1. One worker against the CLI, on the same tree, with the same torch threads.
@@ -192,8 +208,10 @@ def main() -> None:
                 cli_s, worker_s = statistics.median(cli_times), statistics.median(worker_times)
                 nodes = reference["metadata"]["stats"]["nodes"]
                 print(f"| `tokentree tree`, {threads} thread(s) | {nodes:,} nodes | {cli_s:.2f} s | 1.00 |")
-                print(f"| 1 worker, {threads} thread(s), the same tree | {nodes:,} nodes | "
-                      f"{worker_s:.2f} s | **{worker_s / cli_s:.2f}x** |")
+                print(
+                    f"| 1 worker, {threads} thread(s), the same tree | {nodes:,} nodes | "
+                    f"{worker_s:.2f} s | **{worker_s / cli_s:.2f}x** |"
+                )
 
             # 2. Node throughput on a big job: one worker process, then two, one thread each.
             # Round after round, so that a busier spell of the machine hits every setup alike.

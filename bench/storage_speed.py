@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 import uvicorn
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.app import create_app
@@ -40,6 +39,7 @@ from models import jobs
 from models.db import make_engine, make_session_factory
 from models.node_writes import Expansion, Finish, Limits, NewChild, Pop, ensure_root, write_step
 from models.settings import Settings
+from tests.utils.databases import fresh_database
 from tests.utils.factories import RecordingDispatcher, insert_tree, make_job, synthetic_tree
 
 WORKER_BATCH = 256  # nodes popped per step: the workers' default max_batch
@@ -65,13 +65,26 @@ def replay_writes(session: Session, nodes: list[TreeNode]) -> tuple[int, float]:
                 pops.append(Finish(node_id=db_ids[node_id], reason=node.finish_reason or "stop"))
             elif node.is_expanded:
                 children = [nodes[c] for c in node.children]
-                pops.append(Expansion(
-                    node_id=db_ids[node_id], depth=node.depth,
-                    candidates=[c.to_json() for c in node.candidates], threshold=node.threshold or 0.0,
-                    queue_depth=node.queue_depth or 0, entropy=node.entropy,
-                    children=[NewChild(token_id=c.token_id or 0, text=c.text, prob=c.prob, logprob=c.logprob,
-                                       cumulative_prob=c.cumulative_prob) for c in children],
-                ))
+                pops.append(
+                    Expansion(
+                        node_id=db_ids[node_id],
+                        depth=node.depth,
+                        candidates=[c.to_json() for c in node.candidates],
+                        threshold=node.threshold or 0.0,
+                        queue_depth=node.queue_depth or 0,
+                        entropy=node.entropy,
+                        children=[
+                            NewChild(
+                                token_id=c.token_id or 0,
+                                text=c.text,
+                                prob=c.prob,
+                                logprob=c.logprob,
+                                cumulative_prob=c.cumulative_prob,
+                            )
+                            for c in children
+                        ],
+                    )
+                )
             else:
                 continue  # left open: the tree's size limit came first
             popped.append(node_id)
@@ -87,28 +100,14 @@ def replay_writes(session: Session, nodes: list[TreeNode]) -> tuple[int, float]:
 
 
 @contextmanager
-def postgres_database(server: str) -> Iterator[str]:
-    name = f"tokentree_bench_{os.getpid()}"
-    admin = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
 def api_process(url: str, cache: bool) -> Iterator[str]:
     """The API on `url` in a process of its own (a client in the same process would share its GIL)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, __file__, "--serve", url, "--port", str(port),
-                               *([] if cache else ["--no-cache"])])
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", url, "--port", str(port), *([] if cache else ["--no-cache"])]
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -160,7 +159,7 @@ def time_tree(url: str, job_id: str, repeats: int, cache: bool) -> tuple[float, 
 
 
 def measure(label: str, url: str, args: argparse.Namespace) -> list[str]:
-    upgrade_database(url)
+    upgrade_database(url)  # the SQLite file is new; a fresh Postgres database is already at head
     engine = make_engine(url)
     tree = synthetic_tree(args.nodes, seed=2)
     rates = []
@@ -170,19 +169,26 @@ def measure(label: str, url: str, args: argparse.Namespace) -> list[str]:
             rates.append(written / seconds)
     engine.dispose()
     job_id = store_tree(url, args.tree_nodes)
-    lines = [f"| {label} | write {written:,} nodes, {WORKER_BATCH} pops per transaction | "
-             f"**{statistics.median(rates):,.0f} nodes/s** (best {max(rates):,.0f}) |"]
+    lines = [
+        f"| {label} | write {written:,} nodes, {WORKER_BATCH} pops per transaction | "
+        f"**{statistics.median(rates):,.0f} nodes/s** (best {max(rates):,.0f}) |"
+    ]
     for cache, how in ((False, "read and rendered"), (True, "finished, kept rendered")):
         median, best, size = time_tree(url, job_id, args.repeats, cache)
-        lines.append(f"| {label} | GET /tree, {args.tree_nodes:,} nodes ({size / 1e6:.1f} MB), {how} | "
-                     f"**{median * 1000:.0f} ms** median (best {best * 1000:.0f} ms) |")
+        lines.append(
+            f"| {label} | GET /tree, {args.tree_nodes:,} nodes ({size / 1e6:.1f} MB), {how} | "
+            f"**{median * 1000:.0f} ms** median (best {best * 1000:.0f} ms) |"
+        )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432",
-                        help="a Postgres server (a database is created on it and dropped); '' to skip")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432",
+        help="a Postgres server (a database is created on it and dropped); '' to skip",
+    )
     parser.add_argument("--nodes", type=int, default=100_000, help="nodes per write run")
     parser.add_argument("--write-repeats", type=int, default=3)
     parser.add_argument("--tree-nodes", type=int, default=10_000)
@@ -199,7 +205,7 @@ def main() -> None:
     print("| database | what | result |")
     print("| --- | --- | --- |")
     if args.postgres:
-        with postgres_database(args.postgres) as url:
+        with fresh_database(f"tokentree_bench_{os.getpid()}", args.postgres) as url:
             print("\n".join(measure("Postgres", url, args)), flush=True)
     with tempfile.TemporaryDirectory() as folder:
         print("\n".join(measure("SQLite (embedded)", f"sqlite+pysqlite:///{folder}/bench.sqlite3", args)))

@@ -19,15 +19,9 @@ from typing import Any
 
 from celery import Celery
 
+from models.queues import RUN_JOB_TASK, model_queue
 from models.settings import get_settings
 from workers.runtime import WorkerSettings
-
-RUN_JOB_TASK = "tokentree.run_job"
-
-
-def model_queue(model: str) -> str:
-    """The queue of the workers that serve `model` (an allow-list name); the API sends to the same."""
-    return f"tokentree.model.{model}"
 
 
 def route_by_model(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:

@@ -14,8 +14,8 @@ from models.db import make_engine
 PG_SERVER = os.environ.get("TOKENTREE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 
 
-def admin_sql(statement: str) -> None:
-    engine = make_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+def admin_sql(statement: str, server: str = PG_SERVER) -> None:
+    engine = make_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
             connection.execute(text(statement))
@@ -24,14 +24,14 @@ def admin_sql(statement: str) -> None:
 
 
 @contextmanager
-def fresh_database(name: str) -> Iterator[str]:
+def fresh_database(name: str, server: str = PG_SERVER) -> Iterator[str]:
     """A new database `name` at the migrations' head; its URL. The suite needs the real Postgres:
-    if it is not reachable this fails (it does not skip)."""
-    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin_sql(f'CREATE DATABASE "{name}"')
-    url = f"{PG_SERVER}/{name}"
+    if it is not reachable this fails (it does not skip). The benchmarks use it too."""
+    admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', server)
+    admin_sql(f'CREATE DATABASE "{name}"', server)
+    url = f"{server}/{name}"
     try:
         upgrade_database(url)
         yield url
     finally:
-        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', server)
