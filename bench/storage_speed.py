@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from engine.tree import Node as TreeNode
+from engine.tree import candidates_json
 from migrations import upgrade_database
 from models import jobs
 from models.db import make_engine, make_session_factory
@@ -69,7 +70,7 @@ def replay_writes(session: Session, nodes: list[TreeNode]) -> tuple[int, float]:
                     Expansion(
                         node_id=db_ids[node_id],
                         depth=node.depth,
-                        candidates=[c.to_json() for c in node.candidates],
+                        candidates_json=candidates_json(node.candidates),
                         threshold=node.threshold or 0.0,
                         queue_depth=node.queue_depth or 0,
                         entropy=node.entropy,

@@ -7,7 +7,7 @@ without recursion; the nested JSON is written with an explicit stack for the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,6 +55,9 @@ class Node:
     finish_reason: FinishReason | None = None
     # Filled when the node is expanded: what the model saw next, and the rule's inputs.
     candidates: list[Candidate] = field(default_factory=list)
+    # The candidates' JSON text when it comes ready-made (a stored tree read back): then `candidates`
+    # is left empty, and the text is served as it was written, never parsed.
+    candidates_json: str | None = None
     threshold: float | None = None
     queue_depth: int | None = None
     entropy: float | None = None
@@ -120,13 +123,20 @@ def _float(value: float | None) -> str:
     return "null" if value is None else repr(float(value))
 
 
+def candidates_json(candidates: Sequence[Candidate]) -> str:
+    """Candidates as the tree JSON shows them: `[{"text": ..., "prob": ..., "token_id": ...}, ...]`."""
+    return "[" + ", ".join(c.json_text() for c in candidates) + "]"
+
+
 def node_json_head(node: Node, child_count: int) -> str:
     """A node's JSON object up to its children: `{"id": ..., ..., "children": [`.
 
     Written by hand rather than through json.dumps of a dict: trees of 100,000 nodes are served often,
     and this is several times faster. Floats print as json.dumps prints them (their repr).
     """
-    candidates = ", ".join(c.json_text() for c in node.candidates)
+    candidates = node.candidates_json
+    if candidates is None:
+        candidates = candidates_json(node.candidates)
     reason = "null" if node.finish_reason is None else _string(node.finish_reason)
     return (
         f'{{"id": {node.id}, "text": {_string(node.text)}, '
@@ -135,7 +145,7 @@ def node_json_head(node: Node, child_count: int) -> str:
         f'"token_id": {_number(node.token_id)}, "depth": {node.depth}, '
         f'"is_finished": {"true" if node.is_finished else "false"}, "finish_reason": {reason}, '
         f'"threshold": {_float(node.threshold)}, "queue_depth": {_number(node.queue_depth)}, '
-        f'"entropy": {_float(node.entropy)}, "candidates": [{candidates}], "child_count": {child_count}, '
+        f'"entropy": {_float(node.entropy)}, "candidates": {candidates}, "child_count": {child_count}, '
         f'"children": ['
     )
 

@@ -8,25 +8,24 @@ API serves exactly the layout the CLI writes; node ids in it are database ids.
 
 from __future__ import annotations
 
-import json
 import typing
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, Text, and_, case, cast, func, select
+from sqlalchemy import Select, and_, case, func, select
 from sqlalchemy.orm import Session
 
-from engine.tree import Candidate, CompletedPath, FinishReason, tree_json_text
+from engine.tree import CompletedPath, FinishReason, tree_json_text
 from engine.tree import Node as TreeNode
 from models.jobs import JobId, as_job_id
 from models.schema import Job, Node
 
-# What the JSON shows of a node, in one select. Candidates come as text: parsing every node's in one
-# document costs a third of letting the driver decode them row by row.
+# What the JSON shows of a node, in one select. Candidates are stored as the JSON text the tree shows
+# and passed through as they are.
 TREE_COLUMNS = (
     Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth, Node.prob, Node.logprob,
-    Node.cumulative_prob, Node.is_finished, Node.finish_reason, cast(Node.candidates, Text), Node.threshold,
+    Node.cumulative_prob, Node.is_finished, Node.finish_reason, Node.candidates, Node.threshold,
     Node.queue_depth, Node.entropy,
 )
 
@@ -98,13 +97,11 @@ def load_tree_nodes(
     else:
         query = _subtree_query(key, root_id, deepest)
 
-    rows = session.execute(query).all()
-    candidate_lists = json.loads("[" + ",".join(row[10] or "null" for row in rows) + "]")
     nodes: list[TreeNode] = []
     index: dict[int, int] = {}
-    for row, candidates in zip(rows, candidate_lists, strict=True):
+    for row in session.execute(query):
         (node_id, parent_id, token_id, text, depth, prob, logprob, cumulative_prob, is_finished,
-         finish_reason, _, threshold, queue_depth, entropy) = row
+         finish_reason, candidates, threshold, queue_depth, entropy) = row
         parent = None
         if node_id != root_id:
             parent = index.get(parent_id) if parent_id is not None else None
@@ -115,8 +112,7 @@ def load_tree_nodes(
             id=node_id, parent_id=parent_id, token_id=token_id, text=text, depth=depth, prob=prob,
             logprob=logprob, cumulative_prob=cumulative_prob, is_finished=is_finished,
             finish_reason=typing.cast("FinishReason | None", finish_reason), threshold=threshold,
-            queue_depth=queue_depth, entropy=entropy,
-            candidates=[Candidate(c["token_id"], c["text"], c["prob"]) for c in candidates or ()],
+            queue_depth=queue_depth, entropy=entropy, candidates_json=candidates or "[]",
         )
         if parent is not None:
             nodes[parent].children.append(len(nodes))

@@ -13,18 +13,18 @@ transaction that
 - inserts children with `ON CONFLICT (job_id, parent_id, token_id) DO NOTHING` (the schema's natural
   key) and looks up any that already existed, so a redelivered write maps to the same rows.
 
-Postgres gets one statement per kind of write, its rows in one JSON document (no per-row round trips:
-20,000+ nodes/s); SQLite, the embedded mode's single writer, gets SQLAlchemy's batched statements.
+Postgres gets one statement per kind of write, its rows in one JSON document (no per-row round
+trips); SQLite, the embedded mode's single writer, gets SQLAlchemy's batched statements.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+import orjson
 from sqlalchemy import CursorResult, Table, bindparam, case, func, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -50,7 +50,7 @@ class Expansion:
 
     node_id: int
     depth: int
-    candidates: list[dict[str, Any]]
+    candidates_json: str  # as the tree JSON shows them: `engine.tree.candidates_json`
     threshold: float
     queue_depth: int
     entropy: float | None
@@ -121,9 +121,15 @@ class OpenNode:
 
 
 def _json(value: Any) -> str:
-    # Compact and without the cycle check: a step's documents are large, and encoding them is the writer
-    # thread's biggest cost in Python (it competes with the model's thread for the GIL).
-    return json.dumps(value, separators=(",", ":"), check_circular=False)
+    # orjson: a step's documents are large, and encoding them was the writer thread's biggest cost in
+    # Python (it competes with the model's thread for the GIL).
+    return orjson.dumps(value).decode()
+
+
+def storable_text(text: str) -> str:
+    """`text` as a database can keep it: Postgres text holds no NUL character (a byte-level tokenizer
+    can produce one), so it becomes U+FFFD, as undecodable bytes do."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _rowcount(result: Any) -> int:
@@ -229,7 +235,8 @@ class _StepPlan:
         for pop, granted in zip(self.pops, self.grants, strict=True):
             if isinstance(pop, Expansion):
                 rows.extend(
-                    dict(parent_id=pop.node_id, token_id=c.token_id, text=c.text, depth=pop.depth + 1,
+                    dict(parent_id=pop.node_id, token_id=c.token_id, text=storable_text(c.text),
+                         depth=pop.depth + 1,
                          prob=c.prob, logprob=c.logprob, cumulative_prob=c.cumulative_prob,
                          finish_reason=finished_now.get((pop.node_id, c.token_id)))
                     for c in pop.children[:granted]
@@ -346,10 +353,10 @@ def _record_expansions(
                 "UPDATE nodes AS n SET candidates = u.candidates, threshold = u.threshold, "
                 "queue_depth = u.queue_depth, entropy = u.entropy, expanded_by = :worker "
                 "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
-                "AS u(id bigint, candidates jsonb, threshold float8, queue_depth int, entropy float8) "
+                "AS u(id bigint, candidates text, threshold float8, queue_depth int, entropy float8) "
                 f"WHERE {_BY_ID_STILL_OPEN}"
             ),
-            {"rows": _json([{"id": e.node_id, "candidates": e.candidates, "threshold": e.threshold,
+            {"rows": _json([{"id": e.node_id, "candidates": e.candidates_json, "threshold": e.threshold,
                                   "queue_depth": e.queue_depth, "entropy": e.entropy} for e in expansions]),
              "ids": [e.node_id for e in expansions], "worker": worker},
         )
@@ -360,7 +367,7 @@ def _record_expansions(
         .where(nodes.c.id == bindparam("b_id"), nodes.c.threshold.is_(None), nodes.c.is_finished.is_(False))
         .values(candidates=bindparam("b_candidates"), threshold=bindparam("b_threshold"),
                 queue_depth=bindparam("b_queue_depth"), entropy=bindparam("b_entropy"), expanded_by=worker),
-        [{"b_id": e.node_id, "b_candidates": e.candidates, "b_threshold": e.threshold,
+        [{"b_id": e.node_id, "b_candidates": e.candidates_json, "b_threshold": e.threshold,
           "b_queue_depth": e.queue_depth, "b_entropy": e.entropy} for e in expansions],
     )
     return _rowcount(result)

@@ -99,8 +99,9 @@ class Node(Base):
     cumulative_prob: Mapped[float] = mapped_column(Double)
     is_finished: Mapped[bool] = mapped_column(Boolean, default=False)
     finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | max_depth
-    # Set when the node is expanded: the candidates seen and the rule's inputs.
-    candidates: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDoc)
+    # Set when the node is expanded: the candidates seen and the rule's inputs. The candidates are kept as
+    # the JSON text the tree shows (`engine.tree.candidates_json`), so serving a tree never re-encodes them.
+    candidates: Mapped[str | None] = mapped_column(Text)
     threshold: Mapped[float | None] = mapped_column(Double)
     queue_depth: Mapped[int | None] = mapped_column(Integer)
     entropy: Mapped[float | None] = mapped_column(Double)

@@ -19,7 +19,7 @@ from engine.loading import LoadedModel
 from engine.params import TreeParams
 from engine.runner import ModelRunner
 from engine.scheduler import TreeBuilder
-from engine.tree import Node
+from engine.tree import Node, candidates_json
 from models.node_writes import Expansion, Finish, NewChild, OpenNode, Pop
 
 
@@ -165,7 +165,7 @@ class HeldTree:
                 continue
             children = [nodes[c] for c in node.children]
             out.append(Expansion(
-                node_id=self._db(local), depth=node.depth, candidates=[c.to_json() for c in node.candidates],
+                node_id=self._db(local), depth=node.depth, candidates_json=candidates_json(node.candidates),
                 threshold=node.threshold if node.threshold is not None else 0.0,
                 queue_depth=node.queue_depth if node.queue_depth is not None else 0, entropy=node.entropy,
                 children=[NewChild(token_id=c.token_id, text=c.text, prob=c.prob, logprob=c.logprob,

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from engine.tree import Candidate
+from engine.tree import Candidate, candidates_json
 from engine.tree import Node as TreeNode
 from models import jobs
 from models.schema import Job, Node, utcnow
@@ -81,8 +81,7 @@ def node_rows(
         {"job_id": job_id, "parent_id": None if n.parent_id is None else db_ids[n.parent_id],
          "token_id": n.token_id, "text": n.text, "depth": n.depth, "prob": n.prob, "logprob": n.logprob,
          "cumulative_prob": n.cumulative_prob, "is_finished": n.is_finished, "finish_reason": n.finish_reason,
-         "candidates": [{"token_id": c.token_id, "text": c.text, "prob": c.prob}
-                        for c in n.candidates] or None,
+         "candidates": candidates_json(n.candidates) if n.candidates else None,
          "threshold": n.threshold, "queue_depth": n.queue_depth, "entropy": n.entropy,
          "expanded_by": worker if n.is_expanded else None, "created_at": now}
         for n in nodes

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.tree import Candidate, candidates_json
 from migrations import upgrade_database
 from models import jobs
 from models.db import make_engine, make_session_factory
@@ -28,7 +29,7 @@ from models.node_writes import (
 from models.schema import Job, Node
 
 NO_LIMITS = Limits(max_nodes=1_000_000, max_completed_paths=1_000_000)
-CANDIDATES = [{"text": "a", "prob": 0.6, "token_id": 10}, {"text": "b", "prob": 0.3, "token_id": 11}]
+CANDIDATES = candidates_json([Candidate(10, "a", 0.6), Candidate(11, "b", 0.3)])
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def expansion(node_id: int, depth: int, tokens: list[int], prob: float = 0.4) ->
     return Expansion(
         node_id=node_id,
         depth=depth,
-        candidates=CANDIDATES,
+        candidates_json=CANDIDATES,
         threshold=0.2,
         queue_depth=3,
         entropy=1.5,
@@ -107,6 +108,20 @@ def test_a_step_writes_children_best_first_and_marks_its_pops(factory: sessionma
         expanded_by = session.scalar(select(Node.expanded_by).where(Node.id == root))
     assert expanded_by == "w1"
     assert counts(factory, job_id) == (6, 1, 6)
+
+
+def test_text_no_database_can_hold_is_stored_replaced_and_candidates_as_written(
+    factory: sessionmaker[Session],
+) -> None:
+    # A byte-level tokenizer can decode a token to NUL, which Postgres text cannot hold.
+    job_id, root = running_job(factory)
+    step = Expansion(node_id=root, depth=0, candidates_json=CANDIDATES, threshold=0.2, queue_depth=1,
+                     entropy=None, children=[NewChild(0, "a\x00b", 0.5, -0.7, 0.5)])
+    with factory() as session:
+        written = write_step(session, job_id, [step], NO_LIMITS, "w1")
+        child = written.child_ids[0][0]
+        assert session.scalar(select(Node.text).where(Node.id == child)) == "a\ufffdb"
+        assert session.scalar(select(Node.candidates).where(Node.id == root)) == CANDIDATES
 
 
 def test_a_redone_step_changes_nothing_and_maps_to_the_same_rows(factory: sessionmaker[Session]) -> None:

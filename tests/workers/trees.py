@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from engine.params import TreeParams
+from engine.tree import Candidate
 from engine.validate import rule_violations
 from models.node_reads import load_tree_nodes
 from tests.workers.conftest import REPO_ROOT, cli
@@ -90,6 +91,9 @@ def assert_follows_rule(
 ) -> dict[str, int]:
     """The stored tree obeys the rule for the queue depth each expansion recorded; counts by kind."""
     nodes = load_tree_nodes(session, job_id)
+    for node in nodes:  # the rule needs the candidates themselves, read back as stored text
+        node.candidates = [Candidate(c["token_id"], c["text"], c["prob"])
+                           for c in json.loads(node.candidates_json or "[]")]
     problems = rule_violations(nodes, params, stop_ids)
     assert not problems, "\n".join(problems[:10])
     counts = {"nodes": len(nodes), "expanded": 0, "stop": 0, "max_depth": 0, "open": 0}
