@@ -107,6 +107,7 @@ class Service:
             job = jobs.create_job(
                 session, kind="tree", prompt=PROMPT, model="bench", parameters=params.to_dict()
             )
+        before = cpu_seconds()
         self.celery.send_task("tokentree.run_job", args=[str(job.id)], queue="tokentree.model.bench")
         while True:
             time.sleep(0.05)
@@ -115,6 +116,7 @@ class Service:
                 assert row is not None
                 if row.status in ("succeeded", "failed", "cancelled"):
                     assert row.status == "succeeded", row.error
+                    after = cpu_seconds()
                     assert row.started_at is not None and row.finished_at is not None
                     seconds = (row.finished_at - row.started_at).total_seconds()
                     document = tree_json(session, row)
@@ -123,12 +125,42 @@ class Service:
                         "nodes": row.node_count,
                         "tree": json.loads(document or "{}"),
                         "workers": _expanded_by(session, str(job.id)),
+                        "cpu": {name: after[name] - before[name] for name in after},
                     }
 
     def close(self) -> None:
         self.celery.close()
         self.redis.close()
         self.engine.dispose()
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far: by the machine (all cores, busy), by Postgres' processes, and by worker
+    processes (Celery). Differences over a job say where its CPU went."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    used = {"wall": time.monotonic(), "machine": (sum(fields) - fields[3] - fields[4]) / TICKS,
+            "postgres": 0.0, "workers": 0.0}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                parts = stat.read().rsplit(")", 1)
+            name = parts[0].split("(", 1)[1]
+            seconds = sum(int(x) for x in parts[1].split()[11:13]) / TICKS  # utime, stime
+            with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if name == "postgres":
+            used["postgres"] += seconds
+        elif b"celery" in command and b"worker" in command:
+            used["workers"] += seconds
+    return used
 
 
 def _expanded_by(session: Any, job_id: str) -> dict[str, int]:
@@ -216,6 +248,7 @@ def main() -> None:
             # 2. Node throughput on a big job: one worker process, then two, one thread each.
             # Round after round, so that a busier spell of the machine hits every setup alike.
             rates: dict[str, list[float]] = {}
+            cpu: dict[str, list[dict[str, float]]] = {}
             shares: dict[str, dict[str, int]] = {}
             setups = [("1 worker, 1 thread", 1, 1), ("2 workers, 1 thread each", 2, 1)]
             if cores > 1:
@@ -225,13 +258,20 @@ def main() -> None:
                     with service.workers(count, threads):
                         run = service.run_job(big)
                     rates.setdefault(label, []).append(run["nodes"] / run["seconds"])
+                    per_node = {k: v / run["nodes"] * 1e6 for k, v in run["cpu"].items()}
+                    per_node["cores"] = run["cpu"]["machine"] / run["cpu"]["wall"]
+                    cpu.setdefault(label, []).append(per_node)
                     shares[label] = run["workers"]
             one = statistics.median(rates["1 worker, 1 thread"])
-            print("\n| setup | job | median nodes/s | vs 1 worker |")
-            print("| --- | --- | --- | --- |")
+            print("\n| setup | job | median nodes/s | vs 1 worker | cores busy | "
+                  "CPU per node: workers, Postgres, machine |")
+            print("| --- | --- | --- | --- | --- | --- |")
             for label, values in rates.items():
                 rate = statistics.median(values)
-                print(f"| {label} | {args.big_nodes:,} nodes | {rate:,.0f} | **{rate / one:.2f}x** |")
+                use = {k: statistics.median(c[k] for c in cpu[label]) for k in cpu[label][0]}
+                print(f"| {label} | {args.big_nodes:,} nodes | {rate:,.0f} | **{rate / one:.2f}x** | "
+                      f"{use['cores']:.2f} of {cores} | {use['workers']:.0f} us, {use['postgres']:.0f} us, "
+                      f"{use['machine']:.0f} us |")
             print(f"\nexpanded per worker (last run): {shares}")
             print(f"load average at the end (1, 5, 15 min): {os.getloadavg()}")
         finally:

@@ -18,6 +18,7 @@ from transformers import Cache
 from engine.params import TreeParams
 from engine.runner import CacheRow, ModelRunner
 from engine.scheduler import MAX_CANDIDATES, Distribution, TreeBuilder
+from engine.tree import Node
 
 DEFAULT_MAX_BATCH = 256
 
@@ -81,6 +82,13 @@ class Expander:
             tokens.append(node.token_id)  # type: ignore[arg-type]  # only the root lacks a token
             node = self.builder.nodes[node.parent_id]  # type: ignore[index]
         return self._prefixes[node.id] + tokens[::-1]
+
+    def adopt(self, nodes: Sequence[Node], prefixes: Sequence[list[int]]) -> list[int]:
+        """Take open nodes in from elsewhere, with their full input ids (prompt included): they are
+        prefilled when their turn comes. Their ids in the builder."""
+        ids = self.builder.adopt(nodes)
+        self._prefixes.update(zip(ids, prefixes, strict=True))
+        return ids
 
     def step(self, max_batch: int = DEFAULT_MAX_BATCH, external_queue_depth: int = 0) -> StepResult:
         """Evaluate the next batch the builder asks for, and let the builder apply the rule to it."""

@@ -17,8 +17,9 @@ evaluates them in one batch, and `update` replays the sequential pops over the r
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 from engine.params import TreeParams, branch_threshold
 from engine.tree import Candidate, Node
@@ -112,6 +113,35 @@ class TreeBuilder:
         """Take in counts that grew elsewhere (other workers' completed paths and nodes)."""
         self.completed = max(self.completed, completed)
         self.node_count = max(self.node_count, node_count)
+
+    # -- moving open nodes in and out (a worker's share of a job's frontier changes) ----------------
+
+    def adopt(self, nodes: Sequence[Node]) -> list[int]:
+        """Put open nodes held elsewhere on the frontier, after those held; the ids given to them.
+
+        The frontier stays in depth order (stably): FIFO from one root is level order, and nodes taken
+        in may be shallower than children held here; out of order, batches would fragment by depth.
+        """
+        ids = list(range(len(self.nodes), len(self.nodes) + len(nodes)))
+        for node_id, node in zip(ids, nodes, strict=True):
+            node.id = node_id
+            self.nodes.append(node)
+            self.frontier.append(node_id)
+        depths = [self.nodes[i].depth for i in self.frontier]
+        if any(a > b for a, b in pairwise(depths)):
+            self.frontier = deque(sorted(self.frontier, key=lambda i: self.nodes[i].depth))
+        return ids
+
+    def release(self, count: int) -> list[int]:
+        """Take the last `count` open nodes (the deepest, newest) off the frontier; their ids, in queue
+        order. They are someone else's to expand now."""
+        out = [self.frontier.pop() for _ in range(min(count, len(self.frontier)))]
+        return out[::-1]
+
+    def drop(self, node_ids: Collection[int]) -> None:
+        """Take these nodes off the frontier, wherever they are in it."""
+        if node_ids:
+            self.frontier = deque(i for i in self.frontier if i not in node_ids)
 
     # -- state ---------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ trips); SQLite, the embedded mode's single writer, gets SQLAlchemy's batched sta
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -226,6 +227,7 @@ class _StepPlan:
     def applied(self) -> list[Pop]:
         return [p for p, o in zip(self.pops, self.outcomes, strict=True) if o == "applied"]
 
+    @functools.cached_property
     def children(self) -> list[dict[str, Any]]:
         """The rows to insert, in pop order and best first (ids grow in this order), each with the finish
         it gets in this same step, if any."""
@@ -249,7 +251,7 @@ class _StepPlan:
         for granted in self.grants:
             child_ids.append(ids[cursor : cursor + granted])
             cursor += granted
-        rows = self.children()
+        rows = self.children
         finished = {i for row, i in zip(rows, ids, strict=True) if row["finish_reason"] is not None}
         return StepWritten(status="running", node_count=self.node_count, completed_paths=self.completed,
                            outcomes=self.outcomes, child_ids=child_ids, finished_children=finished)
@@ -298,7 +300,7 @@ def _write_plan(
         session.execute(text("SET LOCAL enable_nestloop = off"))  # see _BY_ID_STILL_OPEN
     applied = plan.applied
     changed = _record_expansions(session, key, [p for p in applied if isinstance(p, Expansion)], worker)
-    rows = plan.children()
+    rows = plan.children
     ids = _insert_children(session, key, rows)
     new_ids = {(r["parent_id"], r["token_id"]): i for r, i in zip(rows, ids, strict=True)}
     finishes = [p if p.node_id is not None else

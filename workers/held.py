@@ -1,18 +1,16 @@
 """A unit of work's share of a job's frontier: the engine's `TreeBuilder` and `Expander` over the open
 nodes the unit holds, with the map between the engine's local node ids and the database's ids.
 
-The engine grows a tree from a frontier given up front (`TreeBuilder.from_frontier`). A worker also
-takes more nodes in later (from the shared queue) and gives some back (to an idle peer), so this class
-adds those two moves. Nodes taken in are prefilled from their full prefix; the children a unit creates
-are stepped from their parent's KV-cache row, which is why a unit keeps the children it produced.
+A unit takes open nodes in (from the shared queue: `Expander.adopt`) and gives some back (to an idle
+peer: `TreeBuilder.release`). Nodes taken in are prefilled from their full prefix; the children a unit
+creates are stepped from their parent's KV-cache row, which is why a unit keeps the children it
+produced.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 
 from engine.expand import Expander
 from engine.loading import LoadedModel
@@ -21,13 +19,6 @@ from engine.runner import ModelRunner
 from engine.scheduler import TreeBuilder
 from engine.tree import Node, candidates_json
 from models.node_writes import Expansion, Finish, NewChild, OpenNode, Pop
-
-
-class _AdoptingExpander(Expander):
-    """An `Expander` that can be told the prefix of a node joining the frontier later."""
-
-    def adopt(self, node_id: int, prefix: list[int]) -> None:
-        self._prefixes[node_id] = prefix
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,7 @@ class HeldTree:
         self.depth_limit = depth_limit
         self.runner = runner
         self.builder: TreeBuilder | None = None
-        self._expander: _AdoptingExpander | None = None
+        self._expander: Expander | None = None
         self.db_ids: list[int | None] = []  # local id -> database id; None until the node is written
 
     # -- what is held ----------------------------------------------------------------------------------
@@ -74,53 +65,35 @@ class HeldTree:
     def adopt(
         self, nodes: Sequence[OpenNode], paths: dict[int, list[int]], completed: int, node_count: int
     ) -> None:
-        """Take open nodes in, after those held already; the queue stays in depth order."""
+        """Take open nodes in, after those held already (the frontier stays in depth order)."""
         if not nodes:
             return
-        if self.builder is None:
-            start = [self._engine_node(i, n) for i, n in enumerate(nodes)]
-            self.builder = TreeBuilder.from_frontier(self.params, self.lm.stop_ids, self.lm.decode, start,
+        if self.builder is None or self._expander is None:
+            self.builder = TreeBuilder.from_frontier(self.params, self.lm.stop_ids, self.lm.decode, [],
                                                      completed=completed, node_count=node_count,
                                                      depth_limit=self.depth_limit)
-            prefixes = {i: self.prompt_ids + paths[n.id] for i, n in enumerate(nodes)}
-            self._expander = _AdoptingExpander(self.builder, self.runner, prefixes)
-        else:
-            assert self._expander is not None
-            for n in nodes:
-                local = len(self.builder.nodes)
-                self.builder.nodes.append(self._engine_node(local, n))
-                self.builder.frontier.append(local)
-                self._expander.adopt(local, self.prompt_ids + paths[n.id])
-            self.builder.sync(completed, node_count)
+            self._expander = Expander(self.builder, self.runner, {})
+        self._expander.adopt([self._engine_node(n) for n in nodes],
+                             [self.prompt_ids + paths[n.id] for n in nodes])
+        self.builder.sync(completed, node_count)
         self.db_ids.extend(n.id for n in nodes)
-        self._keep_depth_order()
 
     @staticmethod
-    def _engine_node(local: int, n: OpenNode) -> Node:
-        # No parent here: a node taken in is prefilled from its prefix, never stepped from a parent's cache.
-        return Node(id=local, parent_id=None, token_id=n.token_id, text=n.text, depth=n.depth, prob=n.prob,
+    def _engine_node(n: OpenNode) -> Node:
+        # No parent here: a node taken in is prefilled from its prefix, never stepped from a parent's
+        # cache. Its id is the builder's to give.
+        return Node(id=-1, parent_id=None, token_id=n.token_id, text=n.text, depth=n.depth, prob=n.prob,
                     logprob=n.logprob, cumulative_prob=n.cumulative_prob)
-
-    def _keep_depth_order(self) -> None:
-        """FIFO from one root is level order; nodes taken in from the shared queue may be shallower than
-        the children held, so restore depth order (stably) or the batches fragment by depth."""
-        assert self.builder is not None
-        nodes = self.builder.nodes
-        frontier = self.builder.frontier
-        depths = [nodes[i].depth for i in frontier]
-        if any(a > b for a, b in pairwise(depths)):
-            self.builder.frontier = deque(sorted(frontier, key=lambda i: nodes[i].depth))
 
     def give_back(self, count: int) -> list[int]:
         """Remove the last `count` held nodes (the deepest, newest); their database ids, in queue order."""
         assert self.builder is not None
-        out = [self.builder.frontier.pop() for _ in range(min(count, len(self.builder.frontier)))]
-        return [self._db(local) for local in reversed(out)]
+        return [self._db(local) for local in self.builder.release(count)]
 
     def drop(self, locals_: set[int]) -> None:
         """Forget held nodes that turned out not to be this unit's (not written, or held elsewhere)."""
-        if self.builder is not None and locals_:
-            self.builder.frontier = deque(i for i in self.builder.frontier if i not in locals_)
+        if self.builder is not None:
+            self.builder.drop(locals_)
 
     # -- expanding -------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import pytest
 
 from engine.params import TreeParams, branch_threshold
 from engine.scheduler import Distribution, TreeBuilder
+from engine.tree import Node
 
 STOP = 0
 VOCAB = 8
@@ -182,3 +183,25 @@ def test_continuing_from_a_frontier_gives_the_same_tree() -> None:
     for node in second.nodes:
         by_path[local_paths[node.id]] = (len(node.children), node.threshold, node.finish_reason)
     assert sorted(by_path.items()) == sorted((p, (c, t, r)) for p, c, t, r in whole)
+
+
+def test_nodes_moved_in_and_out_keep_the_frontier_in_depth_order() -> None:
+    """A worker's share changes: nodes taken in join in depth order; the deepest are given back."""
+    params = TreeParams(max_depth=10)
+    builder = TreeBuilder.from_frontier(params, {STOP}, str, [], completed=0, node_count=0)
+
+    def open_node(depth: int, token: int) -> Node:
+        return Node(id=-1, parent_id=None, token_id=token, text=str(token), depth=depth, prob=0.5,
+                    logprob=-0.7, cumulative_prob=0.5)
+
+    assert builder.adopt([open_node(3, 1), open_node(3, 2)]) == [0, 1]
+    assert builder.adopt([open_node(2, 3), open_node(4, 4), open_node(3, 5)]) == [2, 3, 4]
+    assert [n.id for n in builder.nodes] == [0, 1, 2, 3, 4]
+    # Stable within a depth: 0, 1 were held before 4 came in at the same depth.
+    assert list(builder.frontier) == [2, 0, 1, 4, 3]
+    assert builder.release(2) == [4, 3]
+    assert list(builder.frontier) == [2, 0, 1]
+    assert builder.release(10) == [2, 0, 1] and builder.done()
+    builder.adopt([open_node(1, 6), open_node(1, 7), open_node(1, 8)])
+    builder.drop({6})
+    assert list(builder.frontier) == [5, 7]
