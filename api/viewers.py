@@ -9,10 +9,11 @@ itself from ``api/static`` so the viewers work offline.  ``create_app()`` wires 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -33,20 +34,31 @@ CONTENT_SECURITY_POLICY = "; ".join(
     ]
 )
 
+# Page -> (its file, its link in the top bar).
 PAGES = {
-    "index": "index.html",
-    "tree": "viewer/tree.html",
-    "response": "viewer/response.html",
-    "logprobs": "viewer/logprobs.html",
+    "index": ("index.html", "jobs"),
+    "tree": ("viewer/tree.html", "tree"),
+    "response": ("viewer/response.html", "response"),
+    "logprobs": ("viewer/logprobs.html", "logprobs"),
 }
+# Every page's top bar, written once: pages hold this marker where it goes.
+TOPBAR_MARK = "<!-- topbar -->"
 
 router = APIRouter(include_in_schema=False)
 
 
-def _page(name: str) -> FileResponse:
-    return FileResponse(
-        STATIC_DIR / PAGES[name],
-        media_type="text/html; charset=utf-8",
+@functools.cache
+def page_html(name: str) -> str:
+    """A page with the shared top bar in place, its own link marked active."""
+    file, view = PAGES[name]
+    link = f'data-view="{view}"'
+    topbar = (STATIC_DIR / "parts" / "topbar.html").read_text().replace(link, f'{link} class="active"')
+    return (STATIC_DIR / file).read_text().replace(TOPBAR_MARK, topbar.strip())
+
+
+def _page(name: str) -> HTMLResponse:
+    return HTMLResponse(
+        page_html(name),
         headers={
             "Content-Security-Policy": CONTENT_SECURITY_POLICY,
             "X-Content-Type-Options": "nosniff",
@@ -56,25 +68,25 @@ def _page(name: str) -> FileResponse:
 
 
 @router.get("/")
-def index_page() -> FileResponse:
+def index_page() -> HTMLResponse:
     """Job list: recent jobs with status and progress, and a form to submit a job."""
     return _page("index")
 
 
 @router.get("/viewer/tree")
-def tree_viewer() -> FileResponse:
+def tree_viewer() -> HTMLResponse:
     """Tree viewer: `?job=ID` or `?file=URL`, or open / drop a tree JSON file."""
     return _page("tree")
 
 
 @router.get("/viewer/response")
-def response_viewer() -> FileResponse:
+def response_viewer() -> HTMLResponse:
     """Response viewer: the most probable path, with alternatives per token."""
     return _page("response")
 
 
 @router.get("/viewer/logprobs")
-def logprobs_viewer() -> FileResponse:
+def logprobs_viewer() -> HTMLResponse:
     """Log-probability viewer: one card per JSONL record."""
     return _page("logprobs")
 
