@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PROMPT ?= Once upon a time
 
-.PHONY: setup demo test test-fast services format lint typecheck check bench clean
+.PHONY: setup demo test test-fast services format lint typecheck check bench docs-images clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ services:
 
 test: setup services lint
 	$(BIN)/pytest
+
+# The README's screenshots, taken from the real service by the browser tests.
+docs-images: setup services
+	TOKENTREE_DOCS_IMAGES=1 $(BIN)/pytest tests/browser/test_real_service.py
 
 test-fast: setup
 	$(BIN)/pytest -m "not services and not browser and not slow"

@@ -368,9 +368,11 @@ def screenshot(request):
     """screenshot(page, name, docs=None): save artifacts/screenshots/<name>.png (and docs/img/<docs>).
 
     The README's pictures come from the real service (test_real_service.py, whose module sets
-    `DOCS_IMAGES = True`); tests against the stand-in app keep theirs under artifacts/ only.
+    `DOCS_IMAGES = True`), and are only rewritten when asked (`make docs-images`), so a test run leaves
+    the checkout as it was; every other screenshot stays under artifacts/.
     """
-    writes_docs = bool(getattr(request.module, "DOCS_IMAGES", False))
+    writes_docs = bool(getattr(request.module, "DOCS_IMAGES", False)) and bool(
+        os.environ.get("TOKENTREE_DOCS_IMAGES"))
 
     def take(page, name: str, docs: str | None = None, full_page: bool = False) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
