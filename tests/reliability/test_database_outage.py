@@ -9,8 +9,9 @@ import time
 import pytest
 from sqlalchemy import Engine, make_url
 
-from tests.reliability.conftest import TcpProxy, service_settings
+from tests.reliability.conftest import service_settings
 from tests.service.conftest import live_api_for
+from tests.utils.proxy import TcpProxy
 
 pytestmark = pytest.mark.services
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
