@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 import redis
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.db import engine_from_settings, make_session_factory
 from models.jobs import as_job_id
@@ -34,6 +35,12 @@ from workers.tree_jobs import TreeJobs
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005
+# Waiting for Postgres or Redis to come back: the first check after this, then twice as long each time up
+# to the maximum (so a unit resumes at most that long after they are back).
+OUTAGE_FIRST_DELAY_S = 0.5
+OUTAGE_MAX_DELAY_S = 5.0
+# What a lost database or broker raises (anything else is the unit's own error).
+DEPENDENCY_ERRORS = (SQLAlchemyError, redis.RedisError)
 
 
 class WorkerSettings(BaseSettings):
@@ -54,6 +61,9 @@ class WorkerSettings(BaseSettings):
     sweep_interval_s: float = Field(default=2.0, gt=0)
     stale_after_s: float = Field(default=15.0, gt=0)
     visibility_timeout_s: int = Field(default=600, ge=60)
+    # A unit that fails because Postgres or Redis is unreachable waits this long at most for them to answer
+    # again (checking with exponential backoff), then runs again; below the visibility timeout.
+    outage_wait_s: float = Field(default=300.0, ge=0)
 
 
 def served_models(settings: Settings, worker: WorkerSettings) -> list[str]:
@@ -127,9 +137,18 @@ class Heartbeat:
     def _run(self) -> None:
         config = self.runtime.services.config
         tick = min(1.0, config.renew_every_s)
+        down: str | None = None  # what the last beat could not reach
         while not self._stop.wait(tick):
             try:
                 self._beat()
+                # A beat may succeed without the database (another worker's turn to sweep): check.
+                if down is not None and (down := self.runtime.unreachable()) is None:
+                    log.warning("heartbeat: Postgres and Redis answer again")
+            except DEPENDENCY_ERRORS as exc:
+                # An outage gets one line when it starts and one when it ends, not a traceback a beat.
+                if down is None:
+                    down = self.runtime.unreachable() or f"{type(exc).__name__}: {first_line(exc)}"
+                    log.warning("heartbeat: %s; leases and sweeps resume when it is back", down)
             except Exception:
                 log.exception("heartbeat failed")
 
@@ -210,7 +229,57 @@ class WorkerRuntime:
         self.redis.set(job_key(job_id, "sent"), "1", px=int(self.worker_settings.stale_after_s * 1000))
 
     def run(self, job_id: str) -> Outcome:
-        """One unit of work on the job, of whatever kind; hands the job on when it needs more units."""
+        """One unit of work on the job, of whatever kind; hands the job on when it needs more units.
+
+        A unit that fails because Postgres or Redis is unreachable waits for them, checking with
+        exponential backoff, and runs again once both answer: its message stays unacknowledged meanwhile,
+        so the work is neither dropped nor lost if this worker dies. Any other error is raised.
+        """
+        while True:
+            try:
+                return self._run_unit(job_id)
+            except DEPENDENCY_ERRORS as exc:
+                if not self.wait_out_outage(job_id, exc):
+                    raise
+
+    def unreachable(self) -> str | None:
+        """What this worker cannot reach now ("Postgres (...)", "Redis (...)"), or None."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            return f"Postgres unreachable ({first_line(getattr(exc, 'orig', None) or exc)})"
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            return f"Redis unreachable ({first_line(exc)})"
+        return None
+
+    def wait_out_outage(self, job_id: str, error: BaseException) -> bool:
+        """After a unit's `error`: True once Postgres and Redis answer again (the unit should run again);
+        False when they answered all along (the error is the unit's own), when they are still away after
+        `outage_wait_s`, or when the worker is stopping."""
+        down = self.unreachable()
+        if down is None:
+            return False
+        started = time.monotonic()
+        delay = OUTAGE_FIRST_DELAY_S
+        log.warning("job %s: %s; the unit waits for it", job_id, down)
+        while down is not None:
+            waited = time.monotonic() - started
+            if waited + delay > self.worker_settings.outage_wait_s:
+                log.error("job %s: %s for %.0f s; giving the unit up", job_id, down, waited)
+                return False
+            log.warning("job %s: checking again in %.1f s", job_id, delay)
+            if self.services.stopping.wait(delay):
+                return False
+            delay = min(2 * delay, OUTAGE_MAX_DELAY_S)
+            down = self.unreachable()
+        log.warning("job %s: Postgres and Redis answer again after %.1f s; the unit runs again", job_id,
+                    time.monotonic() - started)
+        return True
+
+    def _run_unit(self, job_id: str) -> Outcome:
         with self.services.session_factory() as session:
             kind = session.scalar(select(Job.kind).where(Job.id == as_job_id(job_id)))
         if kind is None:
@@ -225,3 +294,7 @@ class WorkerRuntime:
         self.heartbeat.stop()
         self.engine.dispose()
         self.redis.close()
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

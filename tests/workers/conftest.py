@@ -6,7 +6,10 @@ The model is the bundled demo model; TOKENTREE_TEST_MODEL points at another fold
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ REDIS_SERVER = os.environ.get("TOKENTREE_TEST_REDIS", "redis://127.0.0.1:6379")
 MODEL_SOURCE = os.environ.get("TOKENTREE_TEST_MODEL", "demo")
 MODEL = "demo"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")  # Celery's worker log format
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -119,6 +124,16 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def lines_about(self, job_id: str) -> list[tuple[float, str]]:
+        """The log lines that name the job, with their times (seconds since the epoch)."""
+        found = []
+        for line in self.log().splitlines():
+            stamp = LOG_STAMP.match(line)
+            if stamp and job_id in line:
+                at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time
+                found.append((at, line))
+        return found
+
     def kill(self) -> None:
         """SIGKILL: no warm shutdown, nothing given back; what it held must be taken over."""
         if self.process.poll() is None:
@@ -160,6 +175,13 @@ class Workers:
         if wait:
             self.wait_ready(worker)
         return worker
+
+    def start_many(self, *names: str, **knobs: str) -> list[WorkerProcess]:
+        """Start several workers at once (they load the model side by side); wait until all take work."""
+        started = [self.start(name, wait=False, **knobs) for name in names]
+        for worker in started:
+            self.wait_ready(worker)
+        return started
 
     def wait_ready(self, worker: WorkerProcess, timeout: float = 180) -> None:
         client = redis.Redis.from_url(str(self.settings.redis_url))
@@ -269,6 +291,29 @@ def job_keys(client: redis.Redis, job_id: str) -> list[str]:
     """The job's keys in Redis, but for the cancel flag (which outlives it on purpose)."""
     keys = [_text(k) for k in client.keys(f"tokentree:job:{job_id}:*")]
     return sorted(k for k in keys if not k.endswith(":cancelled"))
+
+
+def assert_no_keys_left(client: redis.Redis, job_id: str, within_s: float = 10.0) -> None:
+    """Nothing of the finished job stays in Redis (but for the cancel flag): its frontier, leases and
+    claims are cleared as it ends; the sweeper's short-lived marks ("sent") expire within seconds."""
+    deadline = time.monotonic() + within_s
+    while left := job_keys(client, job_id):
+        assert time.monotonic() < deadline, f"left in Redis for job {job_id}: {left}"
+        time.sleep(0.25)
+
+
+def unacked_job_ids(client: redis.Redis) -> set[str]:
+    """The jobs of the task messages Celery holds as delivered and not yet acknowledged (kombu's
+    `unacked` hash: a worker runs them, or died running them and they wait for the visibility timeout)."""
+    ids: set[str] = set()
+    for raw in client.hvals("unacked"):
+        message = json.loads(raw)[0]
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        ids.update(str(arg) for arg in args)
+    return ids
 
 
 def idle_workers(client: redis.Redis) -> set[str]:
