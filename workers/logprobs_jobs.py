@@ -39,6 +39,8 @@ class LogprobsJobs:
         with s.session_factory() as session:
             job = get_job(session, job_id)
             if job is None or job.status in TERMINAL_STATUSES or s.frontier.cancelled(job_id):
+                if job is None or job.status in TERMINAL_STATUSES:
+                    s.frontier.clear(job_id)  # its claim count, should a unit have left it behind
                 return Outcome.DONE, None
             attempt = s.frontier.claim(job_id, unit, s.config.lease_ttl_s)
             if attempt is None:
@@ -70,6 +72,7 @@ class LogprobsJobs:
                         return Outcome.CONTINUE, job.model
                 record["metadata"]["model"] = job.model  # the allow-list name, as the job has it
                 finish_job(session, job_id, "succeeded", result={"record": record})
+                s.frontier.clear(job_id)  # the claim and its count: nothing of a finished job stays in Redis
                 return Outcome.DONE, job.model
             finally:
                 s.frontier.drop_claim(job_id, unit)

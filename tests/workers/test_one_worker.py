@@ -23,6 +23,7 @@ from tests.workers.conftest import (
     MODEL_SOURCE,
     WorkerProcess,
     Workers,
+    assert_no_keys_left,
     finished,
     job_keys,
     submit,
@@ -120,7 +121,7 @@ def test_a_frontier_lost_with_redis_state_is_rebuilt_from_postgres(
 
 
 def test_a_logprobs_job_gives_the_engines_record(
-    api: httpx.Client, solo: WorkerProcess, workers: Workers
+    api: httpx.Client, solo: WorkerProcess, workers: Workers, redis_client: redis.Redis
 ) -> None:
     prompt = PROMPT
     job_id = submit(api, prompt, kind="logprobs", max_new_tokens=30, top_k=5)
@@ -134,3 +135,4 @@ def test_a_logprobs_job_gives_the_engines_record(
     assert [s["token"] for s in record["data"]] == [s["token"] for s in want["data"]]
     for got, expected in zip(record["data"], want["data"], strict=True):
         assert got["logprob"] == pytest.approx(expected["logprob"], abs=1e-4)
+    assert_no_keys_left(redis_client, job_id)  # its claim and the claim's count went with it
