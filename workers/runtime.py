@@ -28,7 +28,15 @@ from models.schema import Job
 from models.settings import Settings, get_settings
 from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key
 from workers.logprobs_jobs import LogprobsJobs
-from workers.service import HeldLease, ModelRegistry, Outcome, Services, WorkerConfig
+from workers.service import (
+    DEPENDENCY_ERRORS,
+    HeldLease,
+    ModelRegistry,
+    Outcome,
+    Services,
+    WorkerConfig,
+    is_connection_loss,
+)
 from workers.sweeper import Sweeper
 from workers.tree_jobs import TreeJobs
 
@@ -39,8 +47,8 @@ SWITCH_INTERVAL_S = 0.0005
 # to the maximum (so a unit resumes at most that long after they are back).
 OUTAGE_FIRST_DELAY_S = 0.5
 OUTAGE_MAX_DELAY_S = 5.0
-# What a lost database or broker raises (anything else is the unit's own error).
-DEPENDENCY_ERRORS = (SQLAlchemyError, redis.RedisError)
+# A connection that broke while both answer again (a blip): the unit runs again at once, this many times.
+BLIP_RETRIES = 5
 
 
 class WorkerSettings(BaseSettings):
@@ -233,14 +241,22 @@ class WorkerRuntime:
 
         A unit that fails because Postgres or Redis is unreachable waits for them, checking with
         exponential backoff, and runs again once both answer: its message stays unacknowledged meanwhile,
-        so the work is neither dropped nor lost if this worker dies. Any other error is raised.
+        so the work is neither dropped nor lost if this worker dies. A connection that broke while both
+        answer again runs the unit again at once (a few times). Any other error is raised.
         """
+        blips = 0
         while True:
             try:
                 return self._run_unit(job_id)
             except DEPENDENCY_ERRORS as exc:
-                if not self.wait_out_outage(job_id, exc):
-                    raise
+                if self.wait_out_outage(job_id, exc):
+                    continue
+                if is_connection_loss(exc) and blips < BLIP_RETRIES and not self.services.stopping.is_set():
+                    blips += 1
+                    log.warning("job %s: a connection broke (%s); the unit runs again", job_id,
+                                first_line(exc))
+                    continue
+                raise
 
     def unreachable(self) -> str | None:
         """What this worker cannot reach now ("Postgres (...)", "Redis (...)"), or None."""

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.analysis import model_metadata
@@ -24,6 +26,17 @@ from models.settings import Settings
 from workers.frontier import Frontier
 
 log = logging.getLogger(__name__)
+
+# What a lost database or broker raises (anything else is the unit's own error).
+DEPENDENCY_ERRORS = (SQLAlchemyError, redis.RedisError)
+
+
+def is_connection_loss(error: BaseException) -> bool:
+    """Whether `error` says a connection to Postgres or Redis failed (the service's trouble, not the
+    work's): such a failure is waited out and retried, never counted as an attempt on the nodes."""
+    if isinstance(error, redis.ConnectionError | redis.TimeoutError | OperationalError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 class Outcome(enum.StrEnum):

@@ -23,6 +23,7 @@ patched up: the frontier and the database stay consistent and the next unit star
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
@@ -31,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 
+import redis
 from sqlalchemy.orm import Session
 
 from engine.expand import top_k_for
@@ -54,7 +56,14 @@ from models.node_writes import (
 from models.schema import TERMINAL_STATUSES, Job, utcnow
 from workers.frontier import Committed
 from workers.held import HeldTree, Step
-from workers.service import HeldLease, Outcome, Services, poison_message, result_metadata
+from workers.service import (
+    HeldLease,
+    Outcome,
+    Services,
+    is_connection_loss,
+    poison_message,
+    result_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +204,14 @@ class _TreeUnit:
                      time.monotonic() - self.started,
                      ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items()))
             return outcome
-        except Exception:
+        except Exception as exc:
             failed = True
+            if is_connection_loss(exc):
+                # Postgres or Redis went away under the unit: not the nodes' fault. They go back uncounted
+                # and the worker waits for the service (`WorkerRuntime.run`).
+                log.warning("unit %s on job %s lost a connection: %s", self.unit, self.job_id, exc)
+                self._give_back_uncounted()
+                raise
             log.exception("unit %s on job %s failed", self.unit, self.job_id)
             return self._give_up(traceback.format_exc())
         finally:
@@ -407,6 +422,13 @@ class _TreeUnit:
 
     def _end(self) -> Outcome:
         return Outcome.CONTINUE  # what is held is given back as the unit ends; another unit goes on
+
+    def _give_back_uncounted(self) -> None:
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+        # If Redis itself is away, the lease expires instead (and a restarted Redis reloads from Postgres).
+        with contextlib.suppress(redis.RedisError):
+            self._release_all()
 
     def _give_up(self, error: str) -> Outcome:
         """After an error: give the nodes back, counting an attempt on each; fail the job at the limit."""

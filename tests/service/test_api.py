@@ -428,8 +428,10 @@ def test_the_api_knows_every_status() -> None:
     assert get_args(JobStatus) == JOB_STATUSES
 
 
-@pytest.mark.parametrize(("path", "view"), [("/", "jobs"), ("/viewer/tree", "tree"),
-                                            ("/viewer/response", "response"), ("/viewer/logprobs", "logprobs")])
+@pytest.mark.parametrize(("path", "view"), [
+    ("/", "jobs"), ("/viewer/tree", "tree"), ("/viewer/response", "response"),
+    ("/viewer/logprobs", "logprobs"),
+])
 def test_pages_share_one_top_bar_with_their_own_link_active(live_api: LiveAPI, path: str, view: str) -> None:
     response = live_api.client.get(path)
     assert response.status_code == 200 and response.headers["content-type"] == "text/html; charset=utf-8"

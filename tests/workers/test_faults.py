@@ -210,3 +210,33 @@ def test_postgres_away_under_running_workers(
     assert ran_again, logs(fleet)
     print(f"postgres away: {DOWN_S} s at {seen['progress']['nodes']} nodes; new nodes {resumed_s:.1f} s "
           f"after it was back, done {done_s:.1f} s after: {job['progress']}; backoff {waits}")
+
+
+def test_connections_broken_again_and_again_do_not_fail_the_job(
+    fault_api: httpx.Client,
+    fleet: Workers,
+    pg_proxy: TcpProxy,
+    session_factory: sessionmaker[Session],
+    stop_ids: set[int],
+) -> None:
+    # Each cut breaks the units' connections mid-step, and the database answers again at once. Were a
+    # broken connection counted as an attempt on the nodes held (as a crash is), the third would fail the
+    # job as a poison node.
+    job_id = submit(fault_api, PROMPT, **WHOLE)
+    wait_for(fault_api, job_id, lambda j: j["progress"]["nodes"] >= 300, workers=fleet)
+    blips = 0
+    while blips < 6 and not finished(fault_api.get(f"/v1/jobs/{job_id}").json()):
+        pg_proxy.cut()
+        time.sleep(0.05)
+        pg_proxy.restore()
+        blips += 1
+        time.sleep(0.65)
+    job = wait_for(fault_api, job_id, finished, workers=fleet, timeout=90)
+    assert job["status"] == "succeeded", f"{job}\n{logs(fleet)}"
+    assert blips >= 3, "the job ended before the connections were broken three times"
+    assert_whole_and_valid(fault_api, job_id, job, session_factory, stop_ids)
+    lines = [line for w in fleet.started for _, line in w.lines_about(job_id)]
+    broken = [line for line in lines if "lost a connection" in line]
+    counted = [line for line in lines if re.search(r"unit \S+ on job \S+ failed", line)]
+    assert broken and not counted, logs(fleet)
+    print(f"connections broken {blips} times: {len(broken)} units lost one; {job['progress']}")
