@@ -166,10 +166,15 @@ def ensure_root(session: Session, job_id: JobId, prompt: str) -> int:
 
 
 def _lock_job(session: Session, job_id: uuid.UUID) -> tuple[str, int, int] | None:
-    """Lock the job's row for this transaction; its status and counts, or None if it is gone."""
-    row = session.execute(
-        select(Job.status, Job.node_count, Job.completed_paths).where(Job.id == job_id).with_for_update()
-    ).one_or_none()
+    """Lock the job's row for this transaction; its status and counts, or None if it is gone.
+
+    On Postgres the same round trip turns nested loops off for the rest of the transaction (see
+    `_BY_ID_STILL_OPEN`): a step is several statements, and each costs the writer a round trip.
+    """
+    columns: list[Any] = [Job.status, Job.node_count, Job.completed_paths]
+    if _is_postgres(session):
+        columns.append(func.set_config("enable_nestloop", "off", True))  # SET LOCAL
+    row = session.execute(select(*columns).where(Job.id == job_id).with_for_update()).one_or_none()
     return None if row is None else (row[0], row[1], row[2])
 
 
@@ -296,8 +301,6 @@ def _write_plan(
     """The step's writes: expansions, children, finishes (children finished in this same step are
     inserted open, then finished), counts. The new children's ids in plan order; None if `guessed` and a
     node was not open after all."""
-    if _is_postgres(session):
-        session.execute(text("SET LOCAL enable_nestloop = off"))  # see _BY_ID_STILL_OPEN
     applied = plan.applied
     changed = _record_expansions(session, key, [p for p in applied if isinstance(p, Expansion)], worker)
     rows = plan.children
@@ -326,7 +329,7 @@ def _open_among(session: Session, job_id: uuid.UUID, node_ids: Sequence[int]) ->
 
 
 # Updates find their rows by primary key (`n.id = ANY(:ids)`) and join them with the new values by
-# hashing (nested loops are off in a step's transaction, see `_write_step`). The planner would otherwise
+# hashing (nested loops are off in a step's transaction, see `_lock_job`). The planner would otherwise
 # nest the values, a function scan it estimates at 100 rows, inside the scan of the rows and re-read them
 # for each: once statistics say few of a job's nodes are open, a step takes seconds instead of
 # milliseconds. The job is checked on the rows returned, not in the WHERE, for the same reason.
