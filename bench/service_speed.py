@@ -38,6 +38,7 @@ from models import jobs
 from models.db import make_engine, make_session_factory
 from models.node_reads import tree_json
 from tests.utils.databases import fresh_database
+from tests.utils.tiny_models import make_tiny_model
 from tests.workers.trees import assert_same_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,6 +194,12 @@ def cli_tree(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo", help="a model source, as `--model` of `tokentree tree`")
+    parser.add_argument(
+        "--random-model",
+        metavar="WIDTHxLAYERS",
+        help="instead, a random Gemma-2 of this size with the demo model's tokenizer (e.g. 384x8: about "
+        "4x the demo model's compute per node), to see the service's overhead against a heavier model",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big-nodes", type=int, default=12_000, help="nodes of the throughput job")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
@@ -212,6 +219,10 @@ def main() -> None:
 
     redis.Redis.from_url(args.redis).flushdb()
     logs = Path(tempfile.mkdtemp(prefix="tokentree-bench-"))
+    if args.random_model:
+        width, layers = (int(x) for x in args.random_model.split("x"))
+        folder = logs / f"random-gemma2-{args.random_model}"
+        args.model = str(make_tiny_model(folder, "gemma2", width=width, layers=layers))
     cores = os.cpu_count() or 1
     print(
         f"Python {platform.python_version()}, {platform.machine()}, {cores} CPUs; model {args.model}; "

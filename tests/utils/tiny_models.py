@@ -7,6 +7,7 @@ until a few tokens per step clear a branching threshold, the way a trained model
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -16,6 +17,7 @@ from transformers import (
     Gemma3TextConfig,
     GenerationConfig,
     LlamaConfig,
+    PretrainedConfig,
 )
 
 from engine.loading import DEMO_MODEL_DIR
@@ -28,15 +30,16 @@ TARGET_TOP_PROB = 0.45
 CALIBRATION_PROMPTS = ("Once upon a time there was", "The secret to happiness is", "In the beginning")
 
 
-def _config(architecture: str, vocab_size: int, bos: int, eos: int, pad: int):  # type: ignore[no-untyped-def]
-    common = dict(
+def _config(architecture: str, vocab_size: int, bos: int, eos: int, pad: int, width: int,
+            layers: int) -> PretrainedConfig:
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
-        head_dim=16,
+        head_dim=width // 2,
         max_position_embeddings=256,
         tie_word_embeddings=False,  # tied, a random head mostly predicts the input token back
         bos_token_id=bos,
@@ -69,11 +72,13 @@ def _sharpen(model: torch.nn.Module, prompts: list[list[int]]) -> None:
     head.copy_(original * low)
 
 
-def make_tiny_model(folder: Path, architecture: str, seed: int = 0) -> Path:
-    """Save a random model of `architecture` that shares the demo model's tokenizer into `folder`."""
+def make_tiny_model(folder: Path, architecture: str, seed: int = 0, width: int = 32, layers: int = 2) -> Path:
+    """Save a random model of `architecture` that shares the demo model's tokenizer into `folder`
+    (`width` and `layers` make it heavier, for benchmarks)."""
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
     config = _config(
-        architecture, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        architecture, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        width, layers,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
