@@ -106,6 +106,11 @@ class Frontier(Protocol):
     def claimed(self, job_id: JobId) -> bool: ...
 
 
+def worker_redis(url: str) -> redis.Redis:
+    """A worker's connection to Redis: bounded waits, and a dead connection noticed within 30 s."""
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10, health_check_interval=30)
+
+
 def job_key(job_id: JobId, name: str) -> str:
     return f"tokentree:job:{as_job_id(job_id)}:{name}"
 

@@ -26,19 +26,13 @@ from models.db import engine_from_settings, make_session_factory
 from models.jobs import as_job_id
 from models.schema import Job
 from models.settings import Settings, get_settings
-from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key
+from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
+from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key, worker_redis
 from workers.logprobs_jobs import LogprobsJobs
-from workers.service import (
-    DEPENDENCY_ERRORS,
-    HeldLease,
-    ModelRegistry,
-    Outcome,
-    Services,
-    WorkerConfig,
-    is_connection_loss,
-)
+from workers.service import HeldLease, ModelRegistry, Outcome, Services, WorkerConfig
 from workers.sweeper import Sweeper
 from workers.tree_jobs import TreeJobs
+from workers.writer import ProcessWriter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +60,7 @@ class WorkerSettings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     split_min: int = Field(default=16, ge=1)
     pipeline_writes: bool = True
+    writer_process: bool = True  # write steps from a child process (else from a thread of the unit)
     sweep_interval_s: float = Field(default=2.0, gt=0)
     stale_after_s: float = Field(default=15.0, gt=0)
     visibility_timeout_s: int = Field(default=600, ge=60)
@@ -187,11 +182,12 @@ class WorkerRuntime:
             raise RuntimeError("a worker needs TOKENTREE_REDIS_URL and TOKENTREE_DATABASE_URL (Postgres)")
         self.worker_settings = worker or WorkerSettings()
         self.models = served_models(self.settings, self.worker_settings)
-        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=30,
-                                          socket_connect_timeout=10, health_check_interval=30)
+        self.redis = worker_redis(self.settings.redis_url)
         self.frontier = RedisFrontier(self.redis)
         self.engine = engine_from_settings(self.settings)
         self.heartbeat = Heartbeat(self)
+        # Steps are written from a process of their own (see workers/writer.py).
+        self.writer = ProcessWriter(self.settings) if self.worker_settings.writer_process else None
         self._send = send
         self._send_lock = threading.Lock()
         self.services = Services(
@@ -201,6 +197,7 @@ class WorkerRuntime:
             models=ModelRegistry(self.settings),
             keeper=self.heartbeat,
             hand_off=self.send,
+            writer=self.writer,
         )
         self.trees = TreeJobs(self.services)
         self.logprobs = LogprobsJobs(self.services)
@@ -213,9 +210,12 @@ class WorkerRuntime:
             import torch
 
             torch.set_num_threads(self.worker_settings.threads)
-        # The model's thread takes the GIL back between every torch op; with the default 5 ms switch
-        # interval, the node writer's Python work would make it wait that long each time.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if self.writer is not None:
+            self.writer.start()
+        else:
+            # The model's thread takes the GIL back between every torch op; with the default 5 ms switch
+            # interval, a node-writer thread's Python work would make it wait that long each time.
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.heartbeat.start()
 
     def preload(self) -> None:
@@ -308,6 +308,8 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self.heartbeat.stop()
+        if self.writer is not None:
+            self.writer.close()
         self.engine.dispose()
         self.redis.close()
 

@@ -13,10 +13,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.analysis import model_metadata
@@ -25,18 +23,12 @@ from models.jobs import JobId, finish_job
 from models.settings import Settings
 from workers.frontier import Frontier
 
+if TYPE_CHECKING:
+    from workers.writer import StepWriter
+
 log = logging.getLogger(__name__)
 
-# What a lost database or broker raises (anything else is the unit's own error).
-DEPENDENCY_ERRORS = (SQLAlchemyError, redis.RedisError)
 
-
-def is_connection_loss(error: BaseException) -> bool:
-    """Whether `error` says a connection to Postgres or Redis failed (the service's trouble, not the
-    work's): such a failure is waited out and retried, never counted as an attempt on the nodes."""
-    if isinstance(error, redis.ConnectionError | redis.TimeoutError | OperationalError):
-        return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 class Outcome(enum.StrEnum):
@@ -135,6 +127,9 @@ class Services:
     stopping: threading.Event = field(default_factory=threading.Event)
     # Hands the job to another unit (the distributed mode sends a task; the embedded mode loops).
     hand_off: Callable[[str, str], None] = lambda job_id, model: None
+    # Where tree units write their steps from, shared by the process's units (the distributed worker's
+    # writer process); None: each unit writes from a thread of its own (or inline: `pipeline_writes`).
+    writer: StepWriter | None = None
 
     def fail(self, job_id: JobId, error: str) -> bool:
         """Fail the job (once) and forget its frontier."""

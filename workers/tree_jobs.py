@@ -28,12 +28,10 @@ import logging
 import time
 import traceback
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC
 
 import redis
-from sqlalchemy.orm import Session
 
 from engine.expand import top_k_for
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
@@ -44,26 +42,17 @@ from models.node_writes import (
     Finish,
     Limits,
     Pop,
-    StepWritten,
-    children_of,
     ensure_root,
     load_nodes,
     node_totals,
     open_node_ids,
     path_tokens,
-    write_step,
 )
 from models.schema import TERMINAL_STATUSES, Job, utcnow
-from workers.frontier import Committed
+from workers.errors import is_connection_loss
 from workers.held import HeldTree, Step
-from workers.service import (
-    HeldLease,
-    Outcome,
-    Services,
-    is_connection_loss,
-    poison_message,
-    result_metadata,
-)
+from workers.service import HeldLease, Outcome, Services, poison_message, result_metadata
+from workers.writer import InlineWriter, PendingWrite, StepWrite, StepWriter, ThreadWriter, open_children
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +143,8 @@ class _Pending:
     """A step whose writes are in flight."""
 
     step: Step
-    future: Future[_Written]
-
-
-@dataclass
-class _Written:
     pops: list[Pop]
-    written: StepWritten
-    committed: Committed | None
+    write: PendingWrite
 
 
 class _TreeUnit:
@@ -190,9 +173,13 @@ class _TreeUnit:
         self.started = time.monotonic()
         self.session = s.session_factory()
         self.write_session = s.session_factory()
-        self.writer: ThreadPoolExecutor | None = None
-        if self.cfg.pipeline_writes:
-            self.writer = ThreadPoolExecutor(1, thread_name_prefix="node-writer")
+        self.writer: StepWriter
+        if not self.cfg.pipeline_writes:
+            self.writer = InlineWriter(self.write_session, s.frontier)
+        elif s.writer is not None:
+            self.writer = s.writer
+        else:
+            self.writer = ThreadWriter(self.write_session, s.frontier)
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -216,8 +203,7 @@ class _TreeUnit:
             return self._give_up(traceback.format_exc())
         finally:
             # A write in flight finishes first, so what it commits is given back too.
-            if self.writer is not None:
-                self.writer.shutdown(wait=True)
+            self.writer.wait()
             if not failed:
                 self._release_all()
             self.session.close()
@@ -289,7 +275,7 @@ class _TreeUnit:
                 # Written by a unit that died before its frontier commit: take them off the frontier and
                 # put their open children on it.
                 expanded = [i for i in settled if i in found and found[i].is_expanded]
-                recovered = self._open_children(self.session, expanded)
+                recovered = open_children(self.session, self.job_id, expanded)
                 self.s.frontier.commit(self.job_id, self.unit, settled, [], recovered, self.cfg.lease_ttl_s)
             if not opened:
                 continue
@@ -308,42 +294,17 @@ class _TreeUnit:
     # -- writing steps ----------------------------------------------------------------------------------
 
     def _submit(self, step: Step) -> _Pending:
-        future: Future[_Written]
-        if self.writer is not None:
-            future = self.writer.submit(self._write, step)
-        else:
-            future = Future()
-            future.set_result(self._write(step))
-        return _Pending(step, future)
-
-    def _write(self, step: Step) -> _Written:
-        """Write a step, then commit it to the frontier (the writer thread's work, so the model's thread
-        only steps the model: the step's nodes are read here, never changed after the step)."""
+        """Send a step to be written. Its pops are read here, in the model's thread, so that only plain
+        data goes to the writer (which may be another process)."""
         pops = self.held.pops(step)
-        written = write_step(self.write_session, self.job_id, pops, self.limits, self.cfg.name)
-        if not written.running:
-            return _Written(pops, written, None)
-        done = [p.node_id for p, o in zip(pops, written.outcomes, strict=True)
-                if o == "done" and p.node_id is not None]
-        recovered = self._open_children(self.write_session, done)
-        popped = [p.node_id for p, o in zip(pops, written.outcomes, strict=True)
-                  if o != "skipped" and p.node_id is not None]
-        children = [i for ids in written.child_ids for i in ids if i not in written.finished_children]
-        committed = self.s.frontier.commit(self.job_id, self.unit, popped, children, recovered,
-                                           self.cfg.lease_ttl_s, self.model)
-        return _Written(pops, written, committed)
-
-    def _open_children(self, session: Session, parents: list[int]) -> list[int]:
-        if not parents:
-            return []
-        kids = children_of(session, self.job_id, parents)
-        session.commit()
-        return [k.id for ks in kids.values() for k in ks if k.is_open]
+        write = StepWrite(job_id=self.job_id, unit=self.unit, worker=self.cfg.name, model=self.model,
+                          pops=pops, limits=self.limits, lease_ttl_s=self.cfg.lease_ttl_s)
+        return _Pending(step, pops, self.writer.submit(write))
 
     def _settle(self, pending: _Pending) -> Outcome | None:
         """Take in a written step's results; an outcome if the unit must end because of them."""
         started = time.monotonic()
-        done = pending.future.result()
+        done = pending.write.result()
         written, committed = done.written, done.committed
         self.stats["write_wait_s"] += time.monotonic() - started
         if not written.running or committed is None:
@@ -352,7 +313,7 @@ class _TreeUnit:
             return Outcome.DONE
         unwritten = self.held.written(pending.step, written.child_ids)
         mine_nodes = sum(len(ids) for ids in written.child_ids)
-        mine_completed = sum(1 for p, o in zip(done.pops, written.outcomes, strict=True)
+        mine_completed = sum(1 for p, o in zip(pending.pops, written.outcomes, strict=True)
                              if o == "applied" and isinstance(p, Finish) and p.reason == "stop")
         others_nodes = written.node_count - self.known_nodes - mine_nodes
         others_completed = written.completed_paths - self.known_completed - mine_completed
@@ -424,16 +385,14 @@ class _TreeUnit:
         return Outcome.CONTINUE  # what is held is given back as the unit ends; another unit goes on
 
     def _give_back_uncounted(self) -> None:
-        if self.writer is not None:
-            self.writer.shutdown(wait=True)
+        self.writer.wait()
         # If Redis itself is away, the lease expires instead (and a restarted Redis reloads from Postgres).
         with contextlib.suppress(redis.RedisError):
             self._release_all()
 
     def _give_up(self, error: str) -> Outcome:
         """After an error: give the nodes back, counting an attempt on each; fail the job at the limit."""
-        if self.writer is not None:
-            self.writer.shutdown(wait=True)
+        self.writer.wait()
         attempts = self._release_all(failed=True)
         if attempts >= self.cfg.max_attempts:
             self.s.fail(self.job_id, f"expanding failed {attempts} times; the last error:\n{error}")
