@@ -140,7 +140,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds() -> dict[str, float]:
     """CPU time used so far: by the machine (all cores, busy), by Postgres' processes, and by worker
-    processes (Celery). Differences over a job say where its CPU went."""
+    processes (Celery, and their node writers). Differences over a job say where its CPU went."""
     with open("/proc/stat") as stat:
         fields = [int(x) for x in stat.readline().split()[1:]]
     used = {"wall": time.monotonic(), "machine": (sum(fields) - fields[3] - fields[4]) / TICKS,
@@ -159,8 +159,8 @@ def cpu_seconds() -> dict[str, float]:
             continue  # gone meanwhile
         if name == "postgres":
             used["postgres"] += seconds
-        elif b"celery" in command and b"worker" in command:
-            used["workers"] += seconds
+        elif (b"celery" in command and b"worker" in command) or b"multiprocessing.spawn" in command:
+            used["workers"] += seconds  # a worker, or its node-writer process
     return used
 
 
