@@ -8,8 +8,8 @@ Redis or in memory), writing through `models.node_writes`.
 
 import os
 
-# A worker's model thread shares the CPU with its node-writer thread and, on one machine, with the
-# database. OpenMP's default is to keep idle threads spinning, which then starves both: torch on two
-# threads measured 20x slower than on one. Passive threads sleep instead. It must be set before torch
-# loads OpenMP, hence here, where every worker module is imported first.
+# A worker's model thread shares the CPU with its node writer (a process, or a thread) and, on one
+# machine, with the database. OpenMP's default is to keep idle threads spinning, which then starves
+# both: torch on two threads measured 20x slower than on one. Passive threads sleep instead. It must
+# be set before torch loads OpenMP, hence here, where every worker module is imported first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
