@@ -117,6 +117,24 @@ def assert_whole_and_valid(
     assert sum(job["progress"]["workers"].values()) == expanded == counts["expanded"]
 
 
+def resumed_whole(
+    api: httpx.Client, job_id: str, nodes_before: int, fleet: Workers, session_factory: sessionmaker[Session],
+    stop_ids: set[int],
+) -> tuple[dict[str, Any], float, float]:
+    """After a fault ended: new nodes within RESUME_S, then success, the tree whole and valid, and every
+    worker still alive. The job, and the seconds to its first new node and to its end."""
+    back = time.monotonic()
+    wait_for(api, job_id, lambda j: finished(j) or j["progress"]["nodes"] > nodes_before, workers=fleet,
+             timeout=RESUME_S)
+    resumed_s = time.monotonic() - back
+    job = wait_for(api, job_id, finished, workers=fleet, timeout=90)
+    done_s = time.monotonic() - back
+    assert job["status"] == "succeeded", f"{job}\n{logs(fleet)}"
+    assert_whole_and_valid(api, job_id, job, session_factory, stop_ids)
+    assert all(w.process.poll() is None for w in fleet.started)
+    return job, resumed_s, done_s
+
+
 def expanded_since(factory: sessionmaker[Session], job_id: str, since: datetime) -> set[str]:
     """The workers that expanded a node of the job after `since` (its children were written after it)."""
     parent = aliased(Node)
@@ -141,19 +159,11 @@ def test_redis_restarted_empty_mid_job(
     time.sleep(DOWN_S)
     broker.start()  # back on the same port, empty
     restarted_at = datetime.now(UTC)
-    back = time.monotonic()
     at_start = nodes_now(fault_api, job_id)
     # Resumed from Postgres: new nodes within seconds, and the job ends (never stuck in running).
-    wait_for(fault_api, job_id, lambda j: finished(j) or j["progress"]["nodes"] > at_start, workers=fleet,
-             timeout=RESUME_S)
-    resumed_s = time.monotonic() - back
-    job = wait_for(fault_api, job_id, finished, workers=fleet, timeout=90)
-    done_s = time.monotonic() - back
-    assert job["status"] == "succeeded", f"{job}\n{logs(fleet)}"
-    assert_whole_and_valid(fault_api, job_id, job, session_factory, stop_ids)
-    # Both workers reconnected (none died): both expanded nodes after the restart, and both say they idle
-    # in the new Redis.
-    assert all(w.process.poll() is None for w in fleet.started)
+    job, resumed_s, done_s = resumed_whole(fault_api, job_id, at_start, fleet, session_factory, stop_ids)
+    # Both workers reconnected: both expanded nodes after the restart, and both say they idle in the new
+    # Redis.
     assert expanded_since(session_factory, job_id, restarted_at) == {w.name for w in fleet.started}
     client = redis.Redis.from_url(f"{broker.url}/0")
     try:
@@ -191,15 +201,8 @@ def test_postgres_away_under_running_workers(
         # The proxy is really cut (nothing is written), and the job is not given up on meanwhile.
         assert (job["status"], job["progress"]["nodes"]) == ("running", seen["progress"]["nodes"]), job
     pg_proxy.restore()
-    back = time.monotonic()
-    wait_for(fault_api, job_id, lambda j: finished(j) or j["progress"]["nodes"] > seen["progress"]["nodes"],
-             workers=fleet, timeout=RESUME_S)
-    resumed_s = time.monotonic() - back
-    job = wait_for(fault_api, job_id, finished, workers=fleet, timeout=90)
-    done_s = time.monotonic() - back
-    assert job["status"] == "succeeded", f"{job}\n{logs(fleet)}"
-    assert_whole_and_valid(fault_api, job_id, job, session_factory, stop_ids)
-    assert all(w.process.poll() is None for w in fleet.started)
+    job, resumed_s, done_s = resumed_whole(fault_api, job_id, seen["progress"]["nodes"], fleet,
+                                           session_factory, stop_ids)
     # The units that met the outage waited for the database, checking less and less often, and ran again
     # once it answered, rather than being dropped.
     waits = {w.name: backoff_delays(w, job_id) for w in fleet.started}
