@@ -455,8 +455,8 @@ def test_html_in_a_real_prompt_stays_inert(browser_page, real_service, screensho
 def test_tree_viewer_on_postgres_with_a_real_worker(browser_page, tmp_path, screenshot):
     from models.db import make_engine, make_session_factory
     from models.settings import Settings
-    from tests.service.conftest import REDIS_SERVER, live_api_for
-    from tests.utils.databases import fresh_database
+    from tests.service.conftest import live_api_for
+    from tests.utils.databases import REDIS_SERVER, fresh_database
     from workers.local import LocalWorker
 
     with fresh_database(f"tokentree_browser_test_{os.getpid()}") as database_url:

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import Engine, text
@@ -30,10 +29,9 @@ from api.dispatch import Dispatcher
 from migrations import upgrade_database
 from models.db import make_engine, make_session_factory
 from models.settings import Settings
-from tests.utils.databases import fresh_database
+from tests.utils.databases import fresh_database, fresh_redis
 from tests.utils.factories import RecordingDispatcher
 
-REDIS_SERVER = os.environ.get("TOKENTREE_TEST_REDIS", "redis://127.0.0.1:6379")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -77,15 +75,8 @@ def redis_db() -> int:
 
 @pytest.fixture
 def redis_url(redis_db: int) -> Iterator[str]:
-    url = f"{REDIS_SERVER}/{redis_db}"
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    except redis.ConnectionError as exc:  # pragma: no cover
-        pytest.skip(f"Redis is not reachable at {REDIS_SERVER}: {exc}")
-    yield url
-    client.flushdb()
-    client.close()
+    with fresh_redis(redis_db) as url:
+        yield url
 
 
 @pytest.fixture

@@ -100,10 +100,6 @@ def test_workers_scale_on_gpus(compose: dict[str, Any]) -> None:
     [device] = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
     assert worker["depends_on"]["api"]["condition"] == "service_healthy"  # the schema is migrated first
-    try:
-        import cli.worker_cmd  # noqa: F401
-    except ModuleNotFoundError:
-        pytest.skip("cli/worker_cmd.py is not there yet")
     assert build_parser().parse_args(command_line(worker).split()[1:]).command == "worker"
 
 

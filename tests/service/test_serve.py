@@ -70,7 +70,6 @@ def wait_for_end(client: httpx.Client, job_id: str, seconds: float = 120) -> dic
 
 
 def test_embedded_serve_runs_jobs_in_one_process(tmp_path: Path) -> None:
-    pytest.importorskip("workers.local")
     with tokentree_serve(tmp_path) as client:
         assert client.get("/healthz").json()["broker"] == "embedded"
         tree_job = client.post("/v1/jobs", json={"prompt": "The capital of India is",

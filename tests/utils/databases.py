@@ -1,4 +1,6 @@
-"""Throwaway Postgres databases for test sessions: created fresh, migrated, dropped afterwards."""
+"""Throwaway databases for test sessions: Postgres databases created fresh, migrated and dropped
+afterwards; Redis database numbers flushed before and after. The suite needs the real servers: when one
+is not reachable a test fails, never skips."""
 
 from __future__ import annotations
 
@@ -6,12 +8,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import redis
 from sqlalchemy import text
 
 from migrations import upgrade_database
 from models.db import make_engine
 
 PG_SERVER = os.environ.get("TOKENTREE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_SERVER = os.environ.get("TOKENTREE_TEST_REDIS", "redis://127.0.0.1:6379")
 
 
 def admin_sql(statement: str, server: str = PG_SERVER) -> None:
@@ -35,3 +39,17 @@ def fresh_database(name: str, server: str = PG_SERVER) -> Iterator[str]:
         yield url
     finally:
         admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', server)
+
+
+@contextmanager
+def fresh_redis(number: int, server: str = REDIS_SERVER) -> Iterator[str]:
+    """Redis database `number` (of 16), empty; its URL. Several runs share one Redis server, so callers
+    spread their numbers (by pid) to rarely meet."""
+    url = f"{server}/{number}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+        yield url
+        client.flushdb()
+    finally:
+        client.close()

@@ -32,9 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
 from models.settings import Settings
-from tests.utils.databases import fresh_database
+from tests.utils.databases import fresh_database, fresh_redis
 
-REDIS_SERVER = os.environ.get("TOKENTREE_TEST_REDIS", "redis://127.0.0.1:6379")
 MODEL_SOURCE = os.environ.get("TOKENTREE_TEST_MODEL", "demo")
 MODEL = "demo"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -70,15 +69,8 @@ def session_factory(db_engine: Engine) -> sessionmaker[Session]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     # Not the number tests/service picks for the same pid (1 + pid % 15): both may run in one session.
-    url = f"{REDIS_SERVER}/{1 + (os.getpid() + 7) % 15}"
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    except redis.ConnectionError as exc:  # pragma: no cover
-        pytest.skip(f"Redis is not reachable at {REDIS_SERVER}: {exc}")
-    yield url
-    client.flushdb()
-    client.close()
+    with fresh_redis(1 + (os.getpid() + 7) % 15) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
