@@ -9,13 +9,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import traceback
-import uuid
 
 from engine.analysis import analyze_logprobs
 from engine.loading import ModelLoadError
 from engine.params import LogprobsParams, ParameterError
-from models.jobs import finish_job, get_job, mark_running
-from models.schema import TERMINAL_STATUSES
+from models.jobs import finish_job, mark_running
 from workers.service import Outcome, Services
 
 log = logging.getLogger(__name__)
@@ -35,12 +33,10 @@ class LogprobsJobs:
 
     def run_unit(self, job_id: str) -> tuple[Outcome, str | None]:
         s = self.s
-        unit = f"{s.config.name}:{uuid.uuid4().hex[:10]}"
+        unit = s.new_unit()
         with s.session_factory() as session:
-            job = get_job(session, job_id)
-            if job is None or job.status in TERMINAL_STATUSES or s.frontier.cancelled(job_id):
-                if job is None or job.status in TERMINAL_STATUSES:
-                    s.frontier.clear(job_id)  # its claim count, should a unit have left it behind
+            job = s.job_to_run(session, job_id)
+            if job is None:
                 return Outcome.DONE, None
             attempt = s.frontier.claim(job_id, unit, s.config.lease_ttl_s)
             if attempt is None:

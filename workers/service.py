@@ -11,6 +11,7 @@ import contextlib
 import enum
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,7 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.analysis import model_metadata
 from engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
-from models.jobs import JobId, finish_job
+from models.jobs import JobId, finish_job, get_job
+from models.schema import TERMINAL_STATUSES, Job
 from models.settings import Settings
 from workers.frontier import Frontier
 
@@ -130,6 +132,19 @@ class Services:
     # Where tree units write their steps from, shared by the process's units (the distributed worker's
     # writer process); None: each unit writes from a thread of its own (or inline: `pipeline_writes`).
     writer: StepWriter | None = None
+
+    def new_unit(self) -> str:
+        """A name for a unit of work: this worker's name and a random part (`worker:random`)."""
+        return f"{self.config.name}:{uuid.uuid4().hex[:10]}"
+
+    def job_to_run(self, session: Session, job_id: JobId) -> Job | None:
+        """The job, or None when there is nothing to do on it: it is gone or ended (then whatever Redis
+        still keeps of it is cleared), or cancelled."""
+        job = get_job(session, job_id)
+        if job is None or job.status in TERMINAL_STATUSES:
+            self.frontier.clear(job_id)
+            return None
+        return None if self.frontier.cancelled(job_id) else job
 
     def fail(self, job_id: JobId, error: str) -> bool:
         """Fail the job (once) and forget its frontier."""

@@ -27,11 +27,11 @@ import contextlib
 import logging
 import time
 import traceback
-import uuid
 from dataclasses import dataclass
 from datetime import UTC
 
 import redis
+from sqlalchemy.orm import Session
 
 from engine.expand import top_k_for
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
@@ -48,7 +48,7 @@ from models.node_writes import (
     open_node_ids,
     path_tokens,
 )
-from models.schema import TERMINAL_STATUSES, Job, utcnow
+from models.schema import Job, utcnow
 from workers.errors import is_connection_loss
 from workers.held import HeldTree, Step
 from workers.service import HeldLease, Outcome, Services, poison_message, result_metadata
@@ -79,13 +79,10 @@ class TreeJobs:
     def run_unit(self, job_id: str) -> tuple[Outcome, str | None]:
         """One unit of work on the job; the outcome and the job's model (for a hand-off)."""
         s = self.s
-        unit = f"{s.config.name}:{uuid.uuid4().hex[:10]}"
+        unit = s.new_unit()
         with s.session_factory() as session:
-            job = get_job(session, job_id)
-            if job is None or job.status in TERMINAL_STATUSES:
-                s.frontier.clear(job_id)
-                return Outcome.DONE, None
-            if s.frontier.cancelled(job_id):
+            job = s.job_to_run(session, job_id)
+            if job is None:
                 return Outcome.DONE, None
             try:
                 plan = self._plan(job)
@@ -172,14 +169,14 @@ class _TreeUnit:
                                         "write_wait_s": 0.0}
         self.started = time.monotonic()
         self.session = s.session_factory()
-        self.write_session = s.session_factory()
+        self.write_session: Session | None = None
         self.writer: StepWriter
-        if not self.cfg.pipeline_writes:
-            self.writer = InlineWriter(self.write_session, s.frontier)
-        elif s.writer is not None:
-            self.writer = s.writer
+        if self.cfg.pipeline_writes and s.writer is not None:
+            self.writer = s.writer  # the process's writer, with its own connections
         else:
-            self.writer = ThreadWriter(self.write_session, s.frontier)
+            self.write_session = s.session_factory()
+            writer = ThreadWriter if self.cfg.pipeline_writes else InlineWriter
+            self.writer = writer(self.write_session, s.frontier)
 
     # -- the loop ----------------------------------------------------------------------------------------
 
@@ -207,7 +204,8 @@ class _TreeUnit:
             if not failed:
                 self._release_all()
             self.session.close()
-            self.write_session.close()
+            if self.write_session is not None:
+                self.write_session.close()
 
     def _loop(self) -> Outcome:
         if not self._take(self.cfg.hold_limit):

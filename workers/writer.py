@@ -45,7 +45,7 @@ class StepWrite:
 
 
 @dataclass(frozen=True)
-class StepResult:
+class WriteResult:
     written: StepWritten
     committed: Committed | None  # None when nothing was written (the job is no longer running)
 
@@ -59,13 +59,13 @@ def open_children(session: Session, job_id: str, parents: list[int]) -> list[int
     return [k.id for ks in kids.values() for k in ks if k.is_open]
 
 
-def write_and_commit(session: Session, frontier: Frontier, step: StepWrite) -> StepResult:
+def write_and_commit(session: Session, frontier: Frontier, step: StepWrite) -> WriteResult:
     """Write the step to the database, then commit it to the frontier: the popped nodes leave it, the
     children the unit keeps join it as held, and the open children of nodes found done elsewhere (by a
     unit that died before its frontier commit) join the shared queue."""
     written = write_step(session, step.job_id, step.pops, step.limits, step.worker)
     if not written.running:
-        return StepResult(written, None)
+        return WriteResult(written, None)
     outcomes = list(zip(step.pops, written.outcomes, strict=True))
     done = [p.node_id for p, o in outcomes if o == "done" and p.node_id is not None]
     recovered = open_children(session, step.job_id, done)
@@ -73,11 +73,11 @@ def write_and_commit(session: Session, frontier: Frontier, step: StepWrite) -> S
     children = [i for ids in written.child_ids for i in ids if i not in written.finished_children]
     committed = frontier.commit(step.job_id, step.unit, popped, children, recovered, step.lease_ttl_s,
                                 step.model)
-    return StepResult(written, committed)
+    return WriteResult(written, committed)
 
 
 class PendingWrite(Protocol):
-    def result(self) -> StepResult: ...
+    def result(self) -> WriteResult: ...
 
 
 class StepWriter(Protocol):
@@ -96,7 +96,7 @@ class InlineWriter:
         self.session, self.frontier = session, frontier
 
     def submit(self, step: StepWrite) -> PendingWrite:
-        future: Future[StepResult] = Future()
+        future: Future[WriteResult] = Future()
         future.set_result(write_and_commit(self.session, self.frontier, step))
         return future
 
@@ -163,7 +163,7 @@ class ProcessWriter:
     def close(self) -> None:
         self._stop()
 
-    def _receive(self) -> StepResult:
+    def _receive(self) -> WriteResult:
         assert self._pipe is not None
         try:
             kind, payload, connection_loss = self._pipe.recv()
@@ -208,7 +208,7 @@ class ProcessWriter:
 class _PendingProcessWrite:
     writer: ProcessWriter
 
-    def result(self) -> StepResult:
+    def result(self) -> WriteResult:
         return self.writer._receive()
 
 
