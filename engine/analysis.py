@@ -1,23 +1,23 @@
-"""The engine's two jobs, end to end: build a token tree, and analyse a greedy generation's log-probs.
-
-Both step the model through the same `ModelRunner`.
+"""The engine's two jobs, end to end: build token trees (one, or many in shared batches), and analyse a
+greedy generation's log-probs. Both step the model through the same `ModelRunner`.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
 import transformers
 
-from engine.expand import DEFAULT_MAX_BATCH, ExpansionStats, ProgressCallback, expand, top_k_for
+from engine.expand import DEFAULT_MAX_BATCH, Expander, ExpansionStats, ProgressCallback, run_trees, top_k_for
 from engine.loading import LoadedModel, encode_prompt
 from engine.params import LogprobsParams, TreeParams
-from engine.runner import CacheRow, ModelRunner
+from engine.runner import ModelRunner, Row
 from engine.scheduler import TreeBuilder
 from engine.tree import CompletedPath, Node, completed_paths, tree_json_text
 
@@ -63,6 +63,16 @@ def tree_builder(lm: LoadedModel, prompt: str, prompt_ids: list[int], params: Tr
     return TreeBuilder(params, lm.stop_ids, root_text=prompt, decode=lm.decode, depth_limit=depth_limit)
 
 
+@dataclass(frozen=True)
+class TreeRequest:
+    """One tree to build: what `tokentree tree` takes for one prompt."""
+
+    prompt: str
+    params: TreeParams = field(default_factory=TreeParams)
+    chat: bool = False
+    prefix: str | None = None
+
+
 def build_tree(
     lm: LoadedModel,
     prompt: str,
@@ -74,15 +84,35 @@ def build_tree(
     on_progress: ProgressCallback | None = None,
 ) -> TreeResult:
     """Expand the token tree of `prompt` by the branching rule."""
-    prompt_ids = encode_prompt(lm, prompt, chat=chat, prefix=prefix)
-    builder = tree_builder(lm, prompt, prompt_ids, params)
-    runner = ModelRunner(lm.model, top_k=top_k_for(params))
-    stats = expand(builder, runner, prompt_ids, max_batch=max_batch, on_progress=on_progress)
+    return build_trees(lm, [TreeRequest(prompt, params, chat, prefix)], max_batch=max_batch,
+                       on_progress=on_progress)[0]
+
+
+def build_trees(
+    lm: LoadedModel,
+    requests: Sequence[TreeRequest],
+    *,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    on_progress: ProgressCallback | None = None,
+) -> list[TreeResult]:
+    """Expand many trees together, their levels sharing forward passes (and their prompts' KV where the
+    prompts are equal); each tree is the one `build_tree` gives. Every prompt is encoded (and checked)
+    before any model work starts."""
+    prompt_ids = [encode_prompt(lm, r.prompt, chat=r.chat, prefix=r.prefix) for r in requests]
+    runner = ModelRunner(lm.model, top_k=max((top_k_for(r.params) for r in requests), default=1))
+    trees = [Expander(tree_builder(lm, r.prompt, ids, r.params), runner, ids)
+             for r, ids in zip(requests, prompt_ids, strict=True)]
+    run_trees(trees, max_batch, on_progress)
+    return [_tree_result(lm, r, ids, tree) for r, ids, tree in zip(requests, prompt_ids, trees, strict=True)]
+
+
+def _tree_result(lm: LoadedModel, request: TreeRequest, prompt_ids: list[int], tree: Expander) -> TreeResult:
+    builder, stats = tree.builder, tree.stats
     metadata = {
-        "prompt": prompt,
-        "parameters": params.to_dict(),
-        "chat": chat,
-        "prefix": prefix,
+        "prompt": request.prompt,
+        "parameters": request.params.to_dict(),
+        "chat": request.chat,
+        "prefix": request.prefix,
         "prompt_token_ids": prompt_ids,
         **model_metadata(lm),
         "stats": {
@@ -116,11 +146,12 @@ def analyze_logprobs(
     budget = params.max_new_tokens
     if lm.context_length is not None:
         budget = min(budget, lm.context_length - len(prompt_ids))
-    dists, cache = runner.prefill([prompt_ids])
+    prompt_kv = runner.prompt(prompt_ids)
+    dist = runner.distribution(prompt_kv)
+    last = None  # the KV handle of the last generated token
     generated: list[int] = []
     data = []
     while True:
-        dist = dists[0]
         token_id, _, logprob = dist.ranked()[0]
         generated.append(token_id)
         data.append(
@@ -136,7 +167,8 @@ def analyze_logprobs(
         )
         if token_id in lm.stop_ids or len(generated) >= budget:
             break
-        dists, cache = runner.step([CacheRow(cache, 0)], [token_id])
+        dists, nodes = runner.step([Row(prompt_kv, last, [token_id])])
+        dist, last = dists[0], nodes[0]
     text_ids = [t for t in generated if t not in lm.stop_ids]
     response = (prefix or "") + str(lm.tokenizer.decode(text_ids, skip_special_tokens=True))
     return {

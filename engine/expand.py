@@ -1,10 +1,16 @@
-"""The expansion loop: schedule -> execute -> update, until the tree is done.
+"""The expansion loop: schedule -> execute -> update, for one tree or for many at once.
 
-`TreeBuilder` decides (pure logic), `ModelRunner` computes (torch); `Expander` only moves node ids and
-KV-cache rows between them. A node whose parent's cache row is at hand costs one token of a batched
-step; any other (the root, or a node a worker took over from another) is prefilled from its full prefix.
-Cache rows are kept for two levels at most: the level being evaluated reads its parents' rows, and its
-own rows wait for its children. Memory therefore follows the frontier, not the tree.
+`TreeBuilder` decides (pure logic), `ModelRunner` computes (torch). An `Expander` moves one tree's node
+ids and KV handles between them; `step_trees` gives the scheduled nodes of many trees one forward pass
+together, within one batch limit. Each tree keeps its own queue, counts and threshold, and a tree's
+distributions depend only on its own prefixes, so batching never changes a tree.
+
+KV memory (engine/kv.py): a tree holds its prompt once (shared with every other tree of the same prompt)
+and the `NodeKV` handles of the nodes evaluated in its last two levels: the level being evaluated
+extends its parents' handles, and its own handles wait for its children. A handle keeps its ancestors'
+slots alive and nothing else, so memory follows the paths of the frontier, not the prompt times the
+frontier. A node whose parent's handle is not at hand (one taken over from another worker) is evaluated
+from its whole path below the prompt, still on the shared prompt.
 """
 
 from __future__ import annotations
@@ -13,10 +19,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from transformers import Cache
-
+from engine.kv import NodeKV, PromptKV
 from engine.params import TreeParams
-from engine.runner import CacheRow, ModelRunner
+from engine.runner import ModelRunner, Row
 from engine.scheduler import MAX_CANDIDATES, Distribution, TreeBuilder
 from engine.tree import Node
 
@@ -36,10 +41,10 @@ class Progress:
 
 @dataclass
 class ExpansionStats:
-    forward_passes: int = 0
+    forward_passes: int = 0  # forward passes this tree took part in (shared ones count for each tree)
     levels: int = 0
     seconds: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)  # this tree's nodes in each of its batches
 
 
 @dataclass(frozen=True)
@@ -57,105 +62,163 @@ def top_k_for(params: TreeParams) -> int:
 
 
 class Expander:
-    """Drives one `TreeBuilder` with one `ModelRunner`, a batch per `step`."""
+    """One tree's side of the loop: which rows its scheduled nodes need, and the KV handles it keeps."""
 
-    def __init__(
-        self,
-        builder: TreeBuilder,
-        runner: ModelRunner,
-        prefixes: dict[int, list[int]],
-    ) -> None:
-        """`prefixes` gives the full input ids (prompt included) of the builder's starting nodes."""
+    def __init__(self, builder: TreeBuilder, runner: ModelRunner, prompt_ids: Sequence[int],
+                 paths: dict[int, list[int]] | None = None) -> None:
+        """`prompt_ids`: the root's input ids. `paths`: the tokens below the prompt of starting nodes
+        other than a fresh root (the node's own token last); a fresh builder's root needs none."""
         self.builder = builder
         self.runner = runner
-        self._prefixes = prefixes
-        self._rows: dict[int, CacheRow] = {}  # node id -> its cache row, for the last two levels
-        self._row_depth: dict[int, list[int]] = {}  # depth -> node ids holding rows
+        self.prompt_ids = list(prompt_ids)
+        self.top_k = top_k_for(builder.params)
+        self.external_queue_depth = 0  # open paths of this tree held elsewhere (other workers)
         self.stats = ExpansionStats()
+        self._paths: dict[int, list[int]] = {0: []} if paths is None else dict(paths)
+        self._prompt: PromptKV | None = None
+        self._kv: dict[int, NodeKV] = {}  # node id -> its KV handle, for the last two levels
+        self._kv_depth: dict[int, list[int]] = {}  # depth -> node ids holding handles
         self._last_depth = -1
 
-    def prefix_of(self, node_id: int) -> list[int]:
-        """A node's full input ids, from its nearest starting ancestor down."""
+    @property
+    def prompt(self) -> PromptKV:
+        if self._prompt is None:
+            passes = self.runner.forward_passes
+            self._prompt = self.runner.prompt(self.prompt_ids)
+            self.stats.forward_passes += self.runner.forward_passes - passes
+        return self._prompt
+
+    def held_kv(self) -> int:
+        """How many nodes' KV handles this tree keeps (each keeps its path's slots alive)."""
+        return len(self._kv)
+
+    def forget_kv(self) -> None:
+        """Drop every handle: the next nodes are evaluated from their whole paths (as after a takeover)."""
+        self._kv.clear()
+        self._kv_depth.clear()
+
+    def path_of(self, node_id: int) -> list[int]:
+        """A node's tokens below the prompt, from its nearest starting ancestor down."""
         tokens: list[int] = []
         node = self.builder.nodes[node_id]
-        while node.id not in self._prefixes:
+        while node.id not in self._paths:
             tokens.append(node.token_id)  # type: ignore[arg-type]  # only the root lacks a token
             node = self.builder.nodes[node.parent_id]  # type: ignore[index]
-        return self._prefixes[node.id] + tokens[::-1]
+        return self._paths[node.id] + tokens[::-1]
 
-    def adopt(self, nodes: Sequence[Node], prefixes: Sequence[list[int]]) -> list[int]:
-        """Take open nodes in from elsewhere, with their full input ids (prompt included): they are
-        prefilled when their turn comes. Their ids in the builder."""
+    def adopt(self, nodes: Sequence[Node], paths: Sequence[list[int]]) -> list[int]:
+        """Take open nodes in from elsewhere, with their tokens below the prompt: they are evaluated from
+        those paths when their turn comes. Their ids in the builder."""
         ids = self.builder.adopt(nodes)
-        self._prefixes.update(zip(ids, prefixes, strict=True))
+        self._paths.update(zip(ids, (list(p) for p in paths), strict=True))
         return ids
 
-    def step(self, max_batch: int = DEFAULT_MAX_BATCH, external_queue_depth: int = 0) -> StepResult:
-        """Evaluate the next batch the builder asks for, and let the builder apply the rule to it."""
-        node_ids = self.builder.schedule(max_batch)
-        distributions: dict[int, Distribution] = {}
-        if node_ids:
-            distributions = self._evaluate(node_ids)
-        created = self.builder.update(distributions, external_queue_depth)
-        return StepResult(evaluated=node_ids, created=created)
+    def row(self, node_id: int) -> Row | None:
+        """What evaluating this node takes: a row of a step, or None when it is the prompt's own
+        distribution (a root)."""
+        node = self.builder.nodes[node_id]
+        parent = self._kv.get(node.parent_id) if node.parent_id is not None else None
+        if parent is not None:
+            return Row(self.prompt, parent, [node.token_id])  # type: ignore[list-item]
+        path = self.path_of(node_id)
+        return Row(self.prompt, None, path) if path else None
 
-    def _evaluate(self, node_ids: list[int]) -> dict[int, Distribution]:
-        nodes = self.builder.nodes
-        depth = nodes[node_ids[0]].depth
-        for old in [d for d in self._row_depth if d < depth - 1]:
-            for node_id in self._row_depth.pop(old):
-                self._rows.pop(node_id, None)
-        stepped = [i for i in node_ids if nodes[i].parent_id in self._rows]
-        prefilled = [i for i in node_ids if nodes[i].parent_id not in self._rows]
-        results: dict[int, Distribution] = {}
-        if stepped:
-            parents = [self._rows[nodes[i].parent_id] for i in stepped]  # type: ignore[index]
-            dists, cache = self.runner.step(parents, [nodes[i].token_id for i in stepped])  # type: ignore[misc]
-            self._keep(depth, stepped, dists, cache, results)
-        if prefilled:
-            dists, cache = self.runner.prefill([self.prefix_of(i) for i in prefilled])
-            self._keep(depth, prefilled, dists, cache, results)
-        self.stats.batch_sizes.append(len(node_ids))
+    def keep(self, node_id: int, kv: NodeKV) -> None:
+        depth = self.builder.nodes[node_id].depth
+        self._kv[node_id] = kv
+        self._kv_depth.setdefault(depth, []).append(node_id)
+
+    def begin_level(self, depth: int, batch_size: int) -> None:
+        """Before a batch at `depth`: drop handles older than the parents' level; count the batch."""
+        for old in [d for d in self._kv_depth if d < depth - 1]:
+            for node_id in self._kv_depth.pop(old):
+                self._kv.pop(node_id, None)
+        self.stats.batch_sizes.append(batch_size)
         if depth != self._last_depth:
             self.stats.levels += 1
             self._last_depth = depth
-        return results
 
-    def _keep(
-        self,
-        depth: int,
-        node_ids: list[int],
-        dists: list[Distribution],
-        cache: Cache,
-        results: dict[int, Distribution],
-    ) -> None:
-        for row, (node_id, dist) in enumerate(zip(node_ids, dists, strict=True)):
-            self._rows[node_id] = CacheRow(cache=cache, row=row)
-            results[node_id] = dist
-        self._row_depth.setdefault(depth, []).extend(node_ids)
+    def step(self, max_batch: int = DEFAULT_MAX_BATCH, external_queue_depth: int = 0) -> StepResult:
+        """Evaluate the next batch this tree asks for, alone, and apply the rule to it."""
+        self.external_queue_depth = external_queue_depth
+        return step_trees([self], max_batch)[0]
 
-    def run(
-        self, max_batch: int = DEFAULT_MAX_BATCH, on_progress: ProgressCallback | None = None
-    ) -> ExpansionStats:
+    def run(self, max_batch: int = DEFAULT_MAX_BATCH, on_progress: ProgressCallback | None = None
+            ) -> ExpansionStats:
         """Step until the rule says stop."""
-        started = time.perf_counter()
-        passes_before = self.runner.forward_passes
-        while not self.builder.done():
-            result = self.step(max_batch)
-            if on_progress is not None:
-                last = self.builder.nodes[result.evaluated[-1]] if result.evaluated else None
-                on_progress(
-                    Progress(
-                        nodes=self.builder.node_count,
-                        frontier=len(self.builder.frontier),
-                        completed_paths=self.builder.completed,
-                        threshold=last.threshold if last else None,
-                        depth=last.depth if last else 0,
-                    )
-                )
-        self.stats.forward_passes += self.runner.forward_passes - passes_before
-        self.stats.seconds += time.perf_counter() - started
+        run_trees([self], max_batch, on_progress)
         return self.stats
+
+
+def step_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH) -> list[StepResult]:
+    """One step of many trees: each schedules within what is left of `max_batch` (in the order given),
+    all their rows run in one forward pass, and each applies the rule to its own distributions."""
+    budget = max_batch
+    scheduled: list[list[int]] = []
+    for tree in trees:
+        node_ids = tree.builder.schedule(budget) if budget > 0 else []
+        budget -= len(node_ids)
+        scheduled.append(node_ids)
+    distributions: list[dict[int, Distribution]] = [{} for _ in trees]
+    rows: list[Row] = []
+    owners: list[tuple[int, int]] = []  # (tree index, node id) of each row
+    runner: ModelRunner | None = None
+    for index, (tree, node_ids) in enumerate(zip(trees, scheduled, strict=True)):
+        if not node_ids:
+            continue
+        tree.begin_level(tree.builder.nodes[node_ids[0]].depth, len(node_ids))
+        for node_id in node_ids:
+            row = tree.row(node_id)
+            if row is None:
+                distributions[index][node_id] = tree.runner.distribution(tree.prompt, tree.top_k)
+            else:
+                rows.append(row)
+                owners.append((index, node_id))
+                if runner is not None and tree.runner is not runner:
+                    raise ValueError("trees stepped together must share one ModelRunner")
+                runner = tree.runner
+    if runner is not None:
+        top_k = max(trees[index].top_k for index, _ in owners)
+        dists, kvs = runner.step(rows, top_k)
+        for index in {index for index, _ in owners}:
+            trees[index].stats.forward_passes += 1
+        for (index, node_id), dist, kv in zip(owners, dists, kvs, strict=True):
+            distributions[index][node_id] = dist
+            trees[index].keep(node_id, kv)
+    return [
+        StepResult(evaluated=node_ids, created=tree.builder.update(dists, tree.external_queue_depth))
+        for tree, node_ids, dists in zip(trees, scheduled, distributions, strict=True)
+    ]
+
+
+def run_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH,
+              on_progress: ProgressCallback | None = None) -> None:
+    """Step many trees together until each one's rule says stop; finished trees leave the batch (and
+    free their KV). `on_progress` sees the totals over all trees."""
+    started = time.perf_counter()
+    active = [t for t in trees if not t.builder.done()]
+    while active:
+        results = step_trees(active, max_batch)
+        if on_progress is not None:
+            last = None
+            for tree, result in zip(active, results, strict=True):
+                if result.evaluated:
+                    last = tree.builder.nodes[result.evaluated[-1]]
+            on_progress(Progress(
+                nodes=sum(t.builder.node_count for t in trees),
+                frontier=sum(len(t.builder.frontier) for t in trees),
+                completed_paths=sum(t.builder.completed for t in trees),
+                threshold=last.threshold if last else None,
+                depth=last.depth if last else 0,
+            ))
+        still = []
+        for tree in active:
+            if tree.builder.done():
+                tree.forget_kv()
+                tree.stats.seconds = time.perf_counter() - started
+            else:
+                still.append(tree)
+        active = still
 
 
 def expand(
@@ -166,4 +229,4 @@ def expand(
     on_progress: ProgressCallback | None = None,
 ) -> ExpansionStats:
     """Grow a fresh builder's tree from its root (the prompt) until the rule says stop."""
-    return Expander(builder, runner, {0: list(prompt_ids)}).run(max_batch, on_progress)
+    return Expander(builder, runner, prompt_ids).run(max_batch, on_progress)

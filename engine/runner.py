@@ -1,95 +1,122 @@
-"""Runs the model: batched forward passes over equal-length prefixes, with KV caches reused.
+"""Runs the model over KV memory that follows the tree (engine/kv.py).
 
-Tree expansion advances level by level, so every row of a batch has the same length and needs no
-padding or attention mask. A node's KV cache is its parent's cache plus one token: `step` gathers the
-parents' cache rows (the way beam search reorders its cache), feeds each row its node's token, and
-keeps the result for the node's own children. Only the top-k of each distribution leaves the device.
+Two calls. `prompt` evaluates a prompt once, in chunks, and keeps its KV for every tree that starts
+with it. `step` evaluates any number of rows in one forward pass, from any number of prompts and trees:
+a row extends a node's path by one token (a tree level), or a prompt by a whole path (a node taken over
+without its ancestors' KV). No row carries a copy of its prompt. Only the top-k of each distribution
+leaves the device.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
+from engine.kv import PREFILL_CHUNK, KVPool, NodeKV, NodeRows, PromptChunk, PromptKV, tree_attention_on
 from engine.scheduler import Distribution
 
 
 @dataclass(frozen=True)
-class CacheRow:
-    """Where a node's KV cache lives: one row of a batch's cache."""
+class Row:
+    """One row of a step: `token_ids` appended to `parent`'s path, or to the prompt alone (no parent)."""
 
-    cache: Cache
-    row: int
-
-
-def gather_rows(rows: Sequence[CacheRow]) -> Cache:
-    """A new cache whose row i is `rows[i]`; the source caches are left untouched.
-
-    Rows usually come from one or a few batches of the previous level, so runs from the same source
-    are gathered with one `index_select` each.
-    """
-    # Group consecutive rows by source cache to keep one index_select per run.
-    runs: list[tuple[Cache, list[int]]] = []
-    for item in rows:
-        if runs and runs[-1][0] is item.cache:
-            runs[-1][1].append(item.row)
-        else:
-            runs.append((item.cache, [item.row]))
-    template = runs[0][0]
-    gathered = copy.copy(template)
-    gathered.layers = []
-    for layer_index, template_layer in enumerate(template.layers):
-        layer: Any = copy.copy(template_layer)  # a DynamicLayer or DynamicSlidingWindowLayer
-        keys, values = [], []
-        for source, indices in runs:
-            src: Any = source.layers[layer_index]
-            index = torch.tensor(indices, device=src.keys.device)
-            keys.append(src.keys.index_select(0, index))
-            values.append(src.values.index_select(0, index))
-        layer.keys = keys[0] if len(keys) == 1 else torch.cat(keys)
-        layer.values = values[0] if len(values) == 1 else torch.cat(values)
-        gathered.layers.append(layer)
-    return gathered
+    prompt: PromptKV
+    parent: NodeKV | None
+    token_ids: Sequence[int]
 
 
 class ModelRunner:
-    """Turns token prefixes into next-token distributions, `top_k` tokens each."""
+    """Turns prompts and tree paths into next-token distributions, `top_k` tokens each by default."""
 
     def __init__(self, model: PreTrainedModel, top_k: int) -> None:
         self.model = model
         self.device = model.device
-        self.top_k = min(top_k, int(model.config.get_text_config().vocab_size))
+        self.vocab_size = int(model.config.get_text_config().vocab_size)
+        self.top_k = min(top_k, self.vocab_size)
+        self.pool = KVPool(self.device)
+        self._prompts: weakref.WeakValueDictionary[tuple[int, ...], PromptKV] = weakref.WeakValueDictionary()
         self.forward_passes = 0
-        # transformers 5 renamed `past_key_values` to `cache`; accept either spelling.
-        forward_params = inspect.signature(model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
 
     @torch.inference_mode()
-    def prefill(self, prefixes: Sequence[Sequence[int]]) -> tuple[list[Distribution], Cache]:
-        """Evaluate whole prefixes of equal length; returns their distributions and a fresh cache."""
-        input_ids = torch.tensor([list(p) for p in prefixes], device=self.device)  # [B, L]
-        cache = DynamicCache(config=self.model.config)
-        return self._forward(input_ids, cache), cache
+    def prompt(self, token_ids: Sequence[int]) -> PromptKV:
+        """The prompt's KV, evaluated once while any tree holds it; its `last_logits` give the root's
+        distribution."""
+        key = tuple(token_ids)
+        if not key:
+            raise ValueError("a prompt needs at least one token")
+        found = self._prompts.get(key)
+        if found is not None:
+            return found
+        prompt = PromptKV(key)
+        for start in range(0, len(key), PREFILL_CHUNK):
+            chunk = key[start : start + PREFILL_CHUNK]
+            input_ids = torch.tensor([chunk], device=self.device)  # [1, C]
+            positions = torch.arange(start, start + len(chunk), device=self.device)[None, :]
+            prompt.last_logits = self._forward(input_ids, positions, PromptChunk(prompt, start))[0]
+        self._prompts[key] = prompt
+        return prompt
+
+    def distribution(self, prompt: PromptKV, top_k: int | None = None) -> Distribution:
+        return reduce_logits(prompt.last_logits[None, :], self._k(top_k))[0]
 
     @torch.inference_mode()
-    def step(self, parents: Sequence[CacheRow], token_ids: Sequence[int]) -> tuple[list[Distribution], Cache]:
-        """Extend each parent row by one token; returns the distributions and the extended cache."""
-        cache = gather_rows(parents)
-        input_ids = torch.tensor(token_ids, device=self.device).unsqueeze(1)  # [B, 1]
-        return self._forward(input_ids, cache), cache
+    def step(self, rows: Sequence[Row], top_k: int | None = None) -> tuple[list[Distribution], list[NodeKV]]:
+        """Evaluate every row; their distributions and the new nodes' KV handles, in row order.
 
-    def _forward(self, input_ids: torch.Tensor, cache: Cache) -> list[Distribution]:
+        Rows of equal length run in one forward pass (all of a tree level's rows have length 1)."""
+        by_length: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_length.setdefault(len(row.token_ids), []).append(index)
+        dists: list[Distribution | None] = [None] * len(rows)
+        nodes: list[NodeKV | None] = [None] * len(rows)
+        for length, indices in by_length.items():
+            group = [rows[i] for i in indices]
+            group_dists, group_nodes = self._step_equal(group, length, self._k(top_k))
+            for i, dist, node in zip(indices, group_dists, group_nodes, strict=True):
+                dists[i], nodes[i] = dist, node
+        return dists, nodes  # type: ignore[return-value]  # every index was filled
+
+    def _step_equal(self, rows: Sequence[Row], length: int, top_k: int) -> tuple[list[Distribution],
+                                                                                   list[NodeKV]]:
+        slots = self.pool.allocate(len(rows) * length)
+        nodes = [NodeKV(row.prompt, row.parent, slots[i * length : (i + 1) * length], self.pool)
+                 for i, row in enumerate(rows)]
+        ancestors = [0 if row.parent is None else len(row.parent) for row in rows]
+        paths = torch.nn.utils.rnn.pad_sequence([n.path for n in nodes], batch_first=True)  # [B, S]
+        layout = NodeRows(
+            prompts=[row.prompt for row in rows],
+            ancestors=ancestors,
+            slots=torch.tensor(slots, device=self.device).view(len(rows), length),  # [B, L]
+            paths=paths,
+            pool=self.pool,
+            tokens=length,
+        )
+        input_ids = torch.tensor([list(row.token_ids) for row in rows], device=self.device)  # [B, L]
+        first = torch.tensor([len(row.prompt) + a for row, a in zip(rows, ancestors, strict=True)],
+                             device=self.device)
+        positions = first[:, None] + torch.arange(length, device=self.device)[None, :]  # [B, L]
+        logits = self._forward(input_ids, positions, layout)
+        return reduce_logits(logits, top_k), nodes
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                 layout: PromptChunk | NodeRows) -> torch.Tensor:
+        """[B, L] tokens at [B, L] positions -> [B, V] logits of each row's last token (fp32)."""
         self.forward_passes += 1
-        kwargs = {self._cache_kwarg: cache}
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **kwargs)
-        logits = out.logits[:, -1, :].float()  # [B, V]; softmax in fp32 whatever the model's dtype
-        return reduce_logits(logits, self.top_k)
+        with tree_attention_on(self.model):
+            out = self.model(input_ids=input_ids, position_ids=positions, use_cache=False, logits_to_keep=1,
+                             tree_batch=layout)
+        return out.logits[:, -1, :].float()  # softmax in fp32 whatever the model's dtype
+
+    def _k(self, top_k: int | None) -> int:
+        return self.top_k if top_k is None else min(top_k, self.vocab_size)
+
+    def memory_bytes(self) -> int:
+        """KV memory held now: the pool (all slots, used or not) and the live prompts."""
+        return self.pool.bytes() + sum(p.bytes() for p in self._prompts.values())
 
 
 def reduce_logits(logits: torch.Tensor, top_k: int) -> list[Distribution]:

@@ -2,9 +2,9 @@
 nodes the unit holds, with the map between the engine's local node ids and the database's ids.
 
 A unit takes open nodes in (from the shared queue: `Expander.adopt`) and gives some back (to an idle
-peer: `TreeBuilder.release`). Nodes taken in are prefilled from their full prefix; the children a unit
-creates are stepped from their parent's KV-cache row, which is why a unit keeps the children it
-produced.
+peer: `TreeBuilder.release`). Nodes taken in are evaluated from their path below the (shared) prompt;
+the children a unit creates are stepped from their parent's KV handle, which is why a unit keeps the
+children it produced.
 """
 
 from __future__ import annotations
@@ -72,16 +72,16 @@ class HeldTree:
             self.builder = TreeBuilder.from_frontier(self.params, self.lm.stop_ids, self.lm.decode, [],
                                                      completed=completed, node_count=node_count,
                                                      depth_limit=self.depth_limit)
-            self._expander = Expander(self.builder, self.runner, {})
+            self._expander = Expander(self.builder, self.runner, self.prompt_ids, paths={})
         self._expander.adopt([self._engine_node(n) for n in nodes],
-                             [self.prompt_ids + paths[n.id] for n in nodes])
+                             [paths[n.id] for n in nodes])
         self.builder.sync(completed, node_count)
         self.db_ids.extend(n.id for n in nodes)
 
     @staticmethod
     def _engine_node(n: OpenNode) -> Node:
-        # No parent here: a node taken in is prefilled from its prefix, never stepped from a parent's
-        # cache. Its id is the builder's to give.
+        # No parent here: a node taken in is evaluated from its path, never stepped from a parent's
+        # KV handle. Its id is the builder's to give.
         return Node(id=-1, parent_id=None, token_id=n.token_id, text=n.text, depth=n.depth, prob=n.prob,
                     logprob=n.logprob, cumulative_prob=n.cumulative_prob)
 

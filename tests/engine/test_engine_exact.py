@@ -6,7 +6,6 @@ prefix, so matching it checks both the tree and that every probability equals a 
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 
 import pytest
@@ -125,7 +124,9 @@ def test_one_forward_pass_per_level_within_the_batch_limit(demo) -> None:  # typ
     assert result.stats.forward_passes == levels == result.stats.levels
 
 
-def test_cache_rows_follow_the_frontier_not_the_tree(demo) -> None:  # type: ignore[no-untyped-def]
+def test_kv_slots_follow_the_frontier_paths_not_the_tree(demo) -> None:  # type: ignore[no-untyped-def]
+    """After every step the pool holds exactly one slot per node on the paths of the handles kept (the
+    last two levels): never a copy of the prompt, and paths shared below their forks."""
     params = TreeParams(
         min_branch_threshold=0.05,
         max_branch_threshold=0.3,
@@ -136,24 +137,26 @@ def test_cache_rows_follow_the_frontier_not_the_tree(demo) -> None:  # type: ign
     )
     prompt_ids = encode_prompt(demo, "Once upon a time")
     builder = TreeBuilder(params, demo.stop_ids, "Once upon a time", demo.decode)
-    expander = Expander(builder, ModelRunner(demo.model, top_k_for(params)), {0: prompt_ids})
-    widest_two_levels = 0
-    held = 0
+    runner = ModelRunner(demo.model, top_k_for(params))
+    expander = Expander(builder, runner, prompt_ids)
+    most = 0
+    copied = 0  # what one cache row per kept node would hold below the prompt (the old layout)
     while not builder.done():
         expander.step(64)
-        held = max(held, len(expander._rows))
-        widths: dict[int, int] = {}
-        for node in builder.nodes:
-            if node.is_expanded:
-                widths[node.depth] = widths.get(node.depth, 0) + 1
-        ordered = [widths[d] for d in sorted(widths)]
-        widest_two_levels = (
-            max(a + b for a, b in itertools.pairwise(ordered)) if len(ordered) > 1 else 1
-        )
+        on_paths: set[int] = set()
+        for node_id in expander._kv:
+            node = builder.nodes[node_id]
+            while node.parent_id is not None and node.id not in on_paths:
+                on_paths.add(node.id)
+                node = builder.nodes[node.parent_id]
+        assert runner.pool.in_use == len(on_paths)
+        most = max(most, runner.pool.in_use)
+        copied = max(copied, sum(builder.nodes[i].depth for i in expander._kv))
     assert len(builder.nodes) > 1000
-    # Two levels of expanded nodes, plus at most one batch evaluated but cut off by the max_nodes cap.
-    assert held <= widest_two_levels + 64
-    assert held < len(builder.nodes) / 3
+    # Siblings share their ancestors' slots: a fraction of one row per node, and never the prompt.
+    assert most * 3 < copied
+    expander.forget_kv()
+    assert runner.pool.in_use == 0
 
 
 def test_prefilled_takeover_matches(demo) -> None:  # type: ignore[no-untyped-def]
@@ -163,11 +166,11 @@ def test_prefilled_takeover_matches(demo) -> None:  # type: ignore[no-untyped-de
     prompt_ids = encode_prompt(demo, prompt)
     whole = build_tree(demo, prompt, params)
     builder = TreeBuilder(params, demo.stop_ids, prompt, demo.decode)
-    expander = Expander(builder, ModelRunner(demo.model, top_k_for(params)), {0: prompt_ids})
+    expander = Expander(builder, ModelRunner(demo.model, top_k_for(params)), prompt_ids)
     for _ in range(4):
         expander.step(256)
-    # Drop every cache row: the next level must be prefilled from full prefixes.
-    expander._rows.clear()
+    # Drop every KV handle: the next level is evaluated from whole paths below the prompt.
+    expander.forget_kv()
     expander.run(256)
     assert [(n.token_id, n.parent_id, len(n.children)) for n in builder.nodes] == [
         (n.token_id, n.parent_id, len(n.children)) for n in whole.nodes

@@ -1,0 +1,300 @@
+"""KV memory that follows the tree, and the attention that reads it.
+
+The invariant: a row (a node being evaluated) attends to exactly the tokens of its own prefix, in order,
+and nothing of that prefix is copied for it. A prefix has two parts:
+
+- its prompt (`PromptKV`): keys and values held once per distinct prompt, one [kv_heads, P, head_dim]
+  tensor per layer, shared by every node of every tree that starts from those tokens;
+- its path below the prompt (`NodeKV.path`): one slot per token in a pool per layer (`KVPool`). A node's
+  path is its parent's path plus the slot of its own token, so siblings share their ancestors' slots.
+
+Attention is cascaded (as Hydragen and FlashInfer's cascade attention do): the rows of one prompt score
+that prompt's keys in one matmul, and each row gathers only its own path's slots. Both parts' scores are
+softmaxed together, so the result is the plain attention over the whole prefix. Memory is the prompts
+plus one slot per live node: a slot goes back to the pool when the last path through it is dropped
+(`NodeKV` objects hold their parent, and release their own slot when they are freed).
+
+The model's own attention layers call `tree_attention` (registered with transformers' `AttentionInterface`)
+with the new tokens' queries, keys and values, rotary positions applied; the layout of the batch
+(`PromptChunk` or `NodeRows`) comes through the model's keyword arguments as `tree_batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface
+
+ATTENTION_NAME = "tokentree_tree"
+PREFILL_CHUNK = 512  # prompt tokens evaluated per forward pass: bounds the [chunk, prompt] score matrix
+
+
+class KVPool:
+    """One slot per evaluated path token, per layer: keys and values [capacity, kv_heads, head_dim].
+
+    Layers are created on their first write (their shapes come from the model), and grow together by
+    doubling. Slots are handed out and taken back by number.
+    """
+
+    def __init__(self, device: torch.device, capacity: int = 1024) -> None:
+        self.device = device
+        self.capacity = capacity
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self._free = list(range(capacity - 1, -1, -1))  # a stack: low slots first
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - len(self._free)
+
+    def bytes(self) -> int:
+        return sum(t.nbytes for t in (*self.keys.values(), *self.values.values()))
+
+    def allocate(self, count: int) -> list[int]:
+        if count > len(self._free):
+            self._grow(max(2 * self.capacity, self.in_use + count))
+        slots = self._free[-count:][::-1]
+        del self._free[-count:]
+        return slots
+
+    def release(self, slots: Sequence[int]) -> None:
+        self._free.extend(slots)
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self.capacity
+        for store in (self.keys, self.values):
+            for layer, old in store.items():
+                store[layer] = torch.cat([old, old.new_zeros((extra, *old.shape[1:]))])
+        self._free = list(range(capacity - 1, self.capacity - 1, -1)) + self._free
+        self.capacity = capacity
+
+    def write(self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """keys, values: [n, kv_heads, head_dim] for the n `slots`."""
+        if layer not in self.keys:
+            shape = (self.capacity, *keys.shape[1:])
+            # Zeros, not empty: padding reads slot 0, and its weight 0 times a NaN would still be NaN.
+            self.keys[layer] = keys.new_zeros(shape)
+            self.values[layer] = values.new_zeros(shape)
+        self.keys[layer].index_copy_(0, slots, keys)
+        self.values[layer].index_copy_(0, slots, values)
+
+
+class PromptKV:
+    """A prompt's keys and values, computed once, with the logits of the token after it."""
+
+    def __init__(self, token_ids: tuple[int, ...]) -> None:
+        self.token_ids = token_ids
+        self.keys: dict[int, torch.Tensor] = {}  # layer -> [kv_heads, P, head_dim]
+        self.values: dict[int, torch.Tensor] = {}
+        self.last_logits: torch.Tensor | None = None  # [V] fp32: the next token's, once prefilled
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def bytes(self) -> int:
+        return sum(t.nbytes for t in (*self.keys.values(), *self.values.values()))
+
+
+class NodeKV:
+    """A node's place in KV memory: its prompt and its path of pool slots below it, its own tokens last.
+
+    It holds its parent, so the ancestors' slots live as long as any descendant does; its own slots go
+    back to the pool when it is freed.
+    """
+
+    __slots__ = ("__weakref__", "_own", "_pool", "parent", "path", "prompt")
+
+    def __init__(self, prompt: PromptKV, parent: NodeKV | None, own: list[int], pool: KVPool) -> None:
+        self.prompt = prompt
+        self.parent = parent
+        own_slots = torch.tensor(own, dtype=torch.long, device=pool.device)
+        self.path = own_slots if parent is None else torch.cat([parent.path, own_slots])
+        self._own = own
+        self._pool = pool
+
+    def __len__(self) -> int:
+        return int(self.path.shape[0])
+
+    def __del__(self) -> None:
+        self._pool.release(self._own)
+
+
+# -- the layout of one forward pass ------------------------------------------------------------------
+
+
+@dataclass
+class PromptChunk:
+    """Prefill: tokens [start, start + C) of one prompt, attending causally to the prompt up to them."""
+
+    prompt: PromptKV
+    start: int
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float, window: int | None, softcap: float | None) -> torch.Tensor:
+        # query [1, H, C, D]; key, value [1, Hkv, C, D]
+        prompt, start = self.prompt, self.start
+        chunk = query.shape[2]
+        end = start + chunk
+        if layer not in prompt.keys:
+            prompt.keys[layer] = key.new_empty((key.shape[1], len(prompt), key.shape[3]))
+            prompt.values[layer] = value.new_empty((value.shape[1], len(prompt), value.shape[3]))
+        prompt.keys[layer][:, start:end] = key[0]
+        prompt.values[layer][:, start:end] = value[0]
+        keys, values = prompt.keys[layer][:, :end], prompt.values[layer][:, :end]  # [Hkv, end, D]
+        kv_heads = keys.shape[0]
+        groups = query.shape[1] // kv_heads
+        q = query[0].reshape(kv_heads, groups * chunk, query.shape[3])  # [Hkv, G*C, D]
+        q_pos = torch.arange(start, end, device=query.device)[:, None]
+        k_pos = torch.arange(end, device=query.device)[None, :]
+        allowed = k_pos <= q_pos
+        if window is not None:
+            allowed &= q_pos - k_pos < window
+        allowed = allowed.repeat(groups, 1)  # [G*C, end]; query row g*C + i is position start + i
+        scores = _scores(q @ keys.transpose(1, 2), scaling, softcap).masked_fill(~allowed, float("-inf"))
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+        out = weights @ values  # [Hkv, G*C, D]
+        return out.reshape(1, kv_heads * groups, chunk, -1).transpose(1, 2)
+
+
+@dataclass
+class NodeRows:
+    """A step: B rows of L new tokens each (L = 1 for a tree level; L = depth for nodes taken over
+    without their parents' slots). Row b extends `parents[b]` (or its prompt alone) by its tokens."""
+
+    prompts: list[PromptKV]
+    ancestors: list[int]  # A_b: path tokens already in the pool
+    slots: torch.Tensor  # [B, L] the new tokens' slots
+    paths: torch.Tensor  # [B, S] each row's whole path (ancestors + new), padded with slot 0
+    pool: KVPool
+    tokens: int  # L
+    groups: list[tuple[PromptKV, torch.Tensor]] = field(default_factory=list)  # prompt -> its rows
+    _masks: dict[int | None, tuple[torch.Tensor | None, list[torch.Tensor | None]]] = field(
+        default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        by_prompt: dict[int, tuple[PromptKV, list[int]]] = {}
+        for row, prompt in enumerate(self.prompts):
+            by_prompt.setdefault(id(prompt), (prompt, []))[1].append(row)
+        device = self.paths.device
+        self.groups = [(p, torch.tensor(rows, device=device)) for p, rows in by_prompt.values()]
+
+    def _masks_for(self, window: int | None) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """Which keys each query may see: suffix [B, L, S] and, per prompt group, prefix [n, L, P] (None:
+        all of them). Built once per batch and window size, shared by the layers."""
+        if window in self._masks:
+            return self._masks[window]
+        device = self.paths.device
+        ancestors = torch.tensor(self.ancestors, device=device)[:, None, None]  # [B, 1, 1]
+        q_index = ancestors + torch.arange(self.tokens, device=device)[None, :, None]  # [B, L, 1]
+        k_index = torch.arange(self.paths.shape[1], device=device)[None, None, :]  # [1, 1, S]
+        suffix = k_index <= q_index
+        if window is not None:
+            suffix &= q_index - k_index < window
+        prefix: list[torch.Tensor | None] = []
+        for prompt, rows in self.groups:
+            length = len(prompt)
+            # query position P + q_index sees prompt position p when P + q_index - p < window
+            if window is None or int(q_index[rows].max()) + length < window:
+                prefix.append(None)
+                continue
+            p_pos = torch.arange(length, device=device)[None, None, :]
+            prefix.append(length + q_index[rows] - p_pos < window)
+        self._masks[window] = (suffix, prefix)
+        return self._masks[window]
+
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               scaling: float, window: int | None, softcap: float | None) -> torch.Tensor:
+        # query [B, H, L, D]; key, value [B, Hkv, L, D]
+        batch, heads, length, dim = query.shape
+        kv_heads = key.shape[1]
+        groups = heads // kv_heads
+        pool = self.pool
+        pool.write(layer, self.slots.reshape(-1), key.transpose(1, 2).reshape(-1, kv_heads, dim),
+                   value.transpose(1, 2).reshape(-1, kv_heads, dim))
+        suffix_mask, prefix_masks = self._masks_for(window)
+        s_keys = pool.keys[layer][self.paths].permute(0, 2, 3, 1)  # [B, Hkv, D, S]
+        s_values = pool.values[layer][self.paths].transpose(1, 2)  # [B, Hkv, S, D]
+        q = query.reshape(batch, kv_heads, groups * length, dim)  # query row g*L + i
+        s_scores = _scores(q @ s_keys, scaling, softcap)  # [B, Hkv, G*L, S]
+        assert suffix_mask is not None
+        s_scores = s_scores.masked_fill(~_per_group(suffix_mask, groups)[:, None], float("-inf"))
+        out = torch.empty_like(q)
+        for (prompt, rows), prefix_mask in zip(self.groups, prefix_masks, strict=True):
+            n = rows.shape[0]
+            p_keys, p_values = prompt.keys[layer], prompt.values[layer]  # [Hkv, P, D]
+            q_rows = q if n == batch else q[rows]
+            # All rows of this prompt against its keys in one matmul: [Hkv, n*G*L, D] @ [Hkv, D, P].
+            flat = q_rows.transpose(0, 1).reshape(kv_heads, n * groups * length, dim)
+            p_scores = _scores(flat @ p_keys.transpose(1, 2), scaling, softcap)
+            p_scores = p_scores.reshape(kv_heads, n, groups * length, -1).transpose(0, 1)  # [n, Hkv, G*L, P]
+            if prefix_mask is not None:
+                p_scores = p_scores.masked_fill(~_per_group(prefix_mask, groups)[:, None], float("-inf"))
+            rows_s = s_scores if n == batch else s_scores[rows]
+            weights = torch.softmax(torch.cat([p_scores, rows_s], dim=-1), dim=-1, dtype=torch.float32)
+            weights = weights.to(p_values.dtype)
+            prompt_len = p_keys.shape[1]
+            p_weights = weights[..., :prompt_len].transpose(0, 1).reshape(kv_heads, n * groups * length, -1)
+            from_prompt = (p_weights @ p_values).reshape(kv_heads, n, groups * length, dim).transpose(0, 1)
+            rows_v = s_values if n == batch else s_values[rows]
+            result = from_prompt + weights[..., prompt_len:] @ rows_v
+            if n == batch:
+                out = result
+            else:
+                out[rows] = result
+        return out.reshape(batch, heads, length, dim).transpose(1, 2)
+
+
+def _scores(raw: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
+    scores = raw * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    return scores
+
+
+def _per_group(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """[n, L, K] -> [n, G*L, K]: the same mask for each query head of a kv head (row g*L + i is query i)."""
+    return mask.repeat(1, groups, 1) if groups > 1 else mask
+
+
+# -- wiring into transformers -------------------------------------------------------------------------
+
+
+def tree_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: Any, *, scaling: float | None = None, sliding_window: int | None = None,
+                   softcap: float | None = None, tree_batch: PromptChunk | NodeRows | None = None,
+                   **_: Any) -> tuple[torch.Tensor, None]:
+    """An attention function for transformers' `AttentionInterface`: [B, L, H, D] out, no weights."""
+    if tree_batch is None:
+        raise RuntimeError("tree attention runs only inside ModelRunner (it needs the batch layout)")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    layer = int(module.layer_idx)  # type: ignore[arg-type]
+    out = tree_batch.attend(layer, query, key, value, scaling, sliding_window, softcap)
+    return out.contiguous(), None
+
+
+def _no_mask(*_: Any, **__: Any) -> None:
+    return None  # the layout carries the masks
+
+
+AttentionInterface.register(ATTENTION_NAME, tree_attention)
+AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
+
+
+@contextlib.contextmanager
+def tree_attention_on(model: PreTrainedModel) -> Iterator[None]:
+    """Route the model's attention through `tree_attention` for the duration (the model object stays
+    usable by ordinary callers before and after)."""
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
