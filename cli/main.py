@@ -76,9 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    tree = commands.add_parser("tree", help="expand a token tree from a prompt")
-    tree.add_argument("prompt")
-    tree.add_argument("-o", "--output", type=Path, help="write the tree JSON (the seed's layout) here")
+    tree = commands.add_parser("tree", help="expand a token tree from a prompt (or many: --prompts)")
+    tree.add_argument("prompt", nargs="?")
+    tree.add_argument("-o", "--output", type=Path,
+                      help="write the tree JSON (the seed's layout) here; with --prompts, one tree a line")
+    tree.add_argument("--prompts", type=Path, metavar="FILE.jsonl",
+                      help="build many trees in shared batches: one JSON object a line, {\"prompt\": ..., "
+                           "\"parameters\": {...}, \"chat\": bool, \"prefix\": str}; flags are the defaults")
     tree.add_argument("--top", type=int, default=10, help="completed paths to print (default 10)")
     add_model_options(tree)
     add_tree_parameters(tree)
@@ -115,23 +119,37 @@ def _load(args: argparse.Namespace) -> LoadedModel:
 
 def run_tree(args: argparse.Namespace) -> int:
     from cli.progress import TreeProgressBar
-    from engine.analysis import build_tree
+    from engine.analysis import TreeRequest, build_trees
 
     params = TreeParams(**{name: getattr(args, name) for name in TreeParams.__dataclass_fields__})
     if args.max_batch < 1:
         raise ParameterError("max_batch", f"must be at least 1, got {args.max_batch}")
-    check_prompt(args.prompt)
+    if (args.prompt is None) == (args.prompts is None):
+        raise UsageError("give a prompt or --prompts FILE.jsonl (one of them)")
+    flags = TreeRequest(args.prompt or "", params, chat=args.chat, prefix=args.prefix)
+    if args.prompts is not None:
+        from cli.prompts_file import read_requests
+
+        if args.output is None:
+            raise UsageError("--prompts needs -o OUT.jsonl for the trees")
+        requests = read_requests(args.prompts, flags)
+    else:
+        check_prompt(args.prompt)
+        requests = [flags]
     lm = _load(args)
-    with TreeProgressBar(disable=args.quiet) as bar:
-        result = build_tree(
-            lm,
-            args.prompt,
-            params,
-            chat=args.chat,
-            prefix=args.prefix,
-            max_batch=args.max_batch,
-            on_progress=bar.update,
-        )
+    with TreeProgressBar(disable=args.quiet, trees=len(requests)) as bar:
+        results = build_trees(lm, requests, max_batch=args.max_batch, on_progress=bar.update)
+    if args.prompts is not None:
+        with args.output.open("w", encoding="utf-8") as out:
+            for result in results:
+                out.write(result.json_text() + "\n")
+        nodes = sum(r.metadata["stats"]["nodes"] for r in results)
+        completed = sum(r.metadata["stats"]["completed_paths"] for r in results)
+        seconds = max(r.metadata["stats"]["seconds"] for r in results)
+        print(f"trees {len(results)}  nodes {nodes}  completed paths {completed}  time {seconds:.2f}s")
+        print(f"trees written to {args.output}, one a line, in input order")
+        return 0
+    result = results[0]
     if args.output is not None:
         args.output.write_text(result.json_text(), encoding="utf-8")
     stats = result.metadata["stats"]

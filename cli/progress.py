@@ -10,17 +10,20 @@ from engine.expand import Progress
 
 
 class TreeProgressBar:
-    """Nodes as the count; frontier, completed paths and the current threshold beside it."""
+    """Nodes as the count (of every tree); trees done, frontier, completed paths and the current
+    threshold beside it."""
 
-    def __init__(self, disable: bool = False) -> None:
+    def __init__(self, disable: bool = False, trees: int = 1) -> None:
         self._bar = tqdm(unit=" nodes", desc="expanding", disable=disable, leave=False, dynamic_ncols=True)
+        self._trees = trees
 
     def update(self, progress: Progress) -> None:
         self._bar.update(progress.nodes - self._bar.n)
         threshold = "-" if progress.threshold is None else f"{progress.threshold:.3f}"
+        trees = f"trees {progress.trees_done}/{self._trees}, " if self._trees > 1 else ""
         self._bar.set_postfix_str(
-            f"frontier {progress.frontier}, completed {progress.completed_paths}, depth {progress.depth}, "
-            f"T {threshold}",
+            f"{trees}frontier {progress.frontier}, completed {progress.completed_paths}, "
+            f"depth {progress.depth}, T {threshold}",
             refresh=False,
         )
 

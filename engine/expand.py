@@ -37,6 +37,7 @@ class Progress:
     completed_paths: int
     threshold: float | None
     depth: int
+    trees_done: int = 0  # of the trees stepped together
 
 
 @dataclass
@@ -210,6 +211,7 @@ def run_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH,
                 completed_paths=sum(t.builder.completed for t in trees),
                 threshold=last.threshold if last else None,
                 depth=last.depth if last else 0,
+                trees_done=sum(1 for t in trees if t.builder.done()),
             ))
         still = []
         for tree in active:

@@ -113,7 +113,7 @@ class NodeKV:
         self.prompt = prompt
         self.parent = parent
         own_slots = torch.tensor(own, dtype=torch.long, device=pool.device)
-        self.path = own_slots if parent is None else torch.cat([parent.path, own_slots])
+        self.path: torch.Tensor = own_slots if parent is None else torch.cat([parent.path, own_slots])
         self._own = own
         self._pool = pool
 
@@ -145,12 +145,13 @@ class PromptChunk:
             prompt.values[layer] = value.new_empty((value.shape[1], len(prompt), value.shape[3]))
         prompt.keys[layer][:, start:end] = key[0]
         prompt.values[layer][:, start:end] = value[0]
-        keys, values = prompt.keys[layer][:, :end], prompt.values[layer][:, :end]  # [Hkv, end, D]
+        first = 0 if window is None else max(0, start - window + 1)  # older keys are out of every window
+        keys, values = prompt.keys[layer][:, first:end], prompt.values[layer][:, first:end]  # [Hkv, K, D]
         kv_heads = keys.shape[0]
         groups = query.shape[1] // kv_heads
         q = query[0].reshape(kv_heads, groups * chunk, query.shape[3])  # [Hkv, G*C, D]
         q_pos = torch.arange(start, end, device=query.device)[:, None]
-        k_pos = torch.arange(end, device=query.device)[None, :]
+        k_pos = torch.arange(first, end, device=query.device)[None, :]
         allowed = k_pos <= q_pos
         if window is not None:
             allowed &= q_pos - k_pos < window
@@ -173,7 +174,7 @@ class NodeRows:
     pool: KVPool
     tokens: int  # L
     groups: list[tuple[PromptKV, torch.Tensor]] = field(default_factory=list)  # prompt -> its rows
-    _masks: dict[int | None, tuple[torch.Tensor | None, list[torch.Tensor | None]]] = field(
+    _masks: dict[int | None, tuple[torch.Tensor, list[tuple[int, torch.Tensor | None]]]] = field(
         default_factory=dict
     )
 
@@ -184,9 +185,10 @@ class NodeRows:
         device = self.paths.device
         self.groups = [(p, torch.tensor(rows, device=device)) for p, rows in by_prompt.values()]
 
-    def _masks_for(self, window: int | None) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
-        """Which keys each query may see: suffix [B, L, S] and, per prompt group, prefix [n, L, P] (None:
-        all of them). Built once per batch and window size, shared by the layers."""
+    def _masks_for(self, window: int | None) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor | None]]]:
+        """Which keys each query may see, built once per batch and window size and shared by the layers:
+        suffix [B, L, S]; per prompt group, the first prompt position any of its rows can see (a sliding
+        window leaves older ones out of the matmul altogether) and a mask [n, L, P - first] (None: all)."""
         if window in self._masks:
             return self._masks[window]
         device = self.paths.device
@@ -196,15 +198,20 @@ class NodeRows:
         suffix = k_index <= q_index
         if window is not None:
             suffix &= q_index - k_index < window
-        prefix: list[torch.Tensor | None] = []
+        prefix: list[tuple[int, torch.Tensor | None]] = []
         for prompt, rows in self.groups:
             length = len(prompt)
-            # query position P + q_index sees prompt position p when P + q_index - p < window
-            if window is None or int(q_index[rows].max()) + length < window:
-                prefix.append(None)
+            if window is None:
+                prefix.append((0, None))
                 continue
-            p_pos = torch.arange(length, device=device)[None, None, :]
-            prefix.append(length + q_index[rows] - p_pos < window)
+            # Query position P + q sees prompt position p when P + q - p < window.
+            rows_q = q_index[rows]
+            first = max(0, min(length, length + int(rows_q.min()) - window + 1))
+            if length + int(rows_q.max()) - first < window:
+                prefix.append((first, None))
+                continue
+            p_pos = torch.arange(first, length, device=device)[None, None, :]
+            prefix.append((first, length + rows_q - p_pos < window))
         self._masks[window] = (suffix, prefix)
         return self._masks[window]
 
@@ -214,47 +221,68 @@ class NodeRows:
         batch, heads, length, dim = query.shape
         kv_heads = key.shape[1]
         groups = heads // kv_heads
+        rows_per_kv = groups * length  # query rows per kv head: row g*L + i is query i of head g
         pool = self.pool
         pool.write(layer, self.slots.reshape(-1), key.transpose(1, 2).reshape(-1, kv_heads, dim),
                    value.transpose(1, 2).reshape(-1, kv_heads, dim))
         suffix_mask, prefix_masks = self._masks_for(window)
+        q = query.reshape(batch, kv_heads, rows_per_kv, dim)
+
+        # The path part: each row's own slots, gathered. [B, Hkv, G*L, S]
         s_keys = pool.keys[layer][self.paths].permute(0, 2, 3, 1)  # [B, Hkv, D, S]
         s_values = pool.values[layer][self.paths].transpose(1, 2)  # [B, Hkv, S, D]
-        q = query.reshape(batch, kv_heads, groups * length, dim)  # query row g*L + i
-        s_scores = _scores(q @ s_keys, scaling, softcap)  # [B, Hkv, G*L, S]
-        assert suffix_mask is not None
-        s_scores = s_scores.masked_fill(~_per_group(suffix_mask, groups)[:, None], float("-inf"))
-        out = torch.empty_like(q)
-        for (prompt, rows), prefix_mask in zip(self.groups, prefix_masks, strict=True):
+        s_scores = _scores(q @ s_keys, scaling, softcap)
+        s_scores.masked_fill_(~_per_group(suffix_mask, groups)[:, None], float("-inf"))
+
+        # The prompt part: all rows of a prompt against its keys in one matmul, kept as a running
+        # softmax (max, sum, weighted values) per query row, so no [rows, P] tensor is ever copied.
+        p_max = q.new_empty((batch, kv_heads, rows_per_kv, 1), dtype=torch.float32)
+        p_sum = torch.empty_like(p_max)
+        p_out = q.new_empty((batch, kv_heads, rows_per_kv, dim), dtype=torch.float32)
+        for (prompt, rows), (first, prefix_mask) in zip(self.groups, prefix_masks, strict=True):
             n = rows.shape[0]
-            p_keys, p_values = prompt.keys[layer], prompt.values[layer]  # [Hkv, P, D]
-            q_rows = q if n == batch else q[rows]
-            # All rows of this prompt against its keys in one matmul: [Hkv, n*G*L, D] @ [Hkv, D, P].
-            flat = q_rows.transpose(0, 1).reshape(kv_heads, n * groups * length, dim)
-            p_scores = _scores(flat @ p_keys.transpose(1, 2), scaling, softcap)
-            p_scores = p_scores.reshape(kv_heads, n, groups * length, -1).transpose(0, 1)  # [n, Hkv, G*L, P]
+            whole = n == batch
+            p_keys, p_values = prompt.keys[layer][:, first:], prompt.values[layer][:, first:]  # [Hkv, P', D]
+            if p_keys.shape[1] == 0:  # every row's window has left the prompt behind
+                p_max[rows], p_sum[rows], p_out[rows] = torch.finfo(torch.float32).min, 0.0, 0.0
+                continue
+            q_rows = q if whole else q[rows]
+            flat = q_rows.transpose(0, 1).reshape(kv_heads, n * rows_per_kv, dim)
+            scores = _scores(flat @ p_keys.transpose(1, 2), scaling, softcap).float()  # [Hkv, n*G*L, P]
             if prefix_mask is not None:
-                p_scores = p_scores.masked_fill(~_per_group(prefix_mask, groups)[:, None], float("-inf"))
-            rows_s = s_scores if n == batch else s_scores[rows]
-            weights = torch.softmax(torch.cat([p_scores, rows_s], dim=-1), dim=-1, dtype=torch.float32)
-            weights = weights.to(p_values.dtype)
-            prompt_len = p_keys.shape[1]
-            p_weights = weights[..., :prompt_len].transpose(0, 1).reshape(kv_heads, n * groups * length, -1)
-            from_prompt = (p_weights @ p_values).reshape(kv_heads, n, groups * length, dim).transpose(0, 1)
-            rows_v = s_values if n == batch else s_values[rows]
-            result = from_prompt + weights[..., prompt_len:] @ rows_v
-            if n == batch:
-                out = result
+                scores.view(kv_heads, n, rows_per_kv, -1).masked_fill_(
+                    ~_per_group(prefix_mask, groups)[None], float("-inf"))
+            # A row whose window has left the prompt behind sees none of it: a finite max keeps its
+            # weights at exp(-inf) = 0 rather than nan.
+            most = scores.amax(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).min)
+            weights = scores.sub_(most).exp_()
+            total = weights.sum(dim=-1, keepdim=True)
+            weighted = (weights.to(p_values.dtype) @ p_values).float()  # [Hkv, n*G*L, D]
+
+            def per_row(t: torch.Tensor, n: int = n) -> torch.Tensor:
+                return t.view(kv_heads, n, rows_per_kv, -1).transpose(0, 1)  # -> [n, Hkv, G*L, .]
+
+            if whole:
+                p_max, p_sum, p_out = per_row(most), per_row(total), per_row(weighted)
             else:
-                out[rows] = result
+                p_max[rows], p_sum[rows], p_out[rows] = per_row(most), per_row(total), per_row(weighted)
+
+        # Merge the two softmaxes: one softmax over prompt + path.
+        s_scores = s_scores.float()
+        most = torch.maximum(p_max, s_scores.amax(dim=-1, keepdim=True))
+        p_scale = (p_max - most).exp_()
+        s_weights = s_scores.sub_(most).exp_()
+        total = p_sum * p_scale + s_weights.sum(dim=-1, keepdim=True)
+        out = p_out * p_scale + (s_weights.to(s_values.dtype) @ s_values).float()
+        out = out.div_(total).to(query.dtype)
         return out.reshape(batch, heads, length, dim).transpose(1, 2)
 
 
 def _scores(raw: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
-    scores = raw * scaling
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    return scores
+    """Attention logits as the models compute them (Gemma-2 soft-caps them), in place on `raw`."""
+    if softcap is None:
+        return raw.mul_(scaling)
+    return raw.mul_(scaling / softcap).tanh_().mul_(softcap)
 
 
 def _per_group(mask: torch.Tensor, groups: int) -> torch.Tensor:

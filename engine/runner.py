@@ -61,6 +61,8 @@ class ModelRunner:
         return prompt
 
     def distribution(self, prompt: PromptKV, top_k: int | None = None) -> Distribution:
+        """The distribution of the token after the prompt (a root's)."""
+        assert prompt.last_logits is not None, "the prompt is evaluated by `prompt` first"
         return reduce_logits(prompt.last_logits[None, :], self._k(top_k))[0]
 
     @torch.inference_mode()

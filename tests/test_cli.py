@@ -161,3 +161,67 @@ def test_stop_token_ends_paths(tmp_path: Path) -> None:
             stops.append(node["token_id"])
         stack.extend(node["children"])
     assert period in stops
+
+
+def test_prompts_file_builds_every_tree_as_tree_does(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "Once upon a time"}) + "\n\n"
+        + json.dumps({"prompt": "The capital of France is", "parameters": {"max_completed_paths": 2},
+                      "prefix": " Paris"}) + "\n"
+        + json.dumps({"prompt": "Once upon a time", "parameters": {"min_branch_threshold": 0.05}}) + "\n"
+    )
+    out = tmp_path / "trees.jsonl"
+    done = tokentree("tree", "--prompts", str(prompts), "-o", str(out), "--max-depth", "12", "-q")
+    assert done.returncode == 0, done.stderr
+    documents = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [d["metadata"]["prompt"] for d in documents] == [
+        "Once upon a time", "The capital of France is", "Once upon a time"]
+    assert documents[1]["metadata"]["prefix"] == " Paris"
+    assert documents[1]["metadata"]["parameters"]["max_completed_paths"] == 2
+    assert all(d["metadata"]["parameters"]["max_depth"] == 12 for d in documents)  # the flags are defaults
+    nodes = sum(d["metadata"]["stats"]["nodes"] for d in documents)
+    assert f"trees 3  nodes {nodes}" in done.stdout
+    # The third tree is the one `tokentree tree` builds alone.
+    single = tmp_path / "single.json"
+    alone = tokentree("tree", "Once upon a time", "--max-depth", "12", "--min-branch-threshold", "0.05",
+                      "-q", "-o", str(single))
+    assert alone.returncode == 0, alone.stderr
+    expected = json.loads(single.read_text())
+
+    def shape(node: dict) -> list:  # type: ignore[type-arg]
+        return [node["token_id"], round(node["prob"], 4), [shape(c) for c in node["children"]]]
+
+    assert shape(documents[2]["tree"]) == shape(expected["tree"])
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (['{"prompt": "a"}', "not json"], "line 2: not JSON"),
+        (['{"prompt": "a"}', '{"prompt": "b", "parameters": {"max_nodes": 0}}'], "line 2: max_nodes:"),
+        (['{"prompt": "   "}'], "line 1: prompt: must not be empty"),
+        (['{"prompt": "a", "temperature": 1}'], "line 1: temperature: unknown key"),
+        (['{"prompt": "a", "parameters": {"max_nodez": 3}}'], "line 1: max_nodez: unknown parameter"),
+        (['["a"]'], "line 1: each line must be a JSON object"),
+        ([""], "no prompts"),
+    ],
+)
+def test_a_bad_prompts_file_is_refused_before_any_work(tmp_path: Path, lines: list[str], message: str
+                                                       ) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "trees.jsonl"
+    done = tokentree("tree", "--prompts", str(prompts), "-o", str(out))
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_tree_needs_a_prompt_or_a_prompts_file(tmp_path: Path) -> None:
+    neither = tokentree("tree")
+    assert neither.returncode == 2 and "give a prompt or --prompts" in neither.stderr
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a"}\n')
+    no_output = tokentree("tree", "--prompts", str(prompts))
+    assert no_output.returncode == 2 and "needs -o" in no_output.stderr

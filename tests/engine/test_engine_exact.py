@@ -185,3 +185,24 @@ def test_entropy_and_logprob_are_consistent(demo) -> None:  # type: ignore[no-un
     expanded = [n for n in result.nodes if n.is_expanded]
     assert all(n.entropy is not None and n.entropy >= 0 for n in expanded)
     assert any(n.entropy > 0.5 for n in expanded)
+
+
+def test_kv_memory_of_a_10000_node_tree_stays_within_its_bound(demo) -> None:  # type: ignore[no-untyped-def]
+    """The stated bound (docs/engine.md): KV bytes <= (prompt + 2 x the most slots live at once) x bytes
+    per token, the live slots never more than the tree's nodes; the pool doubles, so 2 x."""
+    params = TreeParams(min_branch_threshold=0.05, max_branch_threshold=0.3, soft_queue_limit=100_000,
+                        max_completed_paths=100_000, max_depth=60, max_nodes=10_000)
+    prompt_ids = encode_prompt(demo, "Once upon a time")
+    runner = ModelRunner(demo.model, top_k_for(params))
+    builder = TreeBuilder(params, demo.stop_ids, "Once upon a time", demo.decode)
+    expander = Expander(builder, runner, prompt_ids)
+    config = demo.model.config
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4  # fp32 k, v
+    most_slots = most_bytes = 0
+    while not builder.done():
+        expander.step()
+        most_slots = max(most_slots, runner.pool.in_use)
+        most_bytes = max(most_bytes, runner.memory_bytes())
+    assert len(builder.nodes) == 10_000
+    assert most_slots <= len(builder.nodes)
+    assert most_bytes <= (len(prompt_ids) + 2 * most_slots) * per_token

@@ -6,6 +6,7 @@ until a few tokens per step clear a branching threshold, the way a trained model
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ CALIBRATION_PROMPTS = ("Once upon a time there was", "The secret to happiness is
 
 
 def _config(architecture: str, vocab_size: int, bos: int, eos: int, pad: int, width: int,
-            layers: int) -> PretrainedConfig:
+            layers: int, context: int) -> PretrainedConfig:
     common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=width,
@@ -40,7 +41,7 @@ def _config(architecture: str, vocab_size: int, bos: int, eos: int, pad: int, wi
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=width // 2,
-        max_position_embeddings=256,
+        max_position_embeddings=context,
         tie_word_embeddings=False,  # tied, a random head mostly predicts the input token back
         bos_token_id=bos,
         eos_token_id=eos,
@@ -57,28 +58,45 @@ def _config(architecture: str, vocab_size: int, bos: int, eos: int, pad: int, wi
 
 @torch.no_grad()
 def _sharpen(model: torch.nn.Module, prompts: list[list[int]]) -> None:
-    """Scale the output head (bisecting on a log scale) until the mean top-1 probability is on target."""
+    """Scale the output head until the mean top-1 probability reaches the target: the first crossing on a
+    log grid, refined by bisection, or the sharpest scale if none reaches it. (Gemma-2's final logit
+    soft-capping flattens the top again at large scales: the mean is not monotonic in the scale.)"""
     head = model.get_output_embeddings().weight  # type: ignore[operator]
     original = head.clone()
-    low, high = 1.0, 500.0
-    for _ in range(20):
-        scale = (low * high) ** 0.5
+
+    def mean_top(scale: float) -> float:
         head.copy_(original * scale)
         tops = [model(torch.tensor([ids])).logits[0, -1].softmax(-1).max().item() for ids in prompts]
-        if sum(tops) / len(tops) > TARGET_TOP_PROB:
+        return sum(tops) / len(tops)
+
+    grid = [1.0 * 1.25**i for i in range(1, 29)]  # 1.25 .. about 500
+    best = 1.0, 0.0
+    for below, scale in itertools.pairwise([1.0, *grid]):
+        top = mean_top(scale)
+        if top > TARGET_TOP_PROB:
+            low, high = below, scale
+            break
+        best = max(best, (scale, top), key=lambda b: b[1])
+    else:  # never sharp enough (a wide random model under soft-capping): the sharpest scale seen
+        head.copy_(original * best[0])
+        return
+    for _ in range(8):
+        scale = (low * high) ** 0.5
+        if mean_top(scale) > TARGET_TOP_PROB:
             high = scale
         else:
             low = scale
     head.copy_(original * low)
 
 
-def make_tiny_model(folder: Path, architecture: str, seed: int = 0, width: int = 32, layers: int = 2) -> Path:
+def make_tiny_model(folder: Path, architecture: str, seed: int = 0, width: int = 32, layers: int = 2,
+                    context: int = 256) -> Path:
     """Save a random model of `architecture` that shares the demo model's tokenizer into `folder`
-    (`width` and `layers` make it heavier, for benchmarks)."""
+    (`width`, `layers` and `context` make it heavier, for benchmarks)."""
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
     config = _config(
         architecture, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-        width, layers,
+        width, layers, context,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
