@@ -18,7 +18,8 @@ from engine.params import TreeParams
 from tests.engine.test_engine_exact import PROB_TOLERANCE, assert_same_tree
 from tests.reference import sequential_tree
 
-WORDS = ["once", "upon", "a", "time", "there", "was", "a", "little", "robot", "who", "lived", "in", "the", "city", "by", "the", "sea", "and", "dreamed"]
+WORDS = ["once", "upon", "a", "time", "there", "was", "a", "little", "robot", "who", "lived", "in", "the",
+         "city", "by", "the", "sea", "and", "dreamed"]
 
 
 @st.composite
