@@ -149,14 +149,14 @@ class PromptChunk:
         keys, values = prompt.keys[layer][:, first:end], prompt.values[layer][:, first:end]  # [Hkv, K, D]
         kv_heads = keys.shape[0]
         groups = query.shape[1] // kv_heads
-        q = query[0].reshape(kv_heads, groups * chunk, query.shape[3])  # [Hkv, G*C, D]
+        q = _prescaled(query[0].reshape(kv_heads, groups * chunk, query.shape[3]), scaling, softcap)
         q_pos = torch.arange(start, end, device=query.device)[:, None]
         k_pos = torch.arange(first, end, device=query.device)[None, :]
         allowed = k_pos <= q_pos
         if window is not None:
             allowed &= q_pos - k_pos < window
         allowed = allowed.repeat(groups, 1)  # [G*C, end]; query row g*C + i is position start + i
-        scores = _scores(q @ keys.transpose(1, 2), scaling, softcap).masked_fill(~allowed, float("-inf"))
+        scores = _scores(q @ keys.transpose(1, 2), softcap).masked_fill(~allowed, float("-inf"))
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
         out = weights @ values  # [Hkv, G*C, D]
         return out.reshape(1, kv_heads * groups, chunk, -1).transpose(1, 2)
@@ -226,12 +226,12 @@ class NodeRows:
         pool.write(layer, self.slots.reshape(-1), key.transpose(1, 2).reshape(-1, kv_heads, dim),
                    value.transpose(1, 2).reshape(-1, kv_heads, dim))
         suffix_mask, prefix_masks = self._masks_for(window)
-        q = query.reshape(batch, kv_heads, rows_per_kv, dim)
+        q = _prescaled(query.reshape(batch, kv_heads, rows_per_kv, dim), scaling, softcap)
 
         # The path part: each row's own slots, gathered. [B, Hkv, G*L, S]
         s_keys = pool.keys[layer][self.paths].permute(0, 2, 3, 1)  # [B, Hkv, D, S]
         s_values = pool.values[layer][self.paths].transpose(1, 2)  # [B, Hkv, S, D]
-        s_scores = _scores(q @ s_keys, scaling, softcap)
+        s_scores = _scores(q @ s_keys, softcap)
         s_scores.masked_fill_(~_per_group(suffix_mask, groups)[:, None], float("-inf"))
 
         # The prompt part: all rows of a prompt against its keys in one matmul, kept as a running
@@ -248,7 +248,7 @@ class NodeRows:
                 continue
             q_rows = q if whole else q[rows]
             flat = q_rows.transpose(0, 1).reshape(kv_heads, n * rows_per_kv, dim)
-            scores = _scores(flat @ p_keys.transpose(1, 2), scaling, softcap).float()  # [Hkv, n*G*L, P]
+            scores = _scores(flat @ p_keys.transpose(1, 2), softcap).float()  # [Hkv, n*G*L, P]
             if prefix_mask is not None:
                 scores.view(kv_heads, n, rows_per_kv, -1).masked_fill_(
                     ~_per_group(prefix_mask, groups)[None], float("-inf"))
@@ -278,11 +278,16 @@ class NodeRows:
         return out.reshape(batch, heads, length, dim).transpose(1, 2)
 
 
-def _scores(raw: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
-    """Attention logits as the models compute them (Gemma-2 soft-caps them), in place on `raw`."""
-    if softcap is None:
-        return raw.mul_(scaling)
-    return raw.mul_(scaling / softcap).tanh_().mul_(softcap)
+def _prescaled(query: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
+    """The queries times the score scale (divided by the soft cap, where there is one): scaling the few
+    queries saves a pass over the many scores."""
+    return query * (scaling if softcap is None else scaling / softcap)
+
+
+def _scores(raw: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Attention logits from prescaled queries, as the models compute them (Gemma-2 soft-caps them:
+    softcap * tanh(scores / softcap)), in place on `raw`."""
+    return raw if softcap is None else raw.tanh_().mul_(softcap)
 
 
 def _per_group(mask: torch.Tensor, groups: int) -> torch.Tensor:
