@@ -8,6 +8,7 @@ import math
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -23,6 +24,13 @@ from engine.tree import CompletedPath, Node, completed_paths, tree_json_text
 
 
 def versions() -> dict[str, str]:
+    """The versions a result records."""
+    return dict(_versions())
+
+
+@lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    # Read once: package metadata is slow to read, and a batch may build thousands of trees.
     try:
         ours = version("tokentree")
     except PackageNotFoundError:

@@ -155,7 +155,7 @@ class PromptChunk:
         allowed = k_pos <= q_pos
         if window is not None:
             allowed &= q_pos - k_pos < window
-        allowed = allowed.repeat(groups, 1)  # [G*C, end]; query row g*C + i is position start + i
+        allowed = allowed.repeat(groups, 1)  # [G*C, K]; query row g*C + i is position start + i
         scores = _scores(q @ keys.transpose(1, 2), softcap).masked_fill(~allowed, float("-inf"))
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
         out = weights @ values  # [Hkv, G*C, D]
@@ -165,7 +165,7 @@ class PromptChunk:
 @dataclass
 class NodeRows:
     """A step: B rows of L new tokens each (L = 1 for a tree level; L = depth for nodes taken over
-    without their parents' slots). Row b extends `parents[b]` (or its prompt alone) by its tokens."""
+    without their parents' slots). Row b's path is its A_b ancestors' slots, then its L new slots."""
 
     prompts: list[PromptKV]
     ancestors: list[int]  # A_b: path tokens already in the pool
