@@ -97,7 +97,11 @@ class ModelRegistry:
         source = self.settings.models.get(name)
         if source is None:
             raise ModelLoadError(f"model {name!r} is not in this service's allow-list")
-        return ModelSpec(name=source, dtype=self.settings.dtype, device=self.settings.device)
+        # The entry's own dtype, device and quantization (`name=source;dtype=bf16;quantize=4bit`), else
+        # the service's TOKENTREE_DTYPE and TOKENTREE_DEVICE.
+        options = self.settings.options_of(name)
+        return ModelSpec(name=source, dtype=options.dtype, device=options.device,  # type: ignore[arg-type]
+                         quantization=options.quantize)  # type: ignore[arg-type]
 
     def get(self, name: str) -> LoadedModel:
         with self._lock:
