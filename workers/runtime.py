@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import redis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,6 +26,7 @@ from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
 from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key, worker_redis
 from workers.logprobs_jobs import LogprobsJobs
 from workers.service import HeldLease, ModelRegistry, Outcome, Services, WorkerConfig
+from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
 from workers.tree_jobs import TreeJobs
 from workers.writer import ProcessWriter
@@ -45,30 +42,6 @@ OUTAGE_MAX_DELAY_S = 5.0
 BLIP_RETRIES = 5
 
 
-class WorkerSettings(BaseSettings):
-    """The worker's own knobs (`TOKENTREE_WORKER_*`); the `tokentree worker` command sets some."""
-
-    model_config = SettingsConfigDict(env_prefix="TOKENTREE_WORKER_", extra="ignore", frozen=True)
-
-    name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    models: str = ""  # comma-separated allow-list names this worker serves; empty: all of them
-    threads: int = 0  # torch CPU threads; 0: torch's default
-    preload: bool = True  # load the models when the worker starts, not on its first job
-    hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch
-    unit_seconds: float = Field(default=20.0, gt=0)
-    lease_ttl_s: float = Field(default=8.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
-    split_min: int = Field(default=16, ge=1)
-    pipeline_writes: bool = True
-    writer_process: bool = True  # write steps from a child process (else from a thread of the unit)
-    sweep_interval_s: float = Field(default=2.0, gt=0)
-    stale_after_s: float = Field(default=15.0, gt=0)
-    visibility_timeout_s: int = Field(default=600, ge=60)
-    # A unit that fails because Postgres or Redis is unreachable waits this long at most for them to answer
-    # again (checking with exponential backoff), then runs again; below the visibility timeout.
-    outage_wait_s: float = Field(default=300.0, ge=0)
-
-
 def served_models(settings: Settings, worker: WorkerSettings) -> list[str]:
     names = [m.strip() for m in worker.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in settings.models]
@@ -78,12 +51,7 @@ def served_models(settings: Settings, worker: WorkerSettings) -> list[str]:
 
 
 def worker_config(settings: Settings, worker: WorkerSettings) -> WorkerConfig:
-    return WorkerConfig(
-        name=worker.name, max_batch=settings.max_batch,
-        hold_limit=worker.hold_limit or 4 * settings.max_batch,
-        unit_seconds=worker.unit_seconds, lease_ttl_s=worker.lease_ttl_s, max_attempts=worker.max_attempts,
-        split_min=worker.split_min, pipeline_writes=worker.pipeline_writes,
-    )
+    return WorkerConfig.of(settings, worker)
 
 
 class Heartbeat:
