@@ -41,6 +41,11 @@ class WorkerSettings(BaseSettings):
     # A unit that fails because Postgres or Redis is unreachable waits this long at most for them to answer
     # again (checking with exponential backoff), then runs again; below the visibility timeout.
     outage_wait_s: float = Field(default=300.0, ge=0)
+    # The worker's heartbeat key in Redis (models/worker_registry.py) lives this long past its last beat:
+    # a worker that stops beating (killed, wedged) counts as gone after it, and its name is free again.
+    heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    # The same key while the worker starts (Celery, the runtime, before the first beat).
+    startup_ttl_s: float = Field(default=120.0, gt=0)
 
 
 def default_of(field: str) -> object:

@@ -1,0 +1,124 @@
+"""Workers by their own heartbeats in Redis (models/worker_registry.py): unique names by default, and a
+live worker's name refused to another. Real `tokentree worker` processes, the real Redis and Postgres."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery
+
+from cli.worker_cmd import celery_argv
+from models import worker_registry
+from models.worker_registry import WorkerBeat
+from tests.workers.conftest import (
+    MODEL,
+    REPO_ROOT,
+    WorkerProcess,
+    Workers,
+    cli,
+    service_env,
+)
+
+HOST = socket.gethostname()
+
+
+def run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def live(client: redis.Redis) -> dict[str, WorkerBeat]:
+    return {beat.name: beat for beat in worker_registry.live_workers(client)}
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 180,
+               workers: Workers | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {w.name}\n{w.log()[-3000:]}" for w in (workers.started if workers else []))
+            raise AssertionError(f"not within {timeout}s: {what}\n{logs}")
+        time.sleep(0.25)
+    return found
+
+
+def start_unnamed(workers: Workers, label: str) -> WorkerProcess:
+    """`tokentree worker --model demo` with no --name nor TOKENTREE_WORKER_NAME: the default name."""
+    env = service_env(workers.settings, TOKENTREE_WORKER_SWEEP_INTERVAL_S="0.5")
+    log_path = workers.tmp / f"worker-{label}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cli("worker", "--model", MODEL, "--threads", "1", "--loglevel", "info"),
+                                   env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    worker = WorkerProcess(label, process, log_path)
+    workers.started.append(worker)
+    return worker
+
+
+def celery_node_names(redis_url: str) -> set[str]:
+    app = Celery("tokentree-test-ping", broker=redis_url, set_as_current=False)
+    try:
+        return {name for reply in app.control.ping(timeout=2.0) or [] for name in reply}
+    finally:
+        app.close()
+
+
+def test_two_workers_on_one_host_get_distinct_names(workers: Workers, redis_client: redis.Redis) -> None:
+    first, second = start_unnamed(workers, "anon-1"), start_unnamed(workers, "anon-2")
+    pids = {first.process.pid, second.process.pid}
+
+    def both_idle() -> dict[int, WorkerBeat]:
+        mine = {b.pid: b for b in live(redis_client).values() if b.pid in pids and b.state == "idle"}
+        return mine if set(mine) == pids else {}
+
+    beats = eventually(both_idle, "both unnamed workers beat in Redis", workers=workers)
+    # The worker became the `tokentree worker` process (exec): its name is this host and its pid.
+    names = {pid: beat.name for pid, beat in beats.items()}
+    assert names == {pid: f"{HOST}-{pid}" for pid in pids}
+    assert all(beat.host == HOST and beat.models == (MODEL,) for beat in beats.values())
+    # Celery's node names differ too (`-n NAME@%h`): both answer a ping under their own.
+    expected = {f"{name}@{HOST}" for name in names.values()}
+    eventually(lambda: expected <= celery_node_names(str(workers.settings.redis_url)),
+               f"Celery nodes {expected} answer a ping", timeout=60)
+    # The container healthcheck: alive by name; a name nobody has is not.
+    env = service_env(workers.settings)
+    done = run("worker", "--check", "--name", names[first.process.pid], env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"1 worker(s) alive on {HOST}: {names[first.process.pid]} (idle)" in done.stdout
+    done = run("worker", "--check", "--name", "not-running", env=env)
+    assert done.returncode == 1 and "0 of 1 worker(s) alive" in done.stderr
+    # A clean stop gives the names back at once, not after the TTL.
+    first.stop()
+    second.stop()
+    assert first.process.returncode == 0 and second.process.returncode == 0
+    assert not set(names.values()) & set(live(redis_client))
+
+
+def test_a_live_workers_name_is_refused(workers: Workers, redis_client: redis.Redis) -> None:
+    holder = workers.start("dup", heartbeat_ttl_s="3")
+    env = service_env(workers.settings)
+    started = time.monotonic()
+    done = run("worker", "--model", MODEL, "--name", "dup", env=env)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()  # one line, no traceback
+    assert line == (f"tokentree: error: a live worker is already named 'dup' (pid {holder.process.pid} on "
+                    f"{HOST}, idle); give this one another --name")
+    assert time.monotonic() - started < 30  # refused before anything loads
+    # A worker process that gets past the command (a race) is refused by its own claim (SET NX).
+    worker_env = {**env, "TOKENTREE_WORKER_NAME": "dup", "TOKENTREE_WORKER_MODELS": MODEL}
+    raced = subprocess.run(celery_argv(worker_env, [MODEL], "warning"), env=worker_env, cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert raced.returncode == 2, raced.stderr[-3000:]
+    assert "tokentree: error: a live worker is already named 'dup'" in raced.stderr
+    assert "Traceback" not in raced.stderr
+    assert live(redis_client)["dup"].pid == holder.process.pid  # the live one kept its name
+    # Killed, it beats no more: gone within its TTL (3 s), and the name is free again.
+    holder.kill()
+    eventually(lambda: "dup" not in live(redis_client), "the killed worker drops out", timeout=10)
+    fresh = WorkerBeat(name="dup", models=(MODEL,), pid=holder.process.pid + 1_000_000)
+    assert worker_registry.claim(redis_client, fresh, 5) is None
+    worker_registry.release(redis_client, fresh)
