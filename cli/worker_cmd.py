@@ -86,6 +86,23 @@ def _gpu_ids(text: str | None) -> list[str]:
     return gpus
 
 
+def _check_gpus(gpus: list[str]) -> None:
+    """Refuse --gpus on a machine where torch sees no CUDA device (or fewer than asked for)."""
+    if not gpus:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise UsageError(f"--gpus {','.join(gpus)}: no CUDA GPU is available here "
+                         f"(torch {torch.__version__}, {build}); run without --gpus to use the CPU")
+    count = torch.cuda.device_count()
+    missing = [g for g in gpus if int(g) >= count]
+    if missing:
+        raise UsageError(f"--gpus {','.join(gpus)}: this machine has {count} CUDA device(s), numbered 0 to "
+                         f"{count - 1}; there is no {missing[0]}")
+
+
 def _check_names_free(redis_url: str, names: list[str]) -> None:
     """Refuse a name a live worker already has (its heartbeat key is in Redis). The worker process claims
     its name itself when it starts (workers/tasks.py); this says so before anything loads."""
@@ -159,6 +176,7 @@ def run_worker(args: argparse.Namespace) -> int:
                            len(_gpu_ids(args.gpus)) or args.processes)
     models = args.model or list(settings.models)
     envs = _process_envs(args, models)
+    _check_gpus(_gpu_ids(args.gpus))
     _check_names_free(settings.redis_url, [env["TOKENTREE_WORKER_NAME"] for env in envs])
     if len(envs) == 1:
         # The worker becomes this process: signals (a warm shutdown on SIGTERM) go straight to Celery.

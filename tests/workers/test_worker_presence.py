@@ -1,5 +1,6 @@
-"""Workers by their own heartbeats in Redis (models/worker_registry.py): unique names by default, and a
-live worker's name refused to another. Real `tokentree worker` processes, the real Redis and Postgres."""
+"""Workers by their own heartbeats in Redis (models/worker_registry.py): unique names by default, a live
+worker's name refused to another, and `--gpus` refused without CUDA. Real `tokentree worker` processes,
+the real Redis and Postgres."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from celery import Celery
 
 from cli.worker_cmd import celery_argv
 from models import worker_registry
+from models.settings import Settings
 from models.worker_registry import WorkerBeat
 from tests.workers.conftest import (
     MODEL,
@@ -122,3 +124,21 @@ def test_a_live_workers_name_is_refused(workers: Workers, redis_client: redis.Re
     fresh = WorkerBeat(name="dup", models=(MODEL,), pid=holder.process.pid + 1_000_000)
     assert worker_registry.claim(redis_client, fresh, 5) is None
     worker_registry.release(redis_client, fresh)
+
+
+def test_gpus_without_cuda_is_one_line_and_status_2(settings: Settings) -> None:
+    import torch
+
+    # On a machine with CUDA, a device number it does not have stands for the missing GPU.
+    gpus = f"0,{torch.cuda.device_count()}" if torch.cuda.is_available() else "0,1"
+    done = run("worker", "--gpus", gpus, env=service_env(settings), timeout=60)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    if torch.cuda.is_available():
+        assert line.startswith(f"tokentree: error: --gpus {gpus}: this machine has ")
+    else:
+        assert line.startswith(f"tokentree: error: --gpus {gpus}: no CUDA GPU is available here (torch ")
+        assert line.endswith("run without --gpus to use the CPU")
+    for bad in ("a,b", "0,0"):
+        done = run("worker", "--gpus", bad, env=service_env(settings), timeout=60)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
