@@ -1,6 +1,7 @@
 """Workers by their own heartbeats in Redis (models/worker_registry.py): unique names by default, a live
-worker's name refused to another, and `--gpus` refused without CUDA. Real `tokentree worker` processes,
-the real Redis and Postgres."""
+worker's name refused to another, `tokentree status` and /metrics counting busy workers as alive, a job
+whose model no live worker serves saying so, and `--gpus` refused without CUDA. Real `tokentree worker`
+processes, the real Redis and Postgres."""
 
 from __future__ import annotations
 
@@ -12,21 +13,33 @@ from typing import Any
 
 import redis
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
 
 from cli.worker_cmd import celery_argv
 from models import worker_registry
+from models.queues import model_queue
 from models.settings import Settings
 from models.worker_registry import WorkerBeat
 from tests.workers.conftest import (
     MODEL,
+    MODEL_SOURCE,
     REPO_ROOT,
     WorkerProcess,
     Workers,
     cli,
+    serve,
     service_env,
+    wait_for,
 )
+from tests.workers.trees import PROMPT
 
 HOST = socket.gethostname()
+UNSERVED = "nobody"  # in the API's allow-list, served by no worker
+# A tree that keeps one worker busy for a minute or more (the test cancels it): a low threshold, deep, wide.
+LONG: dict[str, Any] = {"min_branch_threshold": 0.01, "max_branch_threshold": 0.05,
+                        "soft_queue_limit": 100_000, "max_depth": 500, "max_completed_paths": 1_000_000,
+                        "max_nodes": 400_000}
 
 
 def run(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -124,6 +137,76 @@ def test_a_live_workers_name_is_refused(workers: Workers, redis_client: redis.Re
     fresh = WorkerBeat(name="dup", models=(MODEL,), pid=holder.process.pid + 1_000_000)
     assert worker_registry.claim(redis_client, fresh, 5) is None
     worker_registry.release(redis_client, fresh)
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_busy_workers_are_alive_and_unserved_models_say_so(
+    workers: Workers, settings: Settings, redis_client: redis.Redis, session_factory: sessionmaker[Session]
+) -> None:
+    # The API allows a second model that no worker serves.
+    api_settings = settings.model_copy(update={"models": {MODEL: MODEL_SOURCE, UNSERVED: MODEL_SOURCE},
+                                               "max_nodes": LONG["max_nodes"]})
+    status_env = service_env(settings, TOKENTREE_MODELS=f"{MODEL}={MODEL_SOURCE},{UNSERVED}={MODEL_SOURCE}")
+    with serve(api_settings, session_factory=session_factory) as api:
+        # No worker alive yet: every open job says so.
+        small = {"max_nodes": 50}
+        waiting = api.post("/v1/jobs", json={"prompt": PROMPT, "model": MODEL, "parameters": small})
+        assert waiting.json()["warning"] == f"no live worker serves model {MODEL}"
+        # One unit may last a minute: the worker stays busy, and so unable to answer a Celery ping.
+        worker = workers.start("busy-1", unit_seconds="60")
+        big = api.post("/v1/jobs", json={"prompt": PROMPT, "model": MODEL, "parameters": LONG}).json()["id"]
+        unserved = api.post("/v1/jobs",
+                            json={"prompt": PROMPT, "model": UNSERVED, "parameters": small}).json()
+        assert unserved["warning"] == f"no live worker serves model {UNSERVED}"
+        wait_for(api, big, lambda j: j["status"] == "running" and j["progress"]["nodes"] >= 200,
+                 workers=workers)
+
+        def busy() -> bool:
+            beat = live(redis_client).get("busy-1")
+            return beat is not None and beat.state == "busy"
+
+        eventually(busy, "busy-1 beats as busy", timeout=30, workers=workers)
+
+        found = metric_samples(api.get("/metrics").text)
+        assert found[("tokentree_workers_alive", ())] == 1
+        assert found[("tokentree_model_workers", (("model", MODEL),))] == 1
+        assert found[("tokentree_model_workers", (("model", UNSERVED),))] == 0
+
+        done = run("status", env=status_env)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert "workers alive: 1" in lines
+        [line] = [line for line in lines if line.startswith("  busy-1: ")]
+        assert line.startswith(f"  busy-1: {MODEL} (busy; host {HOST}, pid {worker.process.pid}, last beat ")
+        assert f"queues no live worker serves: {model_queue(UNSERVED)}" in lines
+        job = api.get(f"/v1/jobs/{big}").json()
+        assert job["status"] == "running" and job["warning"] is None  # still busy on it all along
+        assert live(redis_client)["busy-1"].state == "busy"
+
+        # Its model is served: the jobs waiting for it say nothing; the other model's job still warns.
+        listed = {item["id"]: item["warning"] for item in api.get("/v1/jobs").json()["items"]}
+        assert listed[waiting.json()["id"]] is None and listed[big] is None
+        assert listed[unserved["id"]] == f"no live worker serves model {UNSERVED}"
+
+        # The worker stops: the open demo jobs say so again; a finished job never warns.
+        worker.stop()
+        assert worker.process.returncode == 0
+        job = api.get(f"/v1/jobs/{big}").json()
+        assert job["status"] == "running" and job["warning"] == f"no live worker serves model {MODEL}"
+        assert api.post(f"/v1/jobs/{big}/cancel").json()["warning"] is None
+        found = metric_samples(api.get("/metrics").text)
+        assert found[("tokentree_workers_alive", ())] == 0
+        done = run("status", env=status_env)
+        assert "workers alive: 0 (no worker heartbeat in Redis)" in done.stdout.splitlines()
+        assert (f"queues no live worker serves: {model_queue(MODEL)}, {model_queue(UNSERVED)}"
+                in done.stdout.splitlines())
 
 
 def test_gpus_without_cuda_is_one_line_and_status_2(settings: Settings) -> None:
