@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
-from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import viewers
 from api.dispatch import CeleryDispatcher, Dispatcher
 from api.limits import RequestSizeLimit, make_rate_limiter
-from api.metrics import Metrics, WorkerWatch
+from api.metrics import Metrics
 from api.routes import jobs, system
 from api.tree_cache import RenderedTrees
 from models.db import api_engine, make_session_factory
@@ -93,24 +92,13 @@ def create_app(
         engine = api_engine(settings)
         session_factory = make_session_factory(engine)
     broker = None
-    worker_watch = None
-    owned_celery: Celery | None = None
     if settings.redis_url is not None:
         broker = redis.Redis.from_url(settings.redis_url, socket_timeout=BROKER_PING_TIMEOUT_S,
                                       socket_connect_timeout=BROKER_PING_TIMEOUT_S)
-        celery_app = getattr(dispatcher, "celery", None)
-        if not isinstance(celery_app, Celery):
-            celery_app = owned_celery = Celery("tokentree-api-inspect", broker=settings.redis_url,
-                                               set_as_current=False)
-        worker_watch = WorkerWatch(celery_app)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        if worker_watch is not None:
-            worker_watch.stop()
-        if owned_celery is not None:
-            owned_celery.close()
         if owned_dispatcher is not None:
             owned_dispatcher.close()
         if broker is not None:
@@ -130,7 +118,7 @@ def create_app(
     app.state.broker = broker
     app.state.rendered_trees = RenderedTrees(settings.tree_cache_bytes)
     app.state.rate_limiter = make_rate_limiter(settings, broker)
-    app.state.metrics = Metrics(settings, session_factory, broker, worker_watch)
+    app.state.metrics = Metrics(settings, session_factory, broker)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for error in (OperationalError, InterfaceError, PoolTimeout, DBAPIError):
         app.add_exception_handler(error, _database_unavailable)

@@ -6,8 +6,9 @@
 - tokentree_frontier_nodes: open nodes of running jobs (Redis, one SCARD per running job; the
   embedded mode counts them in the database);
 - tokentree_queue_messages{model}: Celery messages waiting on each model's queue;
-- tokentree_workers_alive: workers that answered Celery's ping (refreshed in the background every
-  WORKER_PING_EVERY_S, so a scrape never waits on it; -1 until the first answer is in);
+- tokentree_workers_alive: workers whose heartbeat key is alive in Redis (models/worker_registry.py):
+  busy ones count, since the heartbeat is a thread of its own, not an answer to a ping;
+- tokentree_model_workers{model}: live workers serving each model (0: its queue waits for nobody);
 - tokentree_up{dependency}: whether the database and the broker answered this scrape;
 - tokentree_requests_refused_total{reason}: requests refused (auth, rate_limit, quota, database).
 
@@ -17,7 +18,6 @@ A dependency that is down makes its metrics absent and its `tokentree_up` 0; /me
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,14 +30,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.dispatch import model_queue
-from models import jobs, node_reads
+from models import jobs, node_reads, worker_registry
 from models.schema import Job
 from models.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WORKER_PING_EVERY_S = 10.0
-WORKER_PING_TIMEOUT_S = 1.0
 MAX_RUNNING_JOBS_READ = 1_000
 REFUSAL_REASONS = ("auth", "rate_limit", "quota", "database")
 
@@ -47,50 +45,12 @@ def frontier_key(job_id: object) -> str:
     return f"tokentree:job:{job_id}:open"
 
 
-def ping_workers(celery_app: Any, timeout_s: float) -> list[str]:
-    """The names of the Celery workers that answer a ping within `timeout_s` (busy ones may not)."""
-    replies = celery_app.control.ping(timeout=timeout_s) or []
-    return sorted(name for reply in replies for name in reply)
-
-
-class WorkerWatch:
-    """Pings the workers in a background thread, so scrapes read the last count instantly."""
-
-    def __init__(self, celery_app: Any) -> None:
-        self.celery_app = celery_app
-        self.alive = -1
-        self.stop_event = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
-
-    def ensure_started(self) -> None:
-        with self.lock:
-            if self.thread is None and not self.stop_event.is_set():
-                self.thread = threading.Thread(target=self._run, name="tokentree-worker-ping", daemon=True)
-                self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                self.alive = len(ping_workers(self.celery_app, WORKER_PING_TIMEOUT_S))
-            except Exception as exc:
-                log.warning("metrics: cannot ping the workers: %s", exc)
-                self.alive = -1
-            self.stop_event.wait(WORKER_PING_EVERY_S)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        if self.thread is not None:
-            self.thread.join(timeout=WORKER_PING_TIMEOUT_S + 2)
-
-
 class ServiceCollector(Collector):
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
-                 broker: redis.Redis | None, workers: WorkerWatch | None) -> None:
+                 broker: redis.Redis | None) -> None:
         self.settings = settings
         self.session_factory = session_factory
         self.broker = broker
-        self.workers = workers
         self.last_nodes: tuple[float, int] | None = None
         self.nodes_per_second = 0.0
 
@@ -154,6 +114,7 @@ class ServiceCollector(Collector):
             for job_id in running:
                 pipe.scard(frontier_key(job_id))
             replies = pipe.execute()
+            workers = worker_registry.live_workers(self.broker)
         except redis.RedisError as exc:
             log.warning("metrics: broker unreachable: %s", exc)
             up.add_metric(["broker"], 0)
@@ -166,20 +127,23 @@ class ServiceCollector(Collector):
             yield queues
             yield GaugeMetricFamily("tokentree_frontier_nodes", "Open nodes of running jobs",
                                     value=sum(replies[len(models):]))
-        if self.workers is not None:
-            self.workers.ensure_started()
-            yield GaugeMetricFamily("tokentree_workers_alive",
-                                    "Workers that answered Celery's last ping (-1: unknown yet)",
-                                    value=self.workers.alive)
+            yield GaugeMetricFamily("tokentree_workers_alive", "Workers whose heartbeat is alive in Redis, "
+                                    "busy or not", value=len(workers))
+            serving = GaugeMetricFamily("tokentree_model_workers",
+                                        "Live workers serving a model (0: nobody takes its jobs)",
+                                        labels=["model"])
+            for model in models:
+                serving.add_metric([model], sum(model in worker.models for worker in workers))
+            yield serving
 
 
 class Metrics:
     """The app's registry: the live collector and the counters the routes bump."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
-                 broker: redis.Redis | None, workers: WorkerWatch | None) -> None:
+                 broker: redis.Redis | None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ServiceCollector(settings, session_factory, broker, workers))
+        self.registry.register(ServiceCollector(settings, session_factory, broker))
         self.refused_total = Counter("tokentree_requests_refused", "Requests refused, by reason",
                                      labelnames=["reason"], registry=self.registry)
         for reason in REFUSAL_REASONS:  # present from the start, at 0

@@ -53,6 +53,8 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     progress: ProgressOut
+    warning: str | None = Field(default=None, description="why a queued or running job may not move, "
+                                "e.g. \"no live worker serves model X\"; null otherwise")
 
     @field_validator("created_at", "started_at", "finished_at")
     @classmethod
@@ -63,11 +65,11 @@ class JobOut(BaseModel):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     @classmethod
-    def of(cls, job: Job, progress: Progress) -> JobOut:
+    def of(cls, job: Job, progress: Progress, warning: str | None = None) -> JobOut:
         return cls(id=job.id, kind=job.kind, prompt=job.prompt, model=job.model, parameters=job.parameters,
                    chat=job.chat, prefix=job.prefix, status=job.status, error=job.error,  # type: ignore[arg-type]
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-                   progress=ProgressOut(**progress.to_json()))
+                   progress=ProgressOut(**progress.to_json()), warning=warning)
 
 
 class JobPage(BaseModel):

@@ -122,7 +122,9 @@ def run_models(args: argparse.Namespace) -> int:
     settings = load_settings()
     for name, source in settings.models.items():
         default = "  (default)" if name == settings.default_model else ""
-        print(f"{name}\t{source}{default}")
+        options = settings.model_options.get(name)
+        loading = f"\t{options.describe()}" if options is not None else ""
+        print(f"{name}\t{source}{loading}{default}")
     return 0
 
 

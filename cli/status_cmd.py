@@ -1,4 +1,5 @@
-"""`tokentree status`: jobs by status, the Celery queue of each model, and the workers that answer.
+"""`tokentree status`: jobs by status, the Celery queue of each model, the live workers and their models
+(from the workers' own heartbeats in Redis, so a busy worker counts), and the queues nobody serves.
 
 In the embedded mode (no TOKENTREE_REDIS_URL) jobs run inside `tokentree serve`: there are no queues
 nor separate workers, and the command says so.
@@ -10,8 +11,6 @@ import argparse
 
 from cli.errors import UsageError
 from cli.main import Parser
-
-PING_TIMEOUT_S = 1.5
 
 
 def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
@@ -42,25 +41,27 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _broker_status(redis_url: str, models: list[str]) -> None:
-    import redis
-    from celery import Celery
+    import time
 
-    from api.dispatch import model_queue
-    from api.metrics import ping_workers
+    import redis
+
+    from models.queues import model_queue
+    from models.worker_registry import live_workers, unserved
 
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     try:
         lengths = [int(client.llen(model_queue(model))) for model in models]
+        workers = live_workers(client)
     except redis.RedisError as exc:
         raise UsageError(f"cannot reach the broker {redis_url.split('@')[-1]}: {exc}") from None
     finally:
         client.close()
     print("queues: " + ", ".join(f"{model_queue(model)} {length}"
                                  for model, length in zip(models, lengths, strict=True)))
-    app = Celery("tokentree-status", broker=redis_url, set_as_current=False)
-    try:
-        names = ping_workers(app, PING_TIMEOUT_S)
-    finally:
-        app.close()
-    print(f"workers alive: {len(names)}" + (f" ({', '.join(names)})" if names else
-                                            f" (none answered a ping within {PING_TIMEOUT_S} s)"))
+    now = time.time()
+    print(f"workers alive: {len(workers)}" + ("" if workers else " (no worker heartbeat in Redis)"))
+    for worker in workers:
+        print(f"  {worker.describe(now)}")
+    nobody = unserved(models, workers)
+    if nobody:
+        print("queues no live worker serves: " + ", ".join(model_queue(model) for model in nobody))

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from typing import Any
 
+from cli.errors import UsageError
+
 QUEUE_PREFIX = "tokentree.model."
 
 
@@ -38,20 +40,26 @@ def add_command(commands: Any) -> None:
     )
     parser.add_argument("--model", action="append", choices=_allow_list(), metavar="NAME",
                         help="a model of the allow-list to serve (repeatable; default: every model)")
-    parser.add_argument("--name", help="the worker's name in job progress (default: the host name)")
+    parser.add_argument("--name", help="the worker's name in job progress and status, unique among live "
+                        "workers (default: TOKENTREE_WORKER_NAME, else HOST-PID; processes add -1, -2...)")
     parser.add_argument("--processes", type=int, default=1,
                         help="worker processes to run, one unit of work at a time each (default 1)")
     parser.add_argument("--gpus", help="comma-separated CUDA device ids: one process per device")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads per process (default: the CPU cores shared among processes)")
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--check", action="store_true",
+                        help="start nothing: exit 0 if the workers this command runs on this host are alive "
+                             "(their heartbeats in Redis; a container's healthcheck), else 1")
     parser.set_defaults(handler=run_worker)
 
 
 def _process_envs(args: argparse.Namespace, models: list[str]) -> list[dict[str, str]]:
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else []
+    gpus = _gpu_ids(args.gpus)
     count = len(gpus) or args.processes
-    name = args.name or socket.gethostname()
+    # The host and this process's id by default: two `tokentree worker` on one host never share a name
+    # (with one process the worker becomes this process, so the pid stays the worker's own).
+    name = args.name or os.environ.get("TOKENTREE_WORKER_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     threads = args.threads or max(1, (os.cpu_count() or 1) // count)
     envs = []
     for index in range(count):
@@ -67,6 +75,80 @@ def _process_envs(args: argparse.Namespace, models: list[str]) -> list[dict[str,
     return envs
 
 
+def _gpu_ids(text: str | None) -> list[str]:
+    if not text:
+        return []
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus):
+        raise UsageError(f"--gpus takes comma-separated CUDA device numbers (like 0,1), got {text!r}")
+    if len(set(gpus)) != len(gpus):
+        raise UsageError(f"--gpus lists a device twice: {text!r}")
+    return gpus
+
+
+def _check_gpus(gpus: list[str]) -> None:
+    """Refuse --gpus on a machine where torch sees no CUDA device (or fewer than asked for)."""
+    if not gpus:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise UsageError(f"--gpus {','.join(gpus)}: no CUDA GPU is available here "
+                         f"(torch {torch.__version__}, {build}); run without --gpus to use the CPU")
+    count = torch.cuda.device_count()
+    missing = [g for g in gpus if int(g) >= count]
+    if missing:
+        raise UsageError(f"--gpus {','.join(gpus)}: this machine has {count} CUDA device(s), numbered 0 to "
+                         f"{count - 1}; there is no {missing[0]}")
+
+
+def _check_names_free(redis_url: str, names: list[str]) -> None:
+    """Refuse a name a live worker already has (its heartbeat key is in Redis). The worker process claims
+    its name itself when it starts (workers/tasks.py); this says so before anything loads."""
+    import redis
+
+    from models.worker_registry import holder_of, is_stale, name_taken
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        for name in names:
+            holder = holder_of(client, name)
+            if holder is not None and not is_stale(holder):
+                raise UsageError(name_taken(holder))
+    except redis.RedisError as exc:
+        raise UsageError(f"cannot reach Redis at {redis_url.split('@')[-1]}: {exc}") from None
+    finally:
+        client.close()
+
+
+def check_alive(redis_url: str, name: str | None, count: int) -> int:
+    """`tokentree worker --check`: 0 when `count` workers of this host have a live heartbeat (those named
+    NAME, or NAME-1..NAME-count, when a name is given), else 1; one line either way."""
+    import redis
+
+    from models.worker_registry import live_workers
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        workers = [w for w in live_workers(client) if w.host == socket.gethostname()]
+    except redis.RedisError as exc:
+        print(f"tokentree: error: cannot reach Redis at {redis_url.split('@')[-1]}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if name is not None:
+        wanted = {name} if count == 1 else {f"{name}-{index + 1}" for index in range(count)}
+        workers = [w for w in workers if w.name in wanted]
+    alive = ", ".join(f"{w.name} ({w.state})" for w in workers)
+    if len(workers) < count:
+        print(f"tokentree: error: {len(workers)} of {count} worker(s) alive on {socket.gethostname()}"
+              + (f": {alive}" if alive else ""), file=sys.stderr)
+        return 1
+    print(f"{len(workers)} worker(s) alive on {socket.gethostname()}: {alive}")
+    return 0
+
+
 def celery_argv(env: dict[str, str], models: list[str], loglevel: str) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
@@ -79,7 +161,6 @@ def celery_argv(env: dict[str, str], models: list[str], loglevel: str) -> list[s
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from cli.main import UsageError
     from cli.service import load_settings
 
     settings = load_settings()
@@ -90,8 +171,13 @@ def run_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"--processes must be at least 1, got {args.processes}")
     if args.threads < 0:
         raise UsageError(f"--threads must not be negative, got {args.threads}")
+    if args.check:
+        return check_alive(settings.redis_url, args.name or os.environ.get("TOKENTREE_WORKER_NAME"),
+                           len(_gpu_ids(args.gpus)) or args.processes)
     models = args.model or list(settings.models)
     envs = _process_envs(args, models)
+    _check_gpus(_gpu_ids(args.gpus))
+    _check_names_free(settings.redis_url, [env["TOKENTREE_WORKER_NAME"] for env in envs])
     if len(envs) == 1:
         # The worker becomes this process: signals (a warm shutdown on SIGTERM) go straight to Celery.
         argv = celery_argv(envs[0], models, args.loglevel)

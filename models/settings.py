@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -31,26 +32,84 @@ def default_data_dir() -> Path:
     return Path(base) / "tokentree"
 
 
-def parse_models(text: str) -> dict[str, str]:
-    """`demo,gemma=google/gemma-2-2b-it` -> {"demo": "demo", "gemma": "google/gemma-2-2b-it"}.
+# Per-model loading options an allow-list entry may carry (`name=source;dtype=bf16;quantize=4bit`): the
+# values `engine.loading.ModelSpec` takes (repeated here: this module must not import torch).
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "dtype": ("auto", "bf16", "fp16", "fp32"),
+    "device": ("auto", "cpu", "cuda"),
+    "quantize": ("none", "4bit", "8bit"),
+}
 
-    An entry without `=` is its own source (`demo` is the bundled checkpoint, anything else a Hub id).
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How a worker loads one allow-list entry; None: the service's TOKENTREE_DTYPE / TOKENTREE_DEVICE
+    (and no quantization)."""
+
+    dtype: str | None = None
+    device: str | None = None
+    quantize: str | None = None
+
+    def describe(self) -> str:
+        """`dtype=bf16;quantize=4bit`, the options that are set, as an entry writes them."""
+        return ";".join(f"{key}={value}" for key, value in vars(self).items() if value is not None)
+
+
+def _entry_options(entry: str, text: str) -> ModelOptions:
+    values: dict[str, str] = {}
+    for option in text.split(";"):
+        option = option.strip()
+        if not option:
+            continue
+        key, equals, value = (part.strip() for part in option.partition("="))
+        if key not in MODEL_OPTIONS:
+            raise ValueError(f"model entry {entry!r}: unknown option {key!r} "
+                             f"(options: {', '.join(MODEL_OPTIONS)})")
+        if not equals or value not in MODEL_OPTIONS[key]:
+            raise ValueError(f"model entry {entry!r}: {key} must be one of "
+                             f"{', '.join(MODEL_OPTIONS[key])}, got {value!r}")
+        if key in values:
+            raise ValueError(f"model entry {entry!r}: {key} is given twice")
+        values[key] = value
+    options = ModelOptions(**values)
+    if options.quantize not in (None, "none") and options.device == "cpu":
+        raise ValueError(f"model entry {entry!r}: {options.quantize} quantization runs on bitsandbytes "
+                         "and needs device=cuda (or auto)")
+    return options
+
+
+def parse_model_entries(text: str) -> dict[str, tuple[str, ModelOptions]]:
+    """The allow-list with each entry's loading options: name -> (source, options).
+
+    Entries are comma-separated: `name` (its own source), `name=source`, and either followed by
+    `;option=value` pairs: `dtype` (auto, bf16, fp16, fp32), `device` (auto, cpu, cuda) and `quantize`
+    (none, 4bit, 8bit). E.g. `demo,gemma=google/gemma-2-2b-it;dtype=bf16;quantize=4bit`.
     """
-    models: dict[str, str] = {}
+    models: dict[str, tuple[str, ModelOptions]] = {}
     for entry in text.split(","):
         entry = entry.strip()
         if not entry:
             continue
-        name, _, source = entry.partition("=")
+        head, _, option_text = entry.partition(";")
+        name, _, source = head.partition("=")
         name, source = name.strip(), source.strip() or name.strip()
         if not MODEL_NAME.match(name):
             raise ValueError(f"model name {name!r} must be letters, digits, '_', '.' or '-' (64 at most)")
         if name in models:
             raise ValueError(f"model name {name!r} is listed twice")
-        models[name] = source
+        models[name] = (source, _entry_options(entry, option_text))
     if not models:
         raise ValueError("the model allow-list is empty")
     return models
+
+
+def parse_models(text: str) -> dict[str, str]:
+    """`demo,gemma=google/gemma-2-2b-it` -> {"demo": "demo", "gemma": "google/gemma-2-2b-it"}.
+
+    An entry without `=` is its own source (`demo` is the bundled checkpoint, anything else a Hub id);
+    loading options after `;` are checked and left out (see `parse_model_entries`).
+    """
+    return {name: source for name, (source, _) in parse_model_entries(text).items()}
 
 
 class Settings(BaseSettings):
@@ -67,6 +126,9 @@ class Settings(BaseSettings):
     # The operator's allow-list, name -> source (`demo`, a Hub id or a folder). Clients name an entry;
     # the first one is the default.
     models: Annotated[dict[str, str], NoDecode] = Field(default_factory=lambda: {"demo": "demo"})
+    # Each entry's loading options, read from the same variable (`name=source;dtype=bf16;quantize=4bit`);
+    # an entry without options is not here and loads with `dtype` and `device` below.
+    model_options: Annotated[dict[str, ModelOptions], NoDecode] = Field(default_factory=dict)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
@@ -117,10 +179,30 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_model_entries(cls, data: Any) -> Any:
+        """TOKENTREE_MODELS as text: the sources go to `models`, the options to `model_options`."""
+        if isinstance(data, dict) and isinstance(data.get("models"), str):
+            try:
+                entries = parse_model_entries(data["models"])
+            except ValueError:
+                return data  # the `models` field reports it, under TOKENTREE_MODELS
+            data = {**data, "models": {name: source for name, (source, _) in entries.items()}}
+            data["model_options"] = {name: options for name, (_, options) in entries.items()
+                                     if options != ModelOptions()}
+        return data
+
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> Any:
         return parse_models(value) if isinstance(value, str) else value
+
+    def options_of(self, name: str) -> ModelOptions:
+        """How to load allow-list entry `name`: its own options, the service's defaults for the rest."""
+        own = self.model_options.get(name, ModelOptions())
+        return ModelOptions(dtype=own.dtype or self.dtype, device=own.device or self.device,
+                            quantize=own.quantize or "none")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from celery import Celery
 
 from models.queues import RUN_JOB_TASK, model_queue
 from models.settings import get_settings
-from workers.runtime import WorkerSettings
+from workers.settings import WorkerSettings
 
 
 def route_by_model(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:

@@ -9,27 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import redis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from models import worker_registry
 from models.db import engine_from_settings, make_session_factory
 from models.jobs import as_job_id
 from models.schema import Job
 from models.settings import Settings, get_settings
+from models.worker_registry import WorkerBeat
 from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
 from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key, worker_redis
 from workers.logprobs_jobs import LogprobsJobs
 from workers.service import HeldLease, ModelRegistry, Outcome, Services, WorkerConfig
+from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
 from workers.tree_jobs import TreeJobs
 from workers.writer import ProcessWriter
@@ -45,30 +44,6 @@ OUTAGE_MAX_DELAY_S = 5.0
 BLIP_RETRIES = 5
 
 
-class WorkerSettings(BaseSettings):
-    """The worker's own knobs (`TOKENTREE_WORKER_*`); the `tokentree worker` command sets some."""
-
-    model_config = SettingsConfigDict(env_prefix="TOKENTREE_WORKER_", extra="ignore", frozen=True)
-
-    name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    models: str = ""  # comma-separated allow-list names this worker serves; empty: all of them
-    threads: int = 0  # torch CPU threads; 0: torch's default
-    preload: bool = True  # load the models when the worker starts, not on its first job
-    hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch
-    unit_seconds: float = Field(default=20.0, gt=0)
-    lease_ttl_s: float = Field(default=8.0, gt=0)
-    max_attempts: int = Field(default=3, ge=1)
-    split_min: int = Field(default=16, ge=1)
-    pipeline_writes: bool = True
-    writer_process: bool = True  # write steps from a child process (else from a thread of the unit)
-    sweep_interval_s: float = Field(default=2.0, gt=0)
-    stale_after_s: float = Field(default=15.0, gt=0)
-    visibility_timeout_s: int = Field(default=600, ge=60)
-    # A unit that fails because Postgres or Redis is unreachable waits this long at most for them to answer
-    # again (checking with exponential backoff), then runs again; below the visibility timeout.
-    outage_wait_s: float = Field(default=300.0, ge=0)
-
-
 def served_models(settings: Settings, worker: WorkerSettings) -> list[str]:
     names = [m.strip() for m in worker.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in settings.models]
@@ -78,12 +53,22 @@ def served_models(settings: Settings, worker: WorkerSettings) -> list[str]:
 
 
 def worker_config(settings: Settings, worker: WorkerSettings) -> WorkerConfig:
-    return WorkerConfig(
-        name=worker.name, max_batch=settings.max_batch,
-        hold_limit=worker.hold_limit or 4 * settings.max_batch,
-        unit_seconds=worker.unit_seconds, lease_ttl_s=worker.lease_ttl_s, max_attempts=worker.max_attempts,
-        split_min=worker.split_min, pipeline_writes=worker.pipeline_writes,
-    )
+    return WorkerConfig.of(settings, worker)
+
+
+class NameTaken(RuntimeError):
+    """Another live worker has this worker's name."""
+
+    def __init__(self, holder: WorkerBeat) -> None:
+        super().__init__(worker_registry.name_taken(holder))
+        self.holder = holder
+
+
+def claim_name(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> None:
+    """Take the worker's name in Redis (SET NX with a TTL), or raise NameTaken."""
+    holder = worker_registry.claim(client, beat, ttl_s)
+    if holder is not None:
+        raise NameTaken(holder)
 
 
 class Heartbeat:
@@ -105,6 +90,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)  # no beat may renew the worker's key after it is released
 
     @contextlib.contextmanager
     def hold(self, job_id: str, unit: str, kind: str) -> Iterator[HeldLease]:
@@ -155,7 +142,16 @@ class Heartbeat:
             except Exception:
                 log.exception("heartbeat failed")
 
+    @property
+    def state(self) -> str:
+        if self.runtime.services.stopping.is_set():
+            return "stopping"
+        if not self.runtime.ready:
+            return "starting"
+        return "busy" if self._busy else "idle"
+
     def _beat(self) -> None:
+        self.runtime.beat_presence(self.state)
         frontier = self.runtime.frontier
         ttl = self.runtime.services.config.lease_ttl_s
         with self._lock:
@@ -176,7 +172,7 @@ class WorkerRuntime:
     """Everything a worker process needs, built once."""
 
     def __init__(self, settings: Settings | None = None, worker: WorkerSettings | None = None,
-                 send: Callable[[str, str], None] | None = None) -> None:
+                 send: Callable[[str, str], None] | None = None, beat: WorkerBeat | None = None) -> None:
         self.settings = settings or get_settings()
         if self.settings.redis_url is None or self.settings.database_url is None:
             raise RuntimeError("a worker needs TOKENTREE_REDIS_URL and TOKENTREE_DATABASE_URL (Postgres)")
@@ -204,8 +200,16 @@ class WorkerRuntime:
         self.sweeper = Sweeper(self.services, self.redis, self.models, self.send,
                                self.worker_settings.sweep_interval_s, self.worker_settings.stale_after_s)
         self.ready = False
+        # This worker's heartbeat key (models/worker_registry.py): claimed when the process starts
+        # (workers/tasks.py, before Celery takes work), else by `start`.
+        self.beat = beat
+        self._name_lost = False
 
     def start(self) -> None:
+        """Claim the worker's name (NameTaken if a live worker has it), start the writer and heartbeat."""
+        if self.beat is None:
+            self.beat = WorkerBeat(name=self.services.config.name, models=tuple(self.models))
+            claim_name(self.redis, self.beat, self.worker_settings.startup_ttl_s)
         if self.worker_settings.threads > 0:
             import torch
 
@@ -227,6 +231,20 @@ class WorkerRuntime:
     def mark_ready(self) -> None:
         self.ready = True
         self.heartbeat.set_busy(False)
+        self.beat_presence("idle")
+
+    def beat_presence(self, state: str) -> None:
+        """Renew this worker's heartbeat key: it is alive (busy or not) for `heartbeat_ttl_s` more."""
+        if self.beat is None:
+            return
+        self.beat = self.beat.now(state)
+        if worker_registry.renew(self.redis, self.beat, self.worker_settings.heartbeat_ttl_s):
+            self._name_lost = False
+        elif not self._name_lost:
+            self._name_lost = True
+            holder = worker_registry.holder_of(self.redis, self.beat.name)
+            log.error("worker %s: another worker (%s) has taken this name; status and metrics show that one",
+                      self.beat.name, f"pid {holder.pid} on {holder.host}" if holder else "gone since")
 
     def send(self, job_id: str, model: str) -> None:
         """Send a unit of work on the job to its model's queue, and note when (for the sweeper)."""
@@ -308,6 +326,12 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self.heartbeat.stop()
+        if self.beat is not None:
+            try:
+                worker_registry.release(self.redis, self.beat)
+            except redis.RedisError as exc:
+                log.warning("worker %s: could not release its name (%s); it expires by itself",
+                            self.beat.name, first_line(exc))
         if self.writer is not None:
             self.writer.close()
         self.engine.dispose()

@@ -24,14 +24,16 @@ from models.jobs import JobId, finish_job, get_job
 from models.schema import TERMINAL_STATUSES, Job
 from models.settings import Settings
 from workers.frontier import Frontier
+from workers.settings import WorkerSettings, default_of
 
 if TYPE_CHECKING:
     from workers.writer import StepWriter
 
 log = logging.getLogger(__name__)
 
-
-
+_MAX_BATCH: int = Settings.model_fields["max_batch"].default
+_FROM_WORKER_SETTINGS = ("unit_seconds", "lease_ttl_s", "max_attempts", "split_min", "split_cooldown_s",
+                         "pipeline_writes")
 
 class Outcome(enum.StrEnum):
     CONTINUE = "continue"  # the job has open nodes in the shared queue: send another unit
@@ -41,19 +43,31 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """How a worker works. Defaults suit the demo model on CPU and a small GPU model alike."""
+    """How a worker works: what a unit of work reads. Its defaults are WorkerSettings' (workers/settings.py,
+    the one place they live) and the service's max_batch; `WorkerConfig.of` builds it from both."""
 
     name: str
-    max_batch: int = 256  # nodes evaluated in one forward pass, as the CLI's --max-batch
+    max_batch: int = _MAX_BATCH  # nodes evaluated in one forward pass, as the CLI's --max-batch
     # Open nodes a unit keeps following before it gives the surplus back to the shared queue. Up to this
     # many, one worker on a job builds exactly the CLI's tree (nothing leaves its FIFO order).
-    hold_limit: int = 1024
-    unit_seconds: float = 20.0  # a unit's wall-clock bound, far below the broker's visibility timeout
-    lease_ttl_s: float = 10.0  # a silent unit's nodes go back to the queue after this
-    max_attempts: int = 3  # a node taken back from this many dead units fails its job
-    split_min: int = 16  # never hand an idle peer fewer nodes than this
-    split_cooldown_s: float = 1.0  # after a hand-off, let the peer pick it up before handing off again
-    pipeline_writes: bool = True  # write step N while the model computes step N+1
+    hold_limit: int = 4 * _MAX_BATCH
+    unit_seconds: float = default_of("unit_seconds")  # type: ignore[assignment]
+    lease_ttl_s: float = default_of("lease_ttl_s")  # type: ignore[assignment]
+    max_attempts: int = default_of("max_attempts")  # type: ignore[assignment]
+    split_min: int = default_of("split_min")  # type: ignore[assignment]
+    split_cooldown_s: float = default_of("split_cooldown_s")  # type: ignore[assignment]
+    pipeline_writes: bool = default_of("pipeline_writes")  # type: ignore[assignment]
+
+    @classmethod
+    def of(cls, settings: Settings, worker: WorkerSettings, **overrides: Any) -> WorkerConfig:
+        """The configuration of a worker with these settings (`overrides` win)."""
+        values: dict[str, Any] = {
+            "name": worker.name, "max_batch": settings.max_batch,
+            "hold_limit": worker.hold_limit or 4 * settings.max_batch,
+        }
+        values.update({name: getattr(worker, name) for name in _FROM_WORKER_SETTINGS})
+        values.update(overrides)
+        return cls(**values)
 
     @property
     def renew_every_s(self) -> float:
@@ -97,7 +111,11 @@ class ModelRegistry:
         source = self.settings.models.get(name)
         if source is None:
             raise ModelLoadError(f"model {name!r} is not in this service's allow-list")
-        return ModelSpec(name=source, dtype=self.settings.dtype, device=self.settings.device)
+        # The entry's own dtype, device and quantization (`name=source;dtype=bf16;quantize=4bit`), else
+        # the service's TOKENTREE_DTYPE and TOKENTREE_DEVICE.
+        options = self.settings.options_of(name)
+        return ModelSpec(name=source, dtype=options.dtype, device=options.device,  # type: ignore[arg-type]
+                         quantization=options.quantize)  # type: ignore[arg-type]
 
     def get(self, name: str) -> LoadedModel:
         with self._lock:

@@ -7,18 +7,25 @@ the first task (or when the worker is ready, see the signal handlers below), nev
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 from typing import Any
 
 from celery import signals
 
+from models.settings import get_settings
+from models.worker_registry import WorkerBeat
 from workers.app import RUN_JOB_TASK, app, model_queue
-from workers.runtime import WorkerRuntime
+from workers.frontier import worker_redis
+from workers.runtime import NameTaken, WorkerRuntime, claim_name, first_line, served_models
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 _runtime: WorkerRuntime | None = None
 _runtime_lock = threading.Lock()
+_claimed: WorkerBeat | None = None  # this worker's name, taken when the process started
 
 
 def send_run_job(job_id: str, model: str) -> None:
@@ -29,7 +36,7 @@ def get_runtime() -> WorkerRuntime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = WorkerRuntime(send=send_run_job)
+            _runtime = WorkerRuntime(send=send_run_job, beat=_claimed)
             _runtime.start()
         return _runtime
 
@@ -38,6 +45,28 @@ def get_runtime() -> WorkerRuntime:
 def run_job(job_id: str) -> str:
     """One unit of work on the job (a short, bounded run); sends the next unit if the job needs one."""
     return get_runtime().run(str(job_id)).value
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    """Take the worker's name before Celery consumes anything: a live worker with the same name makes
+    this one exit at once, with one line and status 2."""
+    global _claimed
+    settings, worker = get_settings(), WorkerSettings()
+    beat = WorkerBeat(name=worker.name, models=tuple(served_models(settings, worker)))
+    client = worker_redis(str(settings.redis_url))
+    try:
+        claim_name(client, beat, worker.startup_ttl_s)
+    except NameTaken as exc:
+        print(f"tokentree: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)  # nothing is started yet: no connection, no model, no writer process
+    except Exception as exc:
+        log.warning("worker %s: cannot claim its name in Redis (%s); it does so when it starts", worker.name,
+                    first_line(exc))
+        return
+    finally:
+        client.close()
+    _claimed = beat
 
 
 @signals.worker_ready.connect

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
+import redis
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import SQLAlchemyError
@@ -21,7 +22,7 @@ from api.logs import bind_job
 from api.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
 from api.tree_cache import RenderedTrees
 from api.validation import reject, validate_job_request
-from models import jobs, node_reads
+from models import jobs, node_reads, worker_registry
 from models.schema import TERMINAL_STATUSES, Job
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,43 @@ def _job_or_404(session: Session, job_id: uuid.UUID, caller: Caller) -> Job:
     return job
 
 
-def _job_out(session: Session, job: Job) -> JobOut:
-    return JobOut.of(job, node_reads.job_progress(session, job.id))
+def _served_models(broker: redis.Redis | None) -> set[str] | None:
+    """The models some live worker serves (their heartbeats in Redis); None when that is not known: the
+    embedded mode (its worker serves every model) or Redis unreachable."""
+    if broker is None:
+        return None
+    try:
+        return worker_registry.served_models(worker_registry.live_workers(broker))
+    except redis.RedisError as exc:
+        log.warning("cannot read the live workers: %s", exc)
+        return None
+
+
+class Warnings:
+    """A job's warning: an open job whose model no live worker serves says so. Redis is read once per
+    request, and only when an open job asks."""
+
+    def __init__(self, broker: redis.Redis | None) -> None:
+        self.broker = broker
+        self._served: set[str] | None = None
+        self._read = False
+
+    def of(self, job: Job) -> str | None:
+        if self.broker is None or job.status in TERMINAL_STATUSES:
+            return None
+        if not self._read:
+            self._served, self._read = _served_models(self.broker), True
+        if self._served is None or job.model in self._served:
+            return None
+        return worker_registry.no_worker_warning(job.model)
+
+
+def _warnings(request: Request) -> Warnings:
+    return Warnings(request.app.state.broker)
+
+
+def _job_out(session: Session, job: Job, warnings: Warnings) -> JobOut:
+    return JobOut.of(job, node_reads.job_progress(session, job.id), warnings.of(job))
 
 
 def _require_kind(job: Job, kind: str) -> None:
@@ -83,12 +119,13 @@ def submit_job(
         log.exception("could not queue job %s", job.id)
         jobs.finish_job(session, job.id, "failed", error=f"could not queue the job: {exc}")
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the job queue is unavailable") from exc
-    return _job_out(session, job)
+    return _job_out(session, job, _warnings(http))
 
 
 @router.get("")
 @releases_session
 def list_jobs(
+    request: Request,
     session: SessionDep,
     settings: SettingsDep,
     caller: CallerDep,
@@ -101,20 +138,23 @@ def list_jobs(
         reject(("query", "limit"), f"must be at most {settings.max_page_size}, got {limit}", limit)
     page, total = jobs.list_jobs(session, status=status_filter, limit=limit, offset=offset,
                                  owner=caller.owner)
-    return JobPage(items=[JobOut.of(job, node_reads.counted_progress(job)) for job in page], total=total)
+    warnings = _warnings(request)
+    return JobPage(items=[JobOut.of(job, node_reads.counted_progress(job), warnings.of(job)) for job in page],
+                   total=total)
 
 
 @router.get("/{job_id}")
 @releases_session
-def get_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobOut:
-    """One job with its progress: nodes, frontier, completed paths, nodes expanded per worker."""
-    return _job_out(session, _job_or_404(session, job_id, caller))
+def get_job(job_id: uuid.UUID, request: Request, session: SessionDep, caller: CallerDep) -> JobOut:
+    """One job with its progress: nodes, frontier, completed paths, nodes expanded per worker; and a
+    warning while no live worker serves its model."""
+    return _job_out(session, _job_or_404(session, job_id, caller), _warnings(request))
 
 
 @router.post("/{job_id}/cancel")
 @releases_session
 def cancel_job(
-    job_id: uuid.UUID, session: SessionDep, dispatcher: DispatcherDep, caller: CallerDep
+    job_id: uuid.UUID, request: Request, session: SessionDep, dispatcher: DispatcherDep, caller: CallerDep
 ) -> JobOut:
     """Stop a queued or running job; the nodes written so far stay (the partial tree)."""
     _job_or_404(session, job_id, caller)
@@ -124,7 +164,7 @@ def cancel_job(
     job = _job_or_404(session, job_id, caller)
     if job.status != "cancelled":
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
-    return _job_out(session, job)
+    return _job_out(session, job, _warnings(request))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
@@ -224,10 +264,10 @@ def get_logprobs_record(job_id: uuid.UUID, session: SessionDep, caller: CallerDe
                     headers={"Content-Disposition": f'inline; filename="{job_id}.jsonl"'})
 
 
-def _read_job(factory: sessionmaker[Session], job_id: uuid.UUID) -> JobOut | None:
+def _read_job(factory: sessionmaker[Session], job_id: uuid.UUID, broker: redis.Redis | None) -> JobOut | None:
     with factory() as session:
         job = jobs.get_job(session, job_id)
-        return None if job is None else _job_out(session, job)
+        return None if job is None else _job_out(session, job, Warnings(broker))
 
 
 def _event(name: str, job: JobOut) -> str:
@@ -253,7 +293,7 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
         with anyio.move_on_after(settings.events_max_s):
             while not await request.is_disconnected():
                 try:
-                    job = await anyio.to_thread.run_sync(_read_job, factory, job_id)
+                    job = await anyio.to_thread.run_sync(_read_job, factory, job_id, request.app.state.broker)
                 except SQLAlchemyError as exc:  # the headers are sent: end the stream, saying why
                     log.warning("events: database unavailable: %s", exc, extra={"job_id": str(job_id)})
                     yield 'event: error\ndata: {"detail": "database unavailable, retry later"}\n\n'

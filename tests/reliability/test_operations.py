@@ -17,8 +17,9 @@ from sqlalchemy import Engine
 
 from api.dispatch import model_queue
 from migrations import upgrade_database
-from models import jobs
+from models import jobs, worker_registry
 from models.db import make_session_factory
+from models.worker_registry import WorkerBeat
 from tests.reliability.conftest import service_settings
 from tests.service.conftest import REPO_ROOT, cli_command, cli_env, embedded_settings, live_api_for, run_cli
 from tests.service.test_serve import free_port
@@ -73,11 +74,17 @@ def test_metrics_from_postgres_and_redis(clean_pg: Engine, postgres_url: str, re
             session.commit()
         rate = samples(api.client.get("/metrics").text)[("tokentree_nodes_per_second", ())]
         assert 50 < rate <= 100
-        # The worker ping runs in the background; with no worker it settles at 0.
-        deadline = time.monotonic() + 5
-        while samples(api.client.get("/metrics").text)[("tokentree_workers_alive", ())] != 0:
-            assert time.monotonic() < deadline, "the worker ping never reported"
-            time.sleep(0.2)
+        # Workers alive: those whose heartbeat key is in Redis, read on every scrape.
+        assert found[("tokentree_workers_alive", ())] == 0
+        assert found[("tokentree_model_workers", (("model", "demo"),))] == 0
+        beat = WorkerBeat(name="gpu-7", models=("small",), host="elsewhere", pid=7, state="busy")
+        assert worker_registry.claim(client, beat, 5.0) is None
+        found = samples(api.client.get("/metrics").text)
+        assert found[("tokentree_workers_alive", ())] == 1
+        assert found[("tokentree_model_workers", (("model", "small"),))] == 1
+        assert found[("tokentree_model_workers", (("model", "demo"),))] == 0
+        client.delete(worker_registry.worker_key("gpu-7"))  # its key expired: it is gone
+        assert samples(api.client.get("/metrics").text)[("tokentree_workers_alive", ())] == 0
         client.close()
 
 
@@ -156,5 +163,6 @@ def test_status_with_postgres_and_redis(clean_pg: Engine, postgres_url: str, red
     assert done.returncode == 0, done.stderr
     assert "jobs: queued 1, running 0, succeeded 0, failed 0, cancelled 1" in done.stdout
     assert f"queues: {model_queue('demo')} 2" in done.stdout
-    assert "workers alive: 0 (none answered a ping within 1.5 s)" in done.stdout
+    assert "workers alive: 0 (no worker heartbeat in Redis)" in done.stdout
+    assert f"queues no live worker serves: {model_queue('demo')}" in done.stdout
     assert time.monotonic() - started < 30

@@ -93,14 +93,50 @@ def test_api_migrates_then_serves_on_its_published_port(compose: dict[str, Any])
                                                                          "redis": "service_healthy"}
 
 
-def test_workers_scale_on_gpus(compose: dict[str, Any]) -> None:
+def test_workers_run_one_process_per_gpu(compose: dict[str, Any]) -> None:
     worker = compose["services"]["worker"]
-    assert command_line(worker).split()[:2] == ["tokentree", "worker"]
-    assert "container_name" not in worker and "ports" not in worker  # `--scale worker=N` needs both absent
+    argv = command_line(worker).split()
+    assert argv[:2] == ["tokentree", "worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "worker" and args.gpus == "0"  # WORKER_GPUS unset: the first GPU
+    assert args.name is None  # each process gets a unique HOST-PID-N name
+    # The container sees every GPU; --gpus pins one process to each listed device.
     [device] = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == "all"
     assert worker["depends_on"]["api"]["condition"] == "service_healthy"  # the schema is migrated first
-    assert build_parser().parse_args(command_line(worker).split()[1:]).command == "worker"
+
+
+def test_the_gpu_list_is_one_setting() -> None:
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]["worker"]
+    assert "${WORKER_GPUS:-0}" in raw["command"]
+    assert "${WORKER_GPUS:-0}" in raw["healthcheck"]["test"]  # checks as many workers as it starts
+
+
+def test_the_worker_healthcheck_checks_its_heartbeats(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    test = worker["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[1] == "tokentree"
+    args = build_parser().parse_args(test[2:])
+    assert args.command == "worker" and args.check
+    assert args.gpus == build_parser().parse_args(command_line(worker).split()[1:]).gpus
+    assert worker["healthcheck"]["start_period"]  # loading a model takes a while
+
+
+def test_settings_reach_the_containers_from_an_optional_env_file(compose: dict[str, Any]) -> None:
+    for name in ("api", "worker"):
+        assert compose["services"][name]["env_file"] == [{"path": ".env", "required": False}], name
+
+
+def test_local_model_folders_are_mounted(compose: dict[str, Any]) -> None:
+    volumes = compose["services"]["worker"]["volumes"]
+    [local] = [v for v in volumes if v.startswith("./")]
+    source, target, mode = local.split(":")
+    assert source == "./models-local" and target == "/models" and mode == "ro"
+    # An allow-list entry naming a mounted folder, with its loading options, is valid.
+    settings = Settings(models=f"demo,mine={target}/mine;dtype=bf16")  # type: ignore[arg-type]
+    assert settings.models["mine"] == "/models/mine" and settings.model_options["mine"].dtype == "bf16"
+    assert (Path(__file__).resolve().parents[2] / ".gitignore").read_text().count("/models-local/") == 1
 
 
 def test_flower_watches_the_same_broker(compose: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.params import MAX_NODES_LIMIT
-from models.settings import Settings, parse_models
+from models.settings import ModelOptions, Settings, parse_model_entries, parse_models
 
 
 def test_the_default_is_embedded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -69,3 +69,55 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
         Settings().max_nodes = 3
 
+
+
+def test_allow_list_entries_carry_loading_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENTREE_MODELS", "demo, gemma=google/gemma-2-2b-it;dtype=bf16;quantize=4bit ,"
+                                           "small;device=cpu;dtype=fp32, big=/models/big; quantize = 8bit")
+    monkeypatch.setenv("TOKENTREE_DTYPE", "fp16")
+    settings = Settings()
+    # The old syntax stays valid, and the sources are what they were.
+    assert settings.models == {"demo": "demo", "gemma": "google/gemma-2-2b-it", "small": "small",
+                               "big": "/models/big"}
+    assert set(settings.model_options) == {"gemma", "small", "big"}  # entries without options are absent
+    assert settings.options_of("gemma") == ModelOptions(dtype="bf16", device="auto", quantize="4bit")
+    assert settings.options_of("small") == ModelOptions(dtype="fp32", device="cpu", quantize="none")
+    assert settings.options_of("big") == ModelOptions(dtype="fp16", device="auto", quantize="8bit")
+    assert settings.options_of("demo") == ModelOptions(dtype="fp16", device="auto", quantize="none")
+    assert settings.model_options["gemma"].describe() == "dtype=bf16;quantize=4bit"
+    assert parse_models("gemma=google/gemma-2-2b-it;dtype=bf16") == {"gemma": "google/gemma-2-2b-it"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("demo,gemma=g/x;dtype=int3", "model entry 'gemma=g/x;dtype=int3': dtype must be one of auto, bf16, "
+                                      "fp16, fp32, got 'int3'"),
+        ("gemma=g/x;colour=red", "model entry 'gemma=g/x;colour=red': unknown option 'colour' "
+                                 "\\(options: dtype, device, quantize\\)"),
+        ("gemma;device", "model entry 'gemma;device': device must be one of auto, cpu, cuda, got ''"),
+        ("gemma;quantize=2bit", "quantize must be one of none, 4bit, 8bit, got '2bit'"),
+        ("gemma;dtype=bf16;dtype=fp16", "model entry 'gemma;dtype=bf16;dtype=fp16': dtype is given twice"),
+        ("gemma;device=cpu;quantize=4bit", "model entry 'gemma;device=cpu;quantize=4bit': 4bit quantization "
+                                           "runs on bitsandbytes and needs device=cuda"),
+        (";dtype=bf16", "model name '' must be letters"),
+    ],
+)
+def test_bad_model_options_name_their_entry(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_model_entries(text)
+    with pytest.raises(ValidationError, match=message):
+        Settings(models=text)  # type: ignore[arg-type]
+
+
+def test_a_bad_entry_is_reported_under_its_variable(tmp_path: Path) -> None:
+    from tests.service.conftest import run_cli
+
+    done = run_cli("models", TOKENTREE_MODELS="demo,gemma=g/x;dtype=int3", XDG_DATA_HOME=str(tmp_path))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("tokentree: error: TOKENTREE_MODELS:")
+    assert "model entry 'gemma=g/x;dtype=int3'" in line
+    done = run_cli("models", TOKENTREE_MODELS="demo,gemma=g/x;dtype=bf16", XDG_DATA_HOME=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["demo\tdemo  (default)", "gemma\tg/x\tdtype=bf16"]

@@ -1,0 +1,195 @@
+"""The live workers, as their own heartbeats tell them (Redis), and the names they hold.
+
+Every worker process keeps one key, `tokentree:worker:<name>`, holding what it is (name, models, host,
+pid, state, last beat) and expiring `heartbeat_ttl_s` after its last beat. Claiming that key (SET NX)
+is how a worker takes its name: a second worker with a live worker's name is refused. A sorted set,
+`tokentree:workers`, indexes the names by last beat, so readers (`tokentree status`, /metrics, job
+progress) find the live ones without scanning Redis; a name whose key has expired is not live.
+
+The API, the CLI and the workers all read these keys: the names are here, in one place, and nothing
+here imports the workers (the API may not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import redis
+
+KEY_PREFIX = "tokentree:worker:"
+INDEX_KEY = "tokentree:workers"
+# Index entries this much older than their key's TTL are pruned by the beats of other workers.
+INDEX_KEEP_S = 3600.0
+
+# Renew the key if it is still ours (same token) or gone; 0 when another worker holds the name now.
+_RENEW = """
+local held = redis.call('GET', KEYS[1])
+if held and cjson.decode(held)['token'] ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+# Delete the key only if it is still ours.
+_RELEASE = """
+local held = redis.call('GET', KEYS[1])
+if held and cjson.decode(held)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def worker_key(name: str) -> str:
+    """The key a live worker named `name` keeps alive with its heartbeat."""
+    return f"{KEY_PREFIX}{name}"
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """What a worker says of itself on each heartbeat."""
+
+    name: str
+    models: tuple[str, ...]
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    state: str = "starting"  # starting (loading models), idle, busy (running a unit), stopping
+    started: float = field(default_factory=time.time)
+    beat: float = field(default_factory=time.time)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells this process's key from another's
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "models": list(self.models)})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> WorkerBeat:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(name=str(data["name"]), models=tuple(data.get("models") or ()), host=str(data["host"]),
+                   pid=int(data["pid"]), state=str(data.get("state", "")), started=float(data["started"]),
+                   beat=float(data["beat"]), token=str(data["token"]))
+
+    def now(self, state: str | None = None) -> WorkerBeat:
+        """This beat again, at this instant (and in `state`)."""
+        return replace(self, beat=time.time(), state=state or self.state)
+
+    def describe(self, now: float | None = None) -> str:
+        """`gpu-1-412: demo, small (busy; host gpu-1, pid 412, last beat 0.4 s ago)`."""
+        ago = max(0.0, (now or time.time()) - self.beat)
+        models = ", ".join(self.models) or "no models"
+        return (f"{self.name}: {models} ({self.state}; host {self.host}, pid {self.pid}, "
+                f"last beat {ago:.1f} s ago)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(holder: WorkerBeat, me: WorkerBeat | None = None) -> bool:
+    """Whether a key still held names a process that is gone: one of this host whose pid is dead, or
+    this very pid under another token (a container restarted with the same host name and pid 1)."""
+    if holder.host != socket.gethostname():
+        return False
+    if me is not None and holder.token == me.token:
+        return False
+    return holder.pid == os.getpid() or not _pid_alive(holder.pid)
+
+
+def holder_of(client: redis.Redis, name: str) -> WorkerBeat | None:
+    """The live worker holding `name`, or None."""
+    raw = client.get(worker_key(name))
+    return None if raw is None else WorkerBeat.from_json(raw)
+
+
+def claim(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> WorkerBeat | None:
+    """Take the beat's name for this worker: None once it is ours; else the live worker that has it.
+
+    A key left by a dead process of this host (see `is_stale`) is taken over."""
+    key, ttl_ms = worker_key(beat.name), max(1, int(ttl_s * 1000))
+    for _ in range(5):
+        if client.set(key, beat.to_json(), nx=True, px=ttl_ms):
+            _index(client, beat)
+            return None
+        raw = client.get(key)
+        if raw is None:
+            continue  # it expired meanwhile: try again
+        holder = WorkerBeat.from_json(raw)
+        if holder.token == beat.token:
+            return None
+        if not is_stale(holder, beat):
+            return holder
+        with client.pipeline() as pipe:  # replace the stale key, unless it changed meanwhile
+            try:
+                pipe.watch(key)
+                if pipe.get(key) == raw:
+                    pipe.multi()
+                    pipe.set(key, beat.to_json(), px=ttl_ms)
+                    pipe.execute()
+                    _index(client, beat)
+                    return None
+            except redis.WatchError:
+                pass
+    now = holder_of(client, beat.name)
+    return now if now is not None and now.token != beat.token else None
+
+
+def renew(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> bool:
+    """Renew this worker's key with `beat` (a fresh one if it expired meanwhile, e.g. Redis restarted
+    empty); False when another worker has taken the name since."""
+    ok = client.eval(_RENEW, 1, worker_key(beat.name), beat.to_json(), beat.token,
+                     str(max(1, int(ttl_s * 1000))))
+    if ok:
+        _index(client, beat)
+    return bool(ok)
+
+
+def release(client: redis.Redis, beat: WorkerBeat) -> None:
+    """Give the name back (a clean stop): the worker is gone at once, not after its TTL."""
+    client.eval(_RELEASE, 1, worker_key(beat.name), beat.token)
+    client.zrem(INDEX_KEY, beat.name)
+
+
+def _index(client: redis.Redis, beat: WorkerBeat) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(INDEX_KEY, {beat.name: beat.beat})
+    pipe.zremrangebyscore(INDEX_KEY, "-inf", beat.beat - INDEX_KEEP_S)
+    pipe.execute()
+
+
+def live_workers(client: redis.Redis) -> list[WorkerBeat]:
+    """The workers whose heartbeat key is alive, by name."""
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in client.zrange(INDEX_KEY, 0, -1)]
+    if not names:
+        return []
+    raws = client.mget([worker_key(name) for name in names])
+    return sorted((WorkerBeat.from_json(raw) for raw in raws if raw is not None), key=lambda b: b.name)
+
+
+def served_models(workers: Iterable[WorkerBeat]) -> set[str]:
+    """The models at least one of these workers serves."""
+    return {model for worker in workers for model in worker.models}
+
+
+def unserved(models: Iterable[str], workers: Iterable[WorkerBeat]) -> list[str]:
+    """The models (in their order) that none of these workers serves."""
+    served = served_models(workers)
+    return [model for model in models if model not in served]
+
+
+def name_taken(holder: WorkerBeat) -> str:
+    """Why a worker may not start with the name `holder` has."""
+    return (f"a live worker is already named {holder.name!r} (pid {holder.pid} on {holder.host}, "
+            f"{holder.state}); give this one another --name")
+
+
+def no_worker_warning(model: str) -> str:
+    """What a queued or running job of a model nobody serves says in its progress."""
+    return f"no live worker serves model {model}"

@@ -1,0 +1,53 @@
+"""The worker's settings (`TOKENTREE_WORKER_*`): the one place their defaults live.
+
+`workers.service.WorkerConfig`, what a unit of work reads, takes its defaults from here; the
+`tokentree worker` command sets some of these through the environment of the processes it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_worker_name() -> str:
+    """The host and this process's id: unique among the live workers of a host."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(BaseSettings):
+    """The worker's own knobs (`TOKENTREE_WORKER_*`); the `tokentree worker` command sets some."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENTREE_WORKER_", extra="ignore", frozen=True)
+
+    name: str = Field(default_factory=default_worker_name)
+    models: str = ""  # comma-separated allow-list names this worker serves; empty: all of them
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    preload: bool = True  # load the models when the worker starts, not on its first job
+    hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch
+    unit_seconds: float = Field(default=20.0, gt=0)  # a unit's wall-clock bound
+    lease_ttl_s: float = Field(default=8.0, gt=0)  # a silent unit's nodes go back to the queue after this
+    max_attempts: int = Field(default=3, ge=1)  # a node taken back from this many dead units fails its job
+    split_min: int = Field(default=16, ge=1)  # never hand an idle peer fewer nodes than this
+    split_cooldown_s: float = Field(default=1.0, ge=0)  # after a hand-off, let the peer pick it up
+    pipeline_writes: bool = True  # write step N while the model computes step N+1
+    writer_process: bool = True  # write steps from a child process (else from a thread of the unit)
+    sweep_interval_s: float = Field(default=2.0, gt=0)
+    stale_after_s: float = Field(default=15.0, gt=0)
+    visibility_timeout_s: int = Field(default=600, ge=60)
+    # A unit that fails because Postgres or Redis is unreachable waits this long at most for them to answer
+    # again (checking with exponential backoff), then runs again; below the visibility timeout.
+    outage_wait_s: float = Field(default=300.0, ge=0)
+    # The worker's heartbeat key in Redis (models/worker_registry.py) lives this long past its last beat:
+    # a worker that stops beating (killed, wedged) counts as gone after it, and its name is free again.
+    heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    # The same key while the worker starts (Celery, the runtime, before the first beat).
+    startup_ttl_s: float = Field(default=120.0, gt=0)
+
+
+def default_of(field: str) -> object:
+    """A setting's default, for the dataclasses built from these settings."""
+    return WorkerSettings.model_fields[field].default
