@@ -150,9 +150,11 @@ def check_alive(redis_url: str, name: str | None, count: int) -> int:
 
 
 def celery_argv(env: dict[str, str], models: list[str], loglevel: str) -> list[str]:
+    from workers.settings import WorkerSettings
+
     return [
         sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
-        "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+        "--pool=threads", f"--concurrency={WorkerSettings().units}", "--prefetch-multiplier=1",
         "-Q", ",".join(QUEUE_PREFIX + m for m in models),
         "-n", f"{env['TOKENTREE_WORKER_NAME']}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",

@@ -142,7 +142,9 @@ class Expander:
     def step(self, max_batch: int = DEFAULT_MAX_BATCH, external_queue_depth: int = 0) -> StepResult:
         """Evaluate the next batch this tree asks for, alone, and apply the rule to it."""
         self.external_queue_depth = external_queue_depth
-        return step_trees([self], max_batch)[0]
+        result = step_trees([self], max(1, max_batch))[0]
+        assert result is not None  # alone, a tree always has the whole batch
+        return result
 
     def run(self, max_batch: int = DEFAULT_MAX_BATCH, on_progress: ProgressCallback | None = None
             ) -> ExpansionStats:
@@ -151,12 +153,15 @@ class Expander:
         return self.stats
 
 
-def step_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH) -> list[StepResult]:
+def step_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH) -> list[StepResult | None]:
     """One step of many trees: each schedules within what is left of `max_batch` (in the order given),
-    all their rows run in one forward pass, and each applies the rule to its own distributions."""
+    all their rows run in one forward pass, and each applies the rule to its own distributions. A tree
+    reached once the batch is full is not stepped (None): it goes first next time."""
     budget = max_batch
     scheduled: list[list[int]] = []
+    stepped: list[bool] = []  # reached before the batch filled (a tree may take part with pops alone)
     for tree in trees:
+        stepped.append(budget > 0)
         node_ids = tree.builder.schedule(budget) if budget > 0 else []
         budget -= len(node_ids)
         scheduled.append(node_ids)
@@ -188,7 +193,8 @@ def step_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH) ->
             trees[index].keep(node_id, kv)
     return [
         StepResult(evaluated=node_ids, created=tree.builder.update(dists, tree.external_queue_depth))
-        for tree, node_ids, dists in zip(trees, scheduled, distributions, strict=True)
+        if took_part else None
+        for tree, node_ids, dists, took_part in zip(trees, scheduled, distributions, stepped, strict=True)
     ]
 
 
@@ -203,7 +209,7 @@ def run_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH,
         if on_progress is not None:
             last = None
             for tree, result in zip(active, results, strict=True):
-                if result.evaluated:
+                if result is not None and result.evaluated:
                     last = tree.builder.nodes[result.evaluated[-1]]
             on_progress(Progress(
                 nodes=sum(t.builder.node_count for t in trees),
@@ -213,14 +219,15 @@ def run_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH,
                 depth=last.depth if last else 0,
                 trees_done=sum(1 for t in trees if t.builder.done()),
             ))
-        still = []
-        for tree in active:
+        still: list[Expander] = []
+        waiting: list[Expander] = []
+        for tree, result in zip(active, results, strict=True):
             if tree.builder.done():
                 tree.forget_kv()
                 tree.stats.seconds = time.perf_counter() - started
             else:
-                still.append(tree)
-        active = still
+                (still if result is not None else waiting).append(tree)
+        active = waiting + still  # trees the full batch left out go first
 
 
 def expand(

@@ -22,6 +22,7 @@ with the new tokens' queries, keys and values, rotary positions applied; the lay
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,12 +39,14 @@ class KVPool:
     """One slot per evaluated path token, per layer: keys and values [capacity, kv_heads, head_dim].
 
     Layers are created on their first write (their shapes come from the model), and grow together by
-    doubling. Slots are handed out and taken back by number.
+    doubling. Slots are handed out and taken back by number, under a lock: a worker's unit threads drop
+    their trees (and so release slots) while its model thread allocates.
     """
 
     def __init__(self, device: torch.device, capacity: int = 1024) -> None:
         self.device = device
         self.capacity = capacity
+        self._lock = threading.Lock()
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self._free = list(range(capacity - 1, -1, -1))  # a stack: low slots first
@@ -56,14 +59,16 @@ class KVPool:
         return sum(t.nbytes for t in (*self.keys.values(), *self.values.values()))
 
     def allocate(self, count: int) -> list[int]:
-        if count > len(self._free):
-            self._grow(max(2 * self.capacity, self.in_use + count))
-        slots = self._free[-count:][::-1]
-        del self._free[-count:]
-        return slots
+        with self._lock:
+            if count > len(self._free):
+                self._grow(max(2 * self.capacity, self.in_use + count))
+            slots = self._free[-count:][::-1]
+            del self._free[-count:]
+            return slots
 
     def release(self, slots: Sequence[int]) -> None:
-        self._free.extend(slots)
+        with self._lock:
+            self._free.extend(slots)
 
     def _grow(self, capacity: int) -> None:
         extra = capacity - self.capacity

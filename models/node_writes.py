@@ -204,6 +204,40 @@ def write_step(
         raise
 
 
+@dataclass(frozen=True)
+class StepToWrite:
+    """One step of one job, for `write_steps`."""
+
+    job_id: JobId
+    pops: Sequence[Pop]
+    limits: Limits
+    worker: str
+
+
+def write_steps(session: Session, steps: Sequence[StepToWrite]) -> list[StepWritten]:
+    """Record the steps of many jobs (a worker's batch) in one transaction, one commit for all.
+
+    Jobs are locked in id order, so two workers' batches never wait on each other in a cycle. When an
+    optimistic guess fails (a redone step; rare), the whole batch is rolled back and each step is
+    written by `write_step` alone.
+    """
+    order = sorted(range(len(steps)), key=lambda i: str(as_job_id(steps[i].job_id)))
+    written: list[StepWritten | None] = [None] * len(steps)
+    try:
+        for index in order:
+            step = steps[index]
+            result = _write_step(session, as_job_id(step.job_id), step.pops, step.limits, step.worker, None)
+            if result is None:
+                session.rollback()
+                return [write_step(session, s.job_id, s.pops, s.limits, s.worker) for s in steps]
+            written[index] = result
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return cast(list[StepWritten], written)
+
+
 def _write_step(session: Session, key: uuid.UUID, pops: Sequence[Pop], limits: Limits, worker: str,
                 still_open: set[int] | None) -> StepWritten | None:
     """The step's writes, uncommitted; None when `still_open` was guessed (None) and the guess was wrong."""

@@ -5,8 +5,9 @@ below aim at "never lose a message" and "never hold one for long":
 
 - acks late: a message is acknowledged when its unit ends, so a worker that dies mid-unit leaves it
   in Redis' unacked set, to be delivered again after the visibility timeout;
-- prefetch 1 with a solo pool: a worker reserves only the message it runs, so the others stay free
-  for idle peers. The solo pool also means no fork after CUDA is touched;
+- a thread pool of `TOKENTREE_WORKER_UNITS` (32) with prefetch 1: a worker reserves only the messages
+  it runs, so the others stay free for idle peers; its units share one model thread, which steps all
+  their trees together (workers/batcher.py). Threads also mean no fork after CUDA is touched;
 - the visibility timeout (10 minutes by default) is far above a unit's bound (20 s), so a message is
   never delivered twice while its unit still runs. A killed worker's nodes do not wait for it: their
   leases expire within seconds and the sweeper sends a unit for them (workers/sweeper.py);
@@ -42,8 +43,8 @@ def make_celery() -> Celery:
         task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=False,  # a unit that kills its worker must not loop: attempts count
         worker_prefetch_multiplier=1,
-        worker_concurrency=1,
-        worker_pool="solo",
+        worker_concurrency=worker.units,
+        worker_pool="threads",
         task_ignore_result=True,
         task_default_queue="tokentree.default",
         task_routes=(route_by_model,),

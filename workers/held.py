@@ -9,16 +9,18 @@ children it produced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.expand import Expander
+from engine.expand import Expander, StepResult
 from engine.loading import LoadedModel
 from engine.params import TreeParams
 from engine.runner import ModelRunner
 from engine.scheduler import TreeBuilder
 from engine.tree import Node, candidates_json
 from models.node_writes import Expansion, Finish, NewChild, OpenNode, Pop
+
+Stepper = Callable[[Expander, int, int], StepResult]  # (tree, max_batch, external queue depth)
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,15 @@ class HeldTree:
     """The open nodes one unit holds, and the engine state to expand them."""
 
     def __init__(self, lm: LoadedModel, params: TreeParams, prompt_ids: list[int], depth_limit: int | None,
-                 runner: ModelRunner) -> None:
+                 runner: ModelRunner, stepper: Stepper = Expander.step) -> None:
+        """`stepper` runs one step of the tree: alone (`Expander.step`) or with the worker's other units'
+        trees (`StepBatcher.step`)."""
         self.lm = lm
         self.params = params
         self.prompt_ids = prompt_ids
         self.depth_limit = depth_limit
         self.runner = runner
+        self.stepper = stepper
         self.builder: TreeBuilder | None = None
         self._expander: Expander | None = None
         self.db_ids: list[int | None] = []  # local id -> database id; None until the node is written
@@ -112,7 +117,7 @@ class HeldTree:
         """Evaluate one batch and apply the rule to it (`external_queue_depth`: open nodes held elsewhere)."""
         assert self.builder is not None and self._expander is not None
         before = list(self.builder.frontier)
-        result = self._expander.step(max_batch, max(0, external_queue_depth))
+        result = self.stepper(self._expander, max_batch, max(0, external_queue_depth))
         after = len(self.builder.frontier)
         # The builder pops from the head and appends children at the tail; a child that needs no model
         # (a stop token) can be popped in the same step it was created in.

@@ -2,7 +2,8 @@
 thread that keeps leases alive, tells peers whether this worker idles, and runs the sweeper.
 
 Built lazily, on the first task or when the worker is ready, in the process that runs the tasks (the
-pool is solo: nothing here is ever forked, so a CUDA context made here stays valid).
+pool is threads: nothing here is ever forked, so a CUDA context made here stays valid). Units run in
+Celery's threads; the model runs in one thread of its own (`StepBatcher`), stepping their trees together.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from models.jobs import as_job_id
 from models.schema import Job
 from models.settings import Settings, get_settings
 from models.worker_registry import WorkerBeat
+from workers.batcher import StepBatcher
 from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
 from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key, worker_redis
 from workers.logprobs_jobs import LogprobsJobs
@@ -79,7 +81,8 @@ class Heartbeat:
         self.runtime = runtime
         self._holdings: dict[str, HeldLease] = {}
         self._lock = threading.Lock()
-        self._busy = False
+        self._busy = False  # stopping: never idle again
+        self._units = 0  # units running now (Celery's threads)
         self._idle_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tokentree-heartbeat", daemon=True)
@@ -105,8 +108,19 @@ class Heartbeat:
                 self._holdings.pop(unit, None)
 
     def set_busy(self, busy: bool) -> None:
+        """Busy for good (stopping), or idle again once the units running end."""
         with self._idle_lock:
             self._busy = busy
+            self._mark_idle()
+
+    def unit_started(self) -> None:
+        with self._idle_lock:
+            self._units += 1
+            self._mark_idle()
+
+    def unit_ended(self) -> None:
+        with self._idle_lock:
+            self._units = max(0, self._units - 1)
             self._mark_idle()
 
     def _mark_idle(self) -> None:
@@ -117,7 +131,7 @@ class Heartbeat:
         pipe = r.pipeline(transaction=False)
         now_ms = int(time.time() * 1000)
         for model in self.runtime.models:
-            if self._busy or not self.runtime.ready:
+            if self._busy or self._units or not self.runtime.ready:
                 pipe.zrem(idle_key(model), name)
             else:
                 pipe.zadd(idle_key(model), {name: now_ms})
@@ -148,7 +162,7 @@ class Heartbeat:
             return "stopping"
         if not self.runtime.ready:
             return "starting"
-        return "busy" if self._busy else "idle"
+        return "busy" if self._busy or self._units else "idle"
 
     def _beat(self) -> None:
         self.runtime.beat_presence(self.state)
@@ -180,7 +194,8 @@ class WorkerRuntime:
         self.models = served_models(self.settings, self.worker_settings)
         self.redis = worker_redis(self.settings.redis_url)
         self.frontier = RedisFrontier(self.redis)
-        self.engine = engine_from_settings(self.settings)
+        # A connection for each unit running at once, and a few for the heartbeat and the sweeper.
+        self.engine = engine_from_settings(self.settings, pool_size=self.worker_settings.units + 4)
         self.heartbeat = Heartbeat(self)
         # Steps are written from a process of their own (see workers/writer.py).
         self.writer = ProcessWriter(self.settings) if self.worker_settings.writer_process else None
@@ -194,6 +209,7 @@ class WorkerRuntime:
             keeper=self.heartbeat,
             hand_off=self.send,
             writer=self.writer,
+            batcher=StepBatcher(self.settings.max_batch),
         )
         self.trees = TreeJobs(self.services)
         self.logprobs = LogprobsJobs(self.services)
@@ -214,6 +230,8 @@ class WorkerRuntime:
             import torch
 
             torch.set_num_threads(self.worker_settings.threads)
+        assert self.services.batcher is not None
+        self.services.batcher.start()
         if self.writer is not None:
             self.writer.start()
         else:
@@ -326,6 +344,8 @@ class WorkerRuntime:
 
     def close(self) -> None:
         self.heartbeat.stop()
+        if self.services.batcher is not None:
+            self.services.batcher.stop()
         if self.beat is not None:
             try:
                 worker_registry.release(self.redis, self.beat)

@@ -20,6 +20,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.analysis import model_metadata
 from engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
+from engine.runner import ModelRunner
+from engine.scheduler import MAX_CANDIDATES
 from models.jobs import JobId, finish_job, get_job
 from models.schema import TERMINAL_STATUSES, Job
 from models.settings import Settings
@@ -27,6 +29,7 @@ from workers.frontier import Frontier
 from workers.settings import WorkerSettings, default_of
 
 if TYPE_CHECKING:
+    from workers.batcher import StepBatcher
     from workers.writer import StepWriter
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,7 @@ class ModelRegistry:
         # Loading is not thread-safe in transformers (a model is built on the meta device first); the
         # embedded worker's thread and a caller's thread may ask at once.
         self._lock = threading.Lock()
+        self._runners: dict[str, ModelRunner] = {}
 
     def spec(self, name: str) -> ModelSpec:
         source = self.settings.models.get(name)
@@ -120,6 +124,16 @@ class ModelRegistry:
     def get(self, name: str) -> LoadedModel:
         with self._lock:
             return load_model(self.spec(name))
+
+    def runner(self, name: str) -> ModelRunner:
+        """The model's runner, one per process: every unit's trees of this model share its KV pool and
+        its prompts' KV, and can step together."""
+        lm = self.get(name)
+        with self._lock:
+            runner = self._runners.get(name)
+            if runner is None or runner.model is not lm.model:
+                runner = self._runners[name] = ModelRunner(lm.model, top_k=MAX_CANDIDATES)
+            return runner
 
 
 def poison_message(node: int, attempts: int) -> str:
@@ -150,6 +164,9 @@ class Services:
     # Where tree units write their steps from, shared by the process's units (the distributed worker's
     # writer process); None: each unit writes from a thread of its own (or inline: `pipeline_writes`).
     writer: StepWriter | None = None
+    # The process's model thread, stepping every running unit's tree together (workers/batcher.py);
+    # None: each unit steps its own tree (the embedded mode's single unit).
+    batcher: StepBatcher | None = None
 
     def new_unit(self) -> str:
         """A name for a unit of work: this worker's name and a random part (`worker:random`)."""

@@ -27,6 +27,8 @@ class WorkerSettings(BaseSettings):
     models: str = ""  # comma-separated allow-list names this worker serves; empty: all of them
     threads: int = 0  # torch CPU threads; 0: torch's default
     preload: bool = True  # load the models when the worker starts, not on its first job
+    # Units of work run at once (Celery's thread pool): their trees step together on the model.
+    units: int = Field(default=32, ge=1, le=256)
     hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch
     unit_seconds: float = Field(default=20.0, gt=0)  # a unit's wall-clock bound
     lease_ttl_s: float = Field(default=8.0, gt=0)  # a silent unit's nodes go back to the queue after this

@@ -81,13 +81,13 @@ def _on_worker_ready(**_: Any) -> None:
 @signals.task_prerun.connect
 def _on_task_start(**_: Any) -> None:
     if _runtime is not None:
-        _runtime.heartbeat.set_busy(True)
+        _runtime.heartbeat.unit_started()
 
 
 @signals.task_postrun.connect
 def _on_task_end(**_: Any) -> None:
     if _runtime is not None:
-        _runtime.heartbeat.set_busy(False)
+        _runtime.heartbeat.unit_ended()
 
 
 @signals.worker_shutting_down.connect

@@ -33,10 +33,9 @@ from datetime import UTC
 import redis
 from sqlalchemy.orm import Session
 
-from engine.expand import top_k_for
+from engine.expand import Expander
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
 from engine.params import ParameterError, TreeParams
-from engine.runner import ModelRunner
 from models.jobs import finish_job, get_job, mark_running
 from models.node_writes import (
     Finish,
@@ -154,8 +153,9 @@ class _TreeUnit:
         self.unit = unit
         self.lease = lease
         self.limits = Limits(plan.params.max_nodes, plan.params.max_completed_paths)
-        runner = ModelRunner(plan.lm.model, top_k=top_k_for(plan.params))
-        self.held = HeldTree(plan.lm, plan.params, plan.prompt_ids, plan.depth_limit, runner)
+        runner = s.models.runner(self.model)
+        stepper = s.batcher.step if s.batcher is not None else Expander.step
+        self.held = HeldTree(plan.lm, plan.params, plan.prompt_ids, plan.depth_limit, runner, stepper)
         self.deadline = time.monotonic() + self.cfg.unit_seconds
         # The job's counts as of this unit's last write (all workers' nodes), to tell others' growth.
         self.known_nodes = 0
@@ -182,6 +182,8 @@ class _TreeUnit:
 
     def run(self) -> Outcome:
         failed = False
+        if self.s.batcher is not None:
+            self.s.batcher.unit_started()
         try:
             outcome = self._loop()
             log.info("unit %s on job %s: %s after %.2fs, %s", self.unit, self.job_id, outcome.value,
@@ -206,6 +208,8 @@ class _TreeUnit:
             self.session.close()
             if self.write_session is not None:
                 self.write_session.close()
+            if self.s.batcher is not None:
+                self.s.batcher.unit_ended()
 
     def _loop(self) -> Outcome:
         if not self._take(self.cfg.hold_limit):

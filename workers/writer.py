@@ -3,9 +3,11 @@
 A tree unit writes step N while its model computes step N+1. Written from a thread of the worker's own
 process, a step's writes (SQLAlchemy, psycopg and Redis client code: tens of microseconds of Python per
 node) take the GIL in turns with the model's thread and slow it down wherever they overlap. So the
-distributed worker writes from a process of its own (`ProcessWriter`), on another core; the model's
-thread only sends the step's pops down a pipe. The embedded mode, one process by design, writes from a
-thread (`ThreadWriter`). Both run `write_and_commit`, and at most one step is in flight per unit.
+distributed worker writes from a process of its own (`ProcessWriter`), on another core; units only
+send their steps' pops down a pipe. The writer process takes every step waiting in the pipe (a worker's
+units step together, so their writes arrive together) and writes them in one transaction, one commit
+for all (`write_and_commit_many`). The embedded mode, one process by design, writes from a thread
+(`ThreadWriter`). At most one step is in flight per unit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import multiprocessing
 import signal
+import threading
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from models.db import engine_from_settings, make_session_factory
-from models.node_writes import Limits, Pop, StepWritten, children_of, write_step
+from models.node_writes import Limits, Pop, StepToWrite, StepWritten, children_of, write_step, write_steps
 from models.settings import Settings
 from workers.errors import WriterConnectionLost, is_connection_loss
 from workers.frontier import Committed, Frontier, RedisFrontier, worker_redis
@@ -64,6 +67,18 @@ def write_and_commit(session: Session, frontier: Frontier, step: StepWrite) -> W
     children the unit keeps join it as held, and the open children of nodes found done elsewhere (by a
     unit that died before its frontier commit) join the shared queue."""
     written = write_step(session, step.job_id, step.pops, step.limits, step.worker)
+    return _commit_to_frontier(session, frontier, step, written)
+
+
+def write_and_commit_many(session: Session, frontier: Frontier, steps: list[StepWrite]) -> list[WriteResult]:
+    """`write_and_commit` for many units' steps: the database writes in one transaction, then each
+    step's frontier commit."""
+    written = write_steps(session, [StepToWrite(s.job_id, s.pops, s.limits, s.worker) for s in steps])
+    return [_commit_to_frontier(session, frontier, s, w) for s, w in zip(steps, written, strict=True)]
+
+
+def _commit_to_frontier(session: Session, frontier: Frontier, step: StepWrite, written: StepWritten
+                        ) -> WriteResult:
     if not written.running:
         return WriteResult(written, None)
     outcomes = list(zip(step.pops, written.outcomes, strict=True))
@@ -127,10 +142,12 @@ class WriterError(RuntimeError):
 
 
 class ProcessWriter:
-    """Writes from a child process, started on first use and again after it dies; one per worker process.
+    """Writes from a child process, started on first use and again after it dies; one per worker process,
+    shared by its units (any thread may submit).
 
     The child is spawned (a fresh interpreter: no CUDA state, no model), never forked, and imports no
     torch. It ends when its pipe closes, so it never outlives its worker, even one killed by SIGKILL.
+    Each step goes down the pipe with a number; a reader thread hands each reply to its step's future.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -138,45 +155,66 @@ class ProcessWriter:
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._pipe: Connection | None = None
-        self._in_flight = False
+        self._lock = threading.Lock()  # one sender at a time; guards the fields below
+        self._in_flight: dict[int, Future[WriteResult]] = {}
+        self._next = 0
 
     def start(self) -> None:
         """Start the process now rather than on the first write (its imports take a moment)."""
-        self._started()
+        with self._lock:
+            self._started()
 
     def submit(self, step: StepWrite) -> PendingWrite:
-        self.wait()  # a result the unit never took (it ended early): its effects are in place already
-        pipe = self._started()
-        try:
-            pipe.send(step)
-        except (BrokenPipeError, EOFError, OSError) as exc:
-            self._stop()
-            raise WriterDied(f"the node writer process is gone: {exc}") from exc
-        self._in_flight = True
-        return _PendingProcessWrite(self)
+        future: Future[WriteResult] = Future()
+        with self._lock:
+            pipe = self._started()
+            number, self._next = self._next, self._next + 1
+            self._in_flight[number] = future
+            try:
+                pipe.send((number, step))
+            except (BrokenPipeError, EOFError, OSError) as exc:
+                self._in_flight.pop(number, None)
+                self._stop()
+                raise WriterDied(f"the node writer process is gone: {exc}") from exc
+        return future
 
     def wait(self) -> None:
-        if self._in_flight:
-            with contextlib.suppress(Exception):  # a write nobody waits for any more; its effects stand
-                self._receive()
+        """Until the writes in flight now are done (their effects stand whether or not anyone reads
+        their results)."""
+        with self._lock:
+            pending = list(self._in_flight.values())
+        for future in pending:
+            with contextlib.suppress(Exception):
+                future.result()
 
     def close(self) -> None:
-        self._stop()
-
-    def _receive(self) -> WriteResult:
-        assert self._pipe is not None
-        try:
-            kind, payload, connection_loss = self._pipe.recv()
-        except (EOFError, OSError) as exc:
+        with self._lock:
             self._stop()
-            raise WriterDied("the node writer process ended during a write") from exc
-        finally:
-            self._in_flight = False
-        if kind == "ok":
-            return payload
-        if connection_loss:
-            raise WriterConnectionLost(payload)
-        raise WriterError(payload)
+
+    def _read(self, pipe: Connection) -> None:
+        """The reader thread of one writer process: replies to futures, until the pipe ends."""
+        while True:
+            try:
+                replies = pipe.recv()
+            except (EOFError, OSError):
+                break
+            for number, kind, payload, connection_loss in replies:
+                with self._lock:
+                    future = self._in_flight.pop(number, None)
+                if future is None:
+                    continue
+                if kind == "ok":
+                    future.set_result(payload)
+                elif connection_loss:
+                    future.set_exception(WriterConnectionLost(payload))
+                else:
+                    future.set_exception(WriterError(payload))
+        with self._lock:
+            if self._pipe is pipe:
+                self._stop()
+            lost, self._in_flight = self._in_flight, {}
+        for future in lost.values():
+            future.set_exception(WriterDied("the node writer process ended during a write"))
 
     def _started(self) -> Connection:
         if self._process is None or not self._process.is_alive():
@@ -189,6 +227,8 @@ class ProcessWriter:
             self._process.start()
             child.close()
             self._pipe = parent
+            threading.Thread(target=self._read, args=(parent,), name="tokentree-writer-replies",
+                             daemon=True).start()
         assert self._pipe is not None
         return self._pipe
 
@@ -201,20 +241,15 @@ class ProcessWriter:
             if self._process.is_alive():
                 self._process.kill()
             self._process = None
-        self._in_flight = False
 
 
-@dataclass
-class _PendingProcessWrite:
-    writer: ProcessWriter
-
-    def result(self) -> WriteResult:
-        return self.writer._receive()
+MAX_STEPS_PER_TRANSACTION = 256
 
 
 def serve_writes(pipe: Connection, settings: Settings) -> None:
-    """The writer process: write each step received, answer with its result or its error, until the
-    pipe closes. Signals are the worker's to handle: it stops sending, and the pipe closes."""
+    """The writer process: write the steps received (all those waiting, together), answer each with its
+    result or its error, until the pipe closes. Signals are the worker's to handle: it stops sending,
+    and the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     engine = engine_from_settings(settings)
@@ -225,18 +260,13 @@ def serve_writes(pipe: Connection, settings: Settings) -> None:
     try:
         while True:
             try:
-                step = pipe.recv()
+                batch = [pipe.recv()]
+                while len(batch) < MAX_STEPS_PER_TRANSACTION and pipe.poll():
+                    batch.append(pipe.recv())
             except (EOFError, OSError):
                 return
-            reply: tuple[str, Any, bool]
             try:
-                reply = ("ok", write_and_commit(session, frontier, step), False)
-            except Exception as exc:
-                with contextlib.suppress(Exception):  # the connection may be the thing that broke
-                    session.rollback()
-                reply = ("error", "".join(traceback.format_exception(exc)), is_connection_loss(exc))
-            try:
-                pipe.send(reply)
+                pipe.send(_write_batch(session, frontier, batch))
             except (BrokenPipeError, OSError):
                 return
     finally:
@@ -244,3 +274,26 @@ def serve_writes(pipe: Connection, settings: Settings) -> None:
         engine.dispose()
         client.close()
 
+
+def _write_batch(session: Session, frontier: Frontier, batch: list[tuple[int, StepWrite]]
+                 ) -> list[tuple[int, str, Any, bool]]:
+    """Replies (number, "ok" or "error", result or traceback, connection lost?) for a batch of numbered
+    steps: all in one transaction, or, if that fails, one by one (so one step's error is only its own
+    unit's)."""
+    if len(batch) > 1:
+        try:
+            results = write_and_commit_many(session, frontier, [step for _, step in batch])
+            return [(number, "ok", result, False) for (number, _), result in zip(batch, results, strict=True)]
+        except Exception:
+            with contextlib.suppress(Exception):  # the connection may be the thing that broke
+                session.rollback()
+    replies: list[tuple[int, str, Any, bool]] = []
+    for number, step in batch:
+        try:
+            replies.append((number, "ok", write_and_commit(session, frontier, step), False))
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                session.rollback()
+            replies.append((number, "error", "".join(traceback.format_exception(exc)),
+                            is_connection_loss(exc)))
+    return replies
