@@ -129,6 +129,35 @@ class Service:
                         "cpu": {name: after[name] - before[name] for name in after},
                     }
 
+    def run_many(self, work: list[tuple[str, TreeParams]], clients: int) -> dict[str, Any]:
+        """Submit every (prompt, parameters) job at once from `clients` threads, as the API does (row
+        committed, then its task sent); wait for all. Their rows' times and a few stored trees."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def submit(item: tuple[str, TreeParams]) -> str:
+            prompt, params = item
+            with self.sessions() as session:
+                job = jobs.create_job(session, kind="tree", prompt=prompt, model="bench",
+                                      parameters=params.to_dict())
+            self.celery.send_task("tokentree.run_job", args=[str(job.id)], queue="tokentree.model.bench")
+            return str(job.id)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(clients) as pool:
+            ids = list(pool.map(submit, work))
+        while True:
+            time.sleep(0.05)
+            with self.sessions() as session:
+                rows = [jobs.get_job(session, job_id) for job_id in ids]
+            if all(r is not None and r.status in ("succeeded", "failed", "cancelled") for r in rows):
+                break
+        wall = time.monotonic() - started
+        assert all(r is not None and r.status == "succeeded" for r in rows), [r.error for r in rows if r]
+        with self.sessions() as session:
+            trees = {i: json.loads(tree_json(session, jobs.get_job(session, job_id)) or "{}")  # type: ignore[arg-type]
+                     for i, job_id in enumerate(ids) if i % 17 == 0}
+        return {"wall": wall, "nodes": sum(r.node_count for r in rows if r), "trees": trees}
+
     def close(self) -> None:
         self.celery.close()
         self.redis.close()
@@ -191,6 +220,36 @@ def cli_tree(
     return float(tree["metadata"]["stats"]["seconds"]), tree
 
 
+def many_jobs(service: Service, model: str, repeats: int, clients: int) -> None:
+    """The seed's 100 jobs (bench/workloads.py) submitted at once: jobs/s through one worker and two
+    (one torch thread each), round after round; a sample of stored trees checked against the CLI's."""
+    from bench.workloads import seed_workload
+    from engine.analysis import build_tree
+    from engine.loading import ModelSpec, load_model
+
+    work = seed_workload()
+    lm = load_model(ModelSpec(name=model))
+    rates: dict[int, list[float]] = {}
+    checked = 0
+    for _ in range(repeats):
+        for count in (1, 2):
+            with service.workers(count, threads=1):
+                run = service.run_many(work, clients)
+            rates.setdefault(count, []).append(len(work) / run["wall"])
+            for index, tree in run["trees"].items():
+                prompt, params = work[index]
+                assert_same_tree(tree, json.loads(build_tree(lm, prompt, params).json_text()))
+                checked += 1
+    one = statistics.median(rates[1])
+    print(f"| setup | jobs | median jobs/s | vs 1 worker |  (all {repeats} rounds: {rates}) |")
+    print("| --- | --- | --- | --- | --- |")
+    for count, values in rates.items():
+        rate = statistics.median(values)
+        print(f"| {count} worker(s), 1 thread each | {len(work)} seed-default jobs, {clients} clients | "
+              f"{rate:.1f} | **{rate / one:.2f}x** | |")
+    print(f"\n{checked} stored trees checked equal to `tokentree tree`'s\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo", help="a model source, as `--model` of `tokentree tree`")
@@ -202,6 +261,10 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big-nodes", type=int, default=12_000, help="nodes of the throughput job")
+    parser.add_argument("--parts", nargs="*", default=["same", "big", "many"],
+                        help="same: one worker vs the CLI; big: one big job on 1 and 2 workers; "
+                             "many: the seed's 100 jobs on 1 and 2 workers")
+    parser.add_argument("--clients", type=int, default=4, help="threads submitting the 100 jobs")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     parser.add_argument(
         "--redis", default="redis://127.0.0.1:6379/13", help="a Redis database to use (it is flushed)"
@@ -231,10 +294,13 @@ def main() -> None:
     with fresh_database(f"tokentree_service_bench_{os.getpid()}", args.postgres) as url:
         service = Service(url, args.redis, args.model, logs)
         try:
+            if "many" in args.parts:
+                many_jobs(service, args.model, args.repeats, args.clients)
             # 1. One worker against the CLI, on the same tree, with the same torch threads.
-            print("| setup | job | median time | vs the CLI |")
-            print("| --- | --- | --- | --- |")
-            for threads in sorted({1, cores}):
+            if "same" in args.parts:
+                print("| setup | job | median time | vs the CLI |")
+                print("| --- | --- | --- | --- |")
+            for threads in sorted({1, cores}) if "same" in args.parts else []:
                 cli_times: list[float] = []
                 reference: dict[str, Any] = {}
                 worker_times: list[float] = []
@@ -264,7 +330,7 @@ def main() -> None:
             setups = [("1 worker, 1 thread", 1, 1), ("2 workers, 1 thread each", 2, 1)]
             if cores > 1:
                 setups.append((f"1 worker, {cores} threads", 1, cores))
-            for _ in range(args.repeats):
+            for _ in range(args.repeats if "big" in args.parts else 0):
                 for label, count, threads in setups:
                     with service.workers(count, threads):
                         run = service.run_job(big)
@@ -273,6 +339,8 @@ def main() -> None:
                     per_node["cores"] = run["cpu"]["machine"] / run["cpu"]["wall"]
                     cpu.setdefault(label, []).append(per_node)
                     shares[label] = run["workers"]
+            if "big" not in args.parts:
+                return
             one = statistics.median(rates["1 worker, 1 thread"])
             print("\n| setup | job | median nodes/s | vs 1 worker | cores busy | "
                   "CPU per node: workers, Postgres, machine |")
