@@ -17,8 +17,6 @@ from typing import Any
 
 from cli.errors import UsageError
 
-QUEUE_PREFIX = "tokentree.model."
-
 
 def _allow_list() -> list[str] | None:
     """The allow-list's names, for `--model`'s choices; None when the settings cannot be read yet (the
@@ -150,12 +148,13 @@ def check_alive(redis_url: str, name: str | None, count: int) -> int:
 
 
 def celery_argv(env: dict[str, str], models: list[str], loglevel: str) -> list[str]:
+    from models.queues import model_queue, worker_queue
     from workers.settings import WorkerSettings
 
     return [
         sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
         "--pool=threads", f"--concurrency={WorkerSettings().units}", "--prefetch-multiplier=1",
-        "-Q", ",".join(QUEUE_PREFIX + m for m in models),
+        "-Q", ",".join([*(model_queue(m) for m in models), worker_queue(env["TOKENTREE_WORKER_NAME"])]),
         "-n", f"{env['TOKENTREE_WORKER_NAME']}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
         "-l", loglevel,

@@ -3,14 +3,15 @@
 Delivery is at least once and every effect is idempotent (see workers/tree_jobs.py), so the settings
 below aim at "never lose a message" and "never hold one for long":
 
-- acks late: a message is acknowledged when its unit ends, so a worker that dies mid-unit leaves it
-  in Redis' unacked set, to be delivered again after the visibility timeout;
+- acks on receipt: a unit's work lives in Postgres and the Redis frontier, not in its message, so a
+  worker that dies mid-unit loses nothing: its nodes' leases expire within seconds and the sweeper
+  sends a unit for them (workers/sweeper.py), as it does for a job whose message was lost. (Acking
+  late from the pool's threads is not safe: kombu's Redis channel may be reconnecting in the consumer's
+  thread, and an ack from another thread then kills the worker.)
 - a thread pool of `TOKENTREE_WORKER_UNITS` (32) with prefetch 1: a worker reserves only the messages
   it runs, so the others stay free for idle peers; its units share one model thread, which steps all
   their trees together (workers/batcher.py). Threads also mean no fork after CUDA is touched;
-- the visibility timeout (10 minutes by default) is far above a unit's bound (20 s), so a message is
-  never delivered twice while its unit still runs. A killed worker's nodes do not wait for it: their
-  leases expire within seconds and the sweeper sends a unit for them (workers/sweeper.py);
+- the visibility timeout (10 minutes by default) covers messages reserved but not yet received;
 - no task results: the job's row is the result.
 """
 
@@ -39,7 +40,7 @@ def make_celery() -> Celery:
     worker = WorkerSettings()
     app = Celery("tokentree", broker=settings.redis_url, include=["workers.tasks"])
     app.conf.update(
-        task_acks_late=True,
+        task_acks_late=False,
         task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=False,  # a unit that kills its worker must not loop: attempts count
         worker_prefetch_multiplier=1,

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from models import worker_registry
 from models.db import engine_from_settings, make_session_factory
 from models.jobs import as_job_id
+from models.queues import model_queue, worker_queue
 from models.schema import Job
 from models.settings import Settings, get_settings
 from models.worker_registry import WorkerBeat
@@ -207,7 +208,7 @@ class WorkerRuntime:
             frontier=self.frontier,
             models=ModelRegistry(self.settings),
             keeper=self.heartbeat,
-            hand_off=self.send,
+            hand_off=self.hand_to_peers,
             writer=self.writer,
             batcher=StepBatcher(self.settings.max_batch),
         )
@@ -266,18 +267,33 @@ class WorkerRuntime:
 
     def send(self, job_id: str, model: str) -> None:
         """Send a unit of work on the job to its model's queue, and note when (for the sweeper)."""
+        self._send_to(job_id, model_queue(model))
+
+    def hand_to_peers(self, job_id: str, model: str, count: int) -> None:
+        """Send units of work on the job to up to `count` idle peers, each on its own queue (this
+        worker's free threads would otherwise take its hand-offs back); to the model's queue if none
+        idles."""
+        since_ms = int(time.time() * 1000) - IDLE_WINDOW_MS
+        idle = [n.decode() for n in self.redis.zrangebyscore(idle_key(model), since_ms, "+inf")]  # type: ignore[union-attr]
+        peers = [name for name in idle if name != self.services.config.name][:count]
+        for peer in peers:
+            self._send_to(job_id, worker_queue(peer))
+        if not peers:
+            self.send(job_id, model)
+
+    def _send_to(self, job_id: str, queue: str) -> None:
         if self._send is None:
             raise RuntimeError("this runtime cannot send tasks")
         with self._send_lock:
-            self._send(job_id, model)
+            self._send(job_id, queue)
         self.redis.set(job_key(job_id, "sent"), "1", px=int(self.worker_settings.stale_after_s * 1000))
 
     def run(self, job_id: str) -> Outcome:
         """One unit of work on the job, of whatever kind; hands the job on when it needs more units.
 
         A unit that fails because Postgres or Redis is unreachable waits for them, checking with
-        exponential backoff, and runs again once both answer: its message stays unacknowledged meanwhile,
-        so the work is neither dropped nor lost if this worker dies. A connection that broke while both
+        exponential backoff, and runs again once both answer; meanwhile its nodes stay on the frontier, so
+        if this worker dies the sweeper sends a unit for them. A connection that broke while both
         answer again runs the unit again at once (a few times). Any other error is raised.
         """
         blips = 0
@@ -314,6 +330,14 @@ class WorkerRuntime:
         down = self.unreachable()
         if down is None:
             return False
+        # A waiting unit holds no nodes (it gave them back): peers may hand this worker work meanwhile.
+        self.heartbeat.unit_ended()
+        try:
+            return self._wait_for_services(job_id, down)
+        finally:
+            self.heartbeat.unit_started()
+
+    def _wait_for_services(self, job_id: str, down: str | None) -> bool:
         started = time.monotonic()
         delay = OUTAGE_FIRST_DELAY_S
         log.warning("job %s: %s; the unit waits for it", job_id, down)

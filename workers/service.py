@@ -159,8 +159,8 @@ class Services:
     keeper: LeaseKeeper
     # Set when the process is asked to stop: units end at their next step, giving their nodes back.
     stopping: threading.Event = field(default_factory=threading.Event)
-    # Hands the job to another unit (the distributed mode sends a task; the embedded mode loops).
-    hand_off: Callable[[str, str], None] = lambda job_id, model: None
+    # Hands the job to up to n idle peers (job, model, n): the distributed mode sends them tasks.
+    hand_off: Callable[[str, str, int], None] = lambda job_id, model, count: None
     # Where tree units write their steps from, shared by the process's units (the distributed worker's
     # writer process); None: each unit writes from a thread of its own (or inline: `pipeline_writes`).
     writer: StepWriter | None = None

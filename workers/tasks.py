@@ -16,7 +16,7 @@ from celery import signals
 
 from models.settings import get_settings
 from models.worker_registry import WorkerBeat
-from workers.app import RUN_JOB_TASK, app, model_queue
+from workers.app import RUN_JOB_TASK, app
 from workers.frontier import worker_redis
 from workers.runtime import NameTaken, WorkerRuntime, claim_name, first_line, served_models
 from workers.settings import WorkerSettings
@@ -28,8 +28,8 @@ _runtime_lock = threading.Lock()
 _claimed: WorkerBeat | None = None  # this worker's name, taken when the process started
 
 
-def send_run_job(job_id: str, model: str) -> None:
-    app.send_task(RUN_JOB_TASK, args=[job_id], queue=model_queue(model))
+def send_run_job(job_id: str, queue: str) -> None:
+    app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
 
 def get_runtime() -> WorkerRuntime:
@@ -41,7 +41,7 @@ def get_runtime() -> WorkerRuntime:
         return _runtime
 
 
-@app.task(name=RUN_JOB_TASK, acks_late=True, ignore_result=True)
+@app.task(name=RUN_JOB_TASK, acks_late=False, ignore_result=True)
 def run_job(job_id: str) -> str:
     """One unit of work on the job (a short, bounded run); sends the next unit if the job needs one."""
     return get_runtime().run(str(job_id)).value

@@ -368,8 +368,7 @@ class _TreeUnit:
         self.s.frontier.release(self.job_id, self.unit, given)
         self.external += len(given)
         self.last_hand_off = time.monotonic()
-        for _ in range(max(1, min(self.idle_peers, 8))):
-            self.s.hand_off(self.job_id, self.model)
+        self.s.hand_off(self.job_id, self.model, max(1, min(self.idle_peers, 8)))
         self.idle_peers = 0
         log.debug("unit %s gave %d nodes of job %s back", self.unit, len(given), self.job_id)
 
