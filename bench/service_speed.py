@@ -59,7 +59,8 @@ CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(ma
 class Service:
     """A database, a broker, and worker processes on them."""
 
-    def __init__(self, database_url: str, redis_url: str, model: str, logs: Path) -> None:
+    def __init__(self, database_url: str, redis_url: str, model: str, logs: Path, units: int | None = None
+                 ) -> None:
         self.database_url, self.redis_url, self.model, self.logs = database_url, redis_url, model, logs
         self.engine = make_engine(database_url)
         self.sessions = make_session_factory(self.engine)
@@ -72,6 +73,8 @@ class Service:
             TOKENTREE_MODELS=f"bench={model}",
             HF_HUB_OFFLINE="1",
         )
+        if units is not None:
+            self.env["TOKENTREE_WORKER_UNITS"] = str(units)
 
     @contextmanager
     def workers(self, count: int, threads: int) -> Iterator[list[str]]:
@@ -143,20 +146,31 @@ class Service:
             return str(job.id)
 
         started = time.monotonic()
+        before = cpu_seconds()
         with ThreadPoolExecutor(clients) as pool:
             ids = list(pool.map(submit, work))
-        while True:
+        from sqlalchemy import func, select
+
+        from models.schema import Job
+
+        keys = [jobs.as_job_id(i) for i in ids]
+        while True:  # one light query a poll: the bench must not take the CPU it measures
             time.sleep(0.05)
             with self.sessions() as session:
-                rows = [jobs.get_job(session, job_id) for job_id in ids]
-            if all(r is not None and r.status in ("succeeded", "failed", "cancelled") for r in rows):
+                ended = session.scalar(select(func.count()).select_from(Job).where(
+                    Job.id.in_(keys), Job.status.in_(("succeeded", "failed", "cancelled"))))
+            if ended == len(ids):
                 break
         wall = time.monotonic() - started
+        after = cpu_seconds()
+        with self.sessions() as session:
+            rows = [jobs.get_job(session, job_id) for job_id in ids]
         assert all(r is not None and r.status == "succeeded" for r in rows), [r.error for r in rows if r]
         with self.sessions() as session:
             trees = {i: json.loads(tree_json(session, jobs.get_job(session, job_id)) or "{}")  # type: ignore[arg-type]
                      for i, job_id in enumerate(ids) if i % 17 == 0}
-        return {"wall": wall, "nodes": sum(r.node_count for r in rows if r), "trees": trees}
+        return {"wall": wall, "nodes": sum(r.node_count for r in rows if r), "trees": trees,
+                "cpu": {name: after[name] - before[name] for name in after if name != "wall"}}
 
     def close(self) -> None:
         self.celery.close()
@@ -230,23 +244,28 @@ def many_jobs(service: Service, model: str, repeats: int, clients: int) -> None:
     work = seed_workload()
     lm = load_model(ModelSpec(name=model))
     rates: dict[int, list[float]] = {}
+    cpu: dict[int, list[dict[str, float]]] = {}
     checked = 0
     for _ in range(repeats):
         for count in (1, 2):
             with service.workers(count, threads=1):
                 run = service.run_many(work, clients)
             rates.setdefault(count, []).append(len(work) / run["wall"])
+            cpu.setdefault(count, []).append(run["cpu"])
             for index, tree in run["trees"].items():
                 prompt, params = work[index]
                 assert_same_tree(tree, json.loads(build_tree(lm, prompt, params).json_text()))
                 checked += 1
     one = statistics.median(rates[1])
-    print(f"| setup | jobs | median jobs/s | vs 1 worker |  (all {repeats} rounds: {rates}) |")
+    print(f"| setup | jobs | median jobs/s | vs 1 worker | CPU s: workers, Postgres, machine |"
+          f" (all {repeats} rounds: {rates})")
     print("| --- | --- | --- | --- | --- |")
     for count, values in rates.items():
         rate = statistics.median(values)
+        use = {k: statistics.median(c[k] for c in cpu[count]) for k in cpu[count][0]}
         print(f"| {count} worker(s), 1 thread each | {len(work)} seed-default jobs, {clients} clients | "
-              f"{rate:.1f} | **{rate / one:.2f}x** | |")
+              f"{rate:.1f} | **{rate / one:.2f}x** | {use['workers']:.1f}, {use['postgres']:.1f}, "
+              f"{use['machine']:.1f} |")
     print(f"\n{checked} stored trees checked equal to `tokentree tree`'s\n")
 
 
@@ -265,6 +284,7 @@ def main() -> None:
                         help="same: one worker vs the CLI; big: one big job on 1 and 2 workers; "
                              "many: the seed's 100 jobs on 1 and 2 workers")
     parser.add_argument("--clients", type=int, default=4, help="threads submitting the 100 jobs")
+    parser.add_argument("--units", type=int, help="units a worker runs at once (default: the worker's)")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     parser.add_argument(
         "--redis", default="redis://127.0.0.1:6379/13", help="a Redis database to use (it is flushed)"
@@ -292,7 +312,7 @@ def main() -> None:
         f"load average {os.getloadavg()}; worker logs in {logs}\n"
     )
     with fresh_database(f"tokentree_service_bench_{os.getpid()}", args.postgres) as url:
-        service = Service(url, args.redis, args.model, logs)
+        service = Service(url, args.redis, args.model, logs, args.units)
         try:
             if "many" in args.parts:
                 many_jobs(service, args.model, args.repeats, args.clients)

@@ -217,25 +217,126 @@ class StepToWrite:
 def write_steps(session: Session, steps: Sequence[StepToWrite]) -> list[StepWritten]:
     """Record the steps of many jobs (a worker's batch) in one transaction, one commit for all.
 
-    Jobs are locked in id order, so two workers' batches never wait on each other in a cycle. When an
-    optimistic guess fails (a redone step; rare), the whole batch is rolled back and each step is
-    written by `write_step` alone.
+    On Postgres each kind of write is one statement for the whole batch (`_write_together`), and the
+    jobs are locked in id order, so two workers' batches never wait on each other in a cycle. Whenever
+    that path meets a surprise (a node no longer open, a child written before: a redone step; rare), or
+    on SQLite, the batch is rolled back and each step is written by `write_step` alone.
     """
-    order = sorted(range(len(steps)), key=lambda i: str(as_job_id(steps[i].job_id)))
-    written: list[StepWritten | None] = [None] * len(steps)
     try:
-        for index in order:
-            step = steps[index]
-            result = _write_step(session, as_job_id(step.job_id), step.pops, step.limits, step.worker, None)
-            if result is None:
-                session.rollback()
-                return [write_step(session, s.job_id, s.pops, s.limits, s.worker) for s in steps]
-            written[index] = result
+        written = _write_together(session, steps) if _is_postgres(session) and len(steps) > 1 else None
+        if written is None:
+            session.rollback()
+            return [write_step(session, s.job_id, s.pops, s.limits, s.worker) for s in steps]
         session.commit()
+        return written
     except BaseException:
         session.rollback()
         raise
-    return cast(list[StepWritten], written)
+
+
+def _write_together(session: Session, steps: Sequence[StepToWrite]) -> list[StepWritten] | None:
+    """The batch's writes, uncommitted, in five statements; None when a step was not what it seemed."""
+    keys = [as_job_id(s.job_id) for s in steps]
+    locked = {
+        row[0]: (row[1], row[2], row[3])
+        for row in session.execute(
+            select(Job.id, Job.status, Job.node_count, Job.completed_paths,
+                   func.set_config("enable_nestloop", "off", True))  # see `_lock_job`
+            .where(Job.id.in_(set(keys))).order_by(Job.id).with_for_update()
+        )
+    }
+    # Plans in the batch's order, each on its job's counts after the steps before it (a worker may run
+    # two units of one job).
+    counts = {key: (row[1], row[2]) for key, row in locked.items()}
+    plans: list[_StepPlan | None] = []
+    for key, step in zip(keys, steps, strict=True):
+        if key not in locked or locked[key][0] != "running":
+            plans.append(None)
+            continue
+        plan = _plan_step(step.pops, step.limits, *counts[key], None)
+        counts[key] = (plan.node_count, plan.completed)
+        plans.append(plan)
+    running = [(key, step, plan) for key, step, plan in zip(keys, steps, plans, strict=True)
+               if plan is not None]
+
+    expansions = [(key, p, step.worker) for key, step, plan in running for p in plan.applied
+                  if isinstance(p, Expansion)]
+    if expansions and not _changed_exactly(session.execute(
+        text(
+            "UPDATE nodes AS n SET candidates = u.candidates, threshold = u.threshold, "
+            "queue_depth = u.queue_depth, entropy = u.entropy, expanded_by = u.worker "
+            "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(id bigint, candidates text, "
+            "threshold float8, queue_depth int, entropy float8, worker text) "
+            f"WHERE {_BY_ID_STILL_OPEN}, n.id"
+        ),
+        {"rows": _json([{"id": e.node_id, "candidates": e.candidates_json, "threshold": e.threshold,
+                         "queue_depth": e.queue_depth, "entropy": e.entropy, "worker": worker}
+                        for _, e, worker in expansions]),
+         "ids": [e.node_id for _, e, _ in expansions]},
+    ), {e.node_id: key for key, e, _ in expansions}):
+        return None
+
+    rows = [{"job_id": str(key), **{name: r[name] for name in _CHILD_COLUMNS}}
+            for key, _, plan in running for r in plan.children]
+    inserted: dict[tuple[uuid.UUID, int | None, int | None], int] = {}
+    if rows:
+        returned = session.execute(
+            text(
+                "INSERT INTO nodes (job_id, parent_id, token_id, text, depth, prob, logprob, "
+                "cumulative_prob, is_finished, created_at) "
+                "SELECT u.job_id, u.parent_id, u.token_id, u.text, u.depth, u.prob, u.logprob, "
+                "u.cumulative_prob, false, :now "
+                "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(job_id uuid, parent_id bigint, "
+                "token_id int, text text, depth int, prob float8, logprob float8, cumulative_prob float8) "
+                "ON CONFLICT (job_id, parent_id, token_id) DO NOTHING "
+                "RETURNING id, job_id, parent_id, token_id"
+            ),
+            {"now": utcnow(), "rows": _json(rows)},
+        )
+        inserted = {(job, parent, token): node_id for node_id, job, parent, token in returned}
+    if len(inserted) != len(rows):
+        return None  # some children existed already: a redone step
+
+    finishes = [(key, p.node_id if p.node_id is not None else inserted[(key, p.parent_id, p.token_id)],
+                 p.reason)
+                for key, _, plan in running for p in plan.applied if isinstance(p, Finish)]
+    if finishes and not _changed_exactly(session.execute(
+        text(
+            "UPDATE nodes AS n SET is_finished = true, finish_reason = u.reason "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:reasons AS text[])) AS u(id, reason) "
+            f"WHERE {_BY_ID_STILL_OPEN}, n.id"
+        ),
+        {"ids": [node_id for _, node_id, _ in finishes], "reasons": [reason for _, _, reason in finishes]},
+    ), {node_id: key for key, node_id, _ in finishes}):
+        return None
+
+    added: dict[uuid.UUID, tuple[int, int]] = {}
+    for key, _, plan in running:
+        nodes, completed = added.get(key, (0, 0))
+        added[key] = (nodes + plan.added_nodes, completed + plan.added_completed)
+    session.execute(
+        text(
+            "UPDATE jobs AS j SET node_count = j.node_count + u.nodes, "
+            "completed_paths = j.completed_paths + u.completed "
+            "FROM unnest(CAST(:ids AS uuid[]), CAST(:nodes AS int[]), CAST(:completed AS int[])) "
+            "AS u(id, nodes, completed) WHERE j.id = u.id"
+        ),
+        {"ids": [str(key) for key in added], "nodes": [n for n, _ in added.values()],
+         "completed": [c for _, c in added.values()]},
+    )
+    return [
+        StepWritten(status=locked[key][0] if key in locked else None) if plan is None
+        else plan.written([inserted[(key, r["parent_id"], r["token_id"])] for r in plan.children])
+        for key, plan in zip(keys, plans, strict=True)
+    ]
+
+
+def _changed_exactly(result: Any, expected: dict[int, uuid.UUID]) -> bool:
+    """Whether an update (returning job id and node id) changed exactly the expected nodes."""
+    changed = {node_id: job for job, node_id in result}
+    if any(expected.get(node_id) != job for node_id, job in changed.items()):
+        raise ValueError("a step named nodes of another job")
+    return len(changed) == len(expected)
 
 
 def _write_step(session: Session, key: uuid.UUID, pops: Sequence[Pop], limits: Limits, worker: str,

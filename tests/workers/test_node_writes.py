@@ -19,12 +19,14 @@ from models.node_writes import (
     Finish,
     Limits,
     NewChild,
+    StepToWrite,
     children_of,
     ensure_root,
     load_nodes,
     open_node_ids,
     path_tokens,
     write_step,
+    write_steps,
 )
 from models.schema import Job, Node
 
@@ -210,3 +212,55 @@ def test_postgres_takes_20000_nodes_a_second(
     with session_factory() as session:
         job = session.get(Job, jobs.as_job_id(job_id))
         assert job is not None and job.node_count == written_nodes + 1
+
+
+def _tree_rows(factory: sessionmaker[Session], job_id: str) -> list[tuple]:  # type: ignore[type-arg]
+    """A job's nodes as (depth, token, finish, threshold, parent's token), by id: what a step wrote."""
+    with factory() as session:
+        key = jobs.as_job_id(job_id)
+        nodes = {n.id: n for n in session.scalars(select(Node).where(Node.job_id == key).order_by(Node.id))}
+        return [(n.depth, n.token_id, n.finish_reason, n.threshold,
+                 nodes[n.parent_id].token_id if n.parent_id in nodes else None) for n in nodes.values()]
+
+
+def test_a_batch_of_steps_writes_what_the_steps_write_alone(factory: sessionmaker[Session]) -> None:
+    """`write_steps`: many jobs' steps (one job twice, one job cancelled, limits reached in one) in one
+    transaction give the rows, counts and results that writing each step alone gives."""
+    def steps(jobs_: list[tuple[str, int]]) -> list[StepToWrite]:
+        (a, root_a), (b, root_b), (c, root_c), (d, _) = jobs_
+        return [
+            StepToWrite(a, [expansion(root_a, 0, [5, 6, 7])], NO_LIMITS, "w"),
+            StepToWrite(b, [expansion(root_b, 0, [1, 2]), Finish(None, "stop", root_b, 2)], NO_LIMITS, "w"),
+            StepToWrite(c, [expansion(root_c, 0, [3, 4, 8])], Limits(max_nodes=3, max_completed_paths=9),
+                        "w"),
+            StepToWrite(d, [Finish(None, "stop", 1, 1)], NO_LIMITS, "w"),
+        ]
+
+    def fresh() -> list[tuple[str, int]]:
+        made = [running_job(factory, prompt) for prompt in "abcd"]
+        with factory() as session:
+            jobs.finish_job(session, made[3][0], "cancelled")
+        return made
+
+    alone_jobs, together_jobs = fresh(), fresh()
+    alone = []
+    for step in steps(alone_jobs):
+        with factory() as session:
+            alone.append(write_step(session, step.job_id, step.pops, step.limits, step.worker))
+    with factory() as session:
+        together = write_steps(session, steps(together_jobs))
+    for one, many in zip(alone, together, strict=True):
+        assert (one.status, one.node_count, one.completed_paths, one.outcomes) == (
+            many.status, many.node_count, many.completed_paths, many.outcomes)
+        assert len(one.finished_children) == len(many.finished_children)
+        assert [len(ids) for ids in one.child_ids] == [len(ids) for ids in many.child_ids]
+    for a, b in zip(alone_jobs, together_jobs, strict=True):
+        assert _tree_rows(factory, a[0]) == _tree_rows(factory, b[0])
+        assert counts(factory, a[0]) == counts(factory, b[0])
+    # The same batch again (a redelivered write) changes nothing: its pops were done already (and c is
+    # at its node limit).
+    with factory() as session:
+        again = write_steps(session, steps(together_jobs))
+    assert [w.outcomes for w in again][:3] == [["done"], ["done", "skipped"], ["skipped"]]
+    for a, b in zip(alone_jobs, together_jobs, strict=True):
+        assert _tree_rows(factory, a[0]) == _tree_rows(factory, b[0])
