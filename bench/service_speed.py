@@ -234,6 +234,11 @@ def cli_tree(
     return float(tree["metadata"]["stats"]["seconds"]), tree
 
 
+def medians(samples: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the median over rounds."""
+    return {key: statistics.median(sample[key] for sample in samples) for key in samples[0]}
+
+
 def many_jobs(service: Service, model: str, repeats: int, clients: int) -> None:
     """The seed's 100 jobs (bench/workloads.py) submitted at once: jobs/s through one worker and two
     (one torch thread each), round after round; a sample of stored trees checked against the CLI's."""
@@ -262,7 +267,7 @@ def many_jobs(service: Service, model: str, repeats: int, clients: int) -> None:
     print("| --- | --- | --- | --- | --- |")
     for count, values in rates.items():
         rate = statistics.median(values)
-        use = {k: statistics.median(c[k] for c in cpu[count]) for k in cpu[count][0]}
+        use = medians(cpu[count])
         print(f"| {count} worker(s), 1 thread each | {len(work)} seed-default jobs, {clients} clients | "
               f"{rate:.1f} | **{rate / one:.2f}x** | {use['workers']:.1f}, {use['postgres']:.1f}, "
               f"{use['machine']:.1f} |")
@@ -367,7 +372,7 @@ def main() -> None:
             print("| --- | --- | --- | --- | --- | --- |")
             for label, values in rates.items():
                 rate = statistics.median(values)
-                use = {k: statistics.median(c[k] for c in cpu[label]) for k in cpu[label][0]}
+                use = medians(cpu[label])
                 print(f"| {label} | {args.big_nodes:,} nodes | {rate:,.0f} | **{rate / one:.2f}x** | "
                       f"{use['cores']:.2f} of {cores} | {use['workers']:.0f} us, {use['postgres']:.0f} us, "
                       f"{use['machine']:.0f} us |")

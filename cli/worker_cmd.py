@@ -1,7 +1,8 @@
 """`tokentree worker`: run Celery workers that expand the jobs of some models (the distributed mode).
 
-Each worker process is a Celery worker with a solo pool: one unit of work at a time, in the process
-that loaded the models, so no CUDA context is ever forked. For several GPUs (or CPU cores) start one
+Each worker process is a Celery worker with a thread pool: up to `TOKENTREE_WORKER_UNITS` units of work
+at once, whose trees one model thread steps together, in the process that loaded the models, so no
+CUDA context is ever forked. For several GPUs (or CPU cores) start one
 process each: `--gpus 0,1` pins one process per device, `--processes N` starts N on the CPU.
 """
 
