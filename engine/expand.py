@@ -89,10 +89,6 @@ class Expander:
             self.stats.forward_passes += self.runner.forward_passes - passes
         return self._prompt
 
-    def held_kv(self) -> int:
-        """How many nodes' KV handles this tree keeps (each keeps its path's slots alive)."""
-        return len(self._kv)
-
     def forget_kv(self) -> None:
         """Drop every handle: the next nodes are evaluated from their whole paths (as after a takeover)."""
         self._kv.clear()

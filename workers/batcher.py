@@ -43,7 +43,6 @@ class StepBatcher:
         self._changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="tokentree-model", daemon=True)
-        self.steps = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -110,7 +109,6 @@ class StepBatcher:
             for request in requests:
                 self._step([request])
             return
-        self.steps += 1
         left_out = []
         for request, result in zip(requests, results, strict=True):
             if result is None:
