@@ -86,7 +86,7 @@ def create_app(
     if dispatcher is None:
         if settings.redis_url is None:
             raise ValueError("the embedded mode needs a dispatcher: tokentree serve passes its worker")
-        dispatcher = owned_dispatcher = CeleryDispatcher(settings.redis_url, settings.cancel_ttl_s)
+        dispatcher = owned_dispatcher = CeleryDispatcher(settings.redis_url)
     engine = None
     if session_factory is None:
         engine = api_engine(settings)

@@ -34,11 +34,6 @@ def as_job_id(job_id: JobId) -> uuid.UUID:
     return job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
 
 
-def cancel_flag_key(job_id: JobId) -> str:
-    """The Redis key set to "1" when a job is cancelled, so every worker on it stops promptly."""
-    return f"tokentree:job:{as_job_id(job_id)}:cancelled"
-
-
 def _rowcount(result: Any) -> int:
     return cast(CursorResult[Any], result).rowcount
 

@@ -23,6 +23,7 @@ import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, cast
 
 import orjson
@@ -30,7 +31,7 @@ from sqlalchemy import CursorResult, Table, bindparam, case, func, insert, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.jobs import JobId, add_counts, as_job_id
+from models.jobs import OPEN_STATUSES, JobId, add_counts, as_job_id
 from models.schema import Job, Node, utcnow
 
 
@@ -144,22 +145,53 @@ def _is_postgres(session: Session) -> bool:
 # -- the root -----------------------------------------------------------------------------------------
 
 
-def ensure_root(session: Session, job_id: JobId, prompt: str) -> int:
-    """The job's root node (the prompt), inserted if missing and counted once. Commits."""
+@dataclass(frozen=True)
+class TreeStart:
+    """A tree job as a unit of work finds it when it starts on it."""
+
+    node_count: int
+    completed_paths: int
+    started_at: datetime  # the first unit's start
+    root: OpenNode | None  # the root, when this start inserted it (a fresh job: nothing else is open)
+
+
+def start_tree(session: Session, job_id: JobId, prompt: str) -> TreeStart | None:
+    """Mark the job running (queued -> running; `started_at` keeps the first start) and give it its root,
+    the prompt, if it has none: one transaction. None when the job is finished, cancelled or gone (the
+    caller must not touch it). Commits.
+
+    The UPDATE holds the job's row lock until the commit, so two starts of one job serialize and the
+    second finds the root counted (a job's count is 0 exactly when it has no root).
+    """
     key = as_job_id(job_id)
-    _lock_job(session, key)
-    existing = session.scalar(select(Node.id).where(Node.job_id == key, Node.parent_id.is_(None)))
-    if existing is None:
-        existing = session.scalar(
+    row = session.execute(
+        update(Job)
+        .where(Job.id == key, Job.status.in_(OPEN_STATUSES))
+        .values(status="running", started_at=func.coalesce(Job.started_at, utcnow()))
+        .returning(Job.node_count, Job.completed_paths, Job.started_at)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        session.commit()
+        return None
+    node_count, completed_paths, started_at = row
+    root = None
+    if node_count == 0:
+        root_id = session.scalar(
             insert(Node)
             .values(job_id=key, parent_id=None, token_id=None, text=prompt, depth=0, prob=1.0, logprob=0.0,
                     cumulative_prob=1.0, is_finished=False, created_at=utcnow())
             .returning(Node.id)
         )
         add_counts(session, key, nodes=1)
+        node_count = 1
+        root = OpenNode(id=int(root_id), parent_id=None, token_id=None, text=prompt, depth=0, prob=1.0,  # type: ignore[arg-type]
+                        logprob=0.0, cumulative_prob=1.0, is_finished=False, is_expanded=False)
     session.commit()
-    assert existing is not None
-    return int(existing)
+    assert started_at is not None  # set by the UPDATE
+    if started_at.tzinfo is None:  # SQLite keeps no time zone; we write UTC
+        started_at = started_at.replace(tzinfo=UTC)
+    return TreeStart(node_count, completed_paths, started_at, root)
 
 
 # -- a step -------------------------------------------------------------------------------------------

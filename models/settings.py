@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     environment: Literal["local", "staging", "production"] = "local"
     # None: the embedded SQLite file. Otherwise a Postgres URL (postgresql://, postgresql+psycopg://).
     database_url: str | None = None
-    # None: jobs run in-process. Otherwise the Celery broker, and the home of the cancel flags.
+    # None: jobs run in-process. Otherwise the Celery broker, and the home of the jobs' frontiers.
     redis_url: str | None = None
     data_dir: Path = Field(default_factory=default_data_dir)
     # The operator's allow-list, name -> source (`demo`, a Hub id or a folder). Clients name an entry;
@@ -148,12 +148,11 @@ class Settings(BaseSettings):
     # Memory for rendered trees of finished jobs (they never change); 0 turns the cache off.
     tree_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
-    # Workers: nodes per bulk write, and how long a cancel flag outlives the job's last worker.
+    # Workers: nodes per bulk write, nodes per forward pass, and how models load.
     node_batch_size: int = Field(default=1_000, ge=1, le=50_000)
     max_batch: int = Field(default=256, ge=1, le=8_192)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    cancel_ttl_s: int = Field(default=86_400, ge=60)
 
     # Access. With keys required, every /v1 request carries `Authorization: Bearer <token>` (see
     # `tokentree keys`); production refuses to start without them. Browsers on other origins get no

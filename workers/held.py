@@ -36,7 +36,7 @@ class HeldTree:
     """The open nodes one unit holds, and the engine state to expand them."""
 
     def __init__(self, lm: LoadedModel, params: TreeParams, prompt_ids: list[int], depth_limit: int | None,
-                 runner: ModelRunner, stepper: Stepper = Expander.step) -> None:
+                 runner: ModelRunner, stepper: Stepper | None = None) -> None:
         """`stepper` runs one step of the tree: alone (`Expander.step`) or with the worker's other units'
         trees (`StepBatcher.step`)."""
         self.lm = lm
@@ -44,7 +44,7 @@ class HeldTree:
         self.prompt_ids = prompt_ids
         self.depth_limit = depth_limit
         self.runner = runner
-        self.stepper = stepper
+        self.stepper = stepper or Expander.step
         self.builder: TreeBuilder | None = None
         self._expander: Expander | None = None
         self.db_ids: list[int | None] = []  # local id -> database id; None until the node is written
@@ -55,10 +55,11 @@ class HeldTree:
         return 0 if self.builder is None else len(self.builder.frontier)
 
     def held_db_ids(self) -> list[int]:
-        """The database ids of the open nodes held, in queue order (every one is written already)."""
+        """The database ids of the open nodes held, in queue order (those written: a step computed but
+        never written leaves children without one)."""
         if self.builder is None:
             return []
-        return [self._db(local) for local in self.builder.frontier]
+        return [i for i in (self.db_ids[local] for local in self.builder.frontier) if i is not None]
 
     def _db(self, local: int) -> int:
         db_id = self.db_ids[local]

@@ -2,7 +2,7 @@
 work as a Celery worker, with the frontier in memory instead of Redis.
 
 Nothing is shared with other processes, so a unit never needs to end early to let a peer in: it runs
-the whole job (checking the cancel flag between batches) and writes nodes as they are produced.
+the whole job and writes nodes as they are produced (a cancelled job stops at its next write).
 Jobs left queued or running by a previous process are picked up again on start, from the database.
 """
 
@@ -15,13 +15,12 @@ import threading
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.jobs import OPEN_STATUSES, as_job_id
+from models.jobs import OPEN_STATUSES
 from models.schema import Job
 from models.settings import Settings
 from workers.frontier import MemoryFrontier
-from workers.logprobs_jobs import LogprobsJobs
 from workers.service import ModelRegistry, NoExpiryKeeper, Outcome, Services, WorkerConfig
-from workers.tree_jobs import TreeJobs
+from workers.units import Units
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,7 @@ class LocalWorker:
             models=ModelRegistry(settings),
             keeper=NoExpiryKeeper(),
         )
-        self._trees = TreeJobs(self.services)
-        self._logprobs = LogprobsJobs(self.services)
+        self.units = Units(self.services)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="tokentree-local-worker", daemon=True)
 
@@ -63,10 +61,6 @@ class LocalWorker:
 
     def submit(self, job_id: str, model: str) -> None:
         self._queue.put(str(job_id))
-
-    def cancel(self, job_id: str) -> None:
-        """Stop the job at its next batch (its status is already cancelled in the database)."""
-        self.frontier.cancel(job_id)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the current batch; an unfinished job resumes when a worker starts again."""
@@ -92,10 +86,7 @@ class LocalWorker:
                 self._queue.task_done()
 
     def _run_job(self, job_id: str) -> None:
-        with self.services.session_factory() as session:
-            kind = session.scalar(select(Job.kind).where(Job.id == as_job_id(job_id)))
-        jobs = self._trees if kind == "tree" else self._logprobs
         while not self.services.stopping.is_set():
-            outcome, _ = jobs.run_unit(job_id)
+            outcome, _ = self.units.run(job_id)
             if outcome is not Outcome.CONTINUE:
                 return

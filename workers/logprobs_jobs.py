@@ -14,6 +14,7 @@ from engine.analysis import analyze_logprobs
 from engine.loading import ModelLoadError
 from engine.params import LogprobsParams, ParameterError
 from models.jobs import finish_job, mark_running
+from models.schema import Job
 from workers.service import Outcome, Services
 
 log = logging.getLogger(__name__)
@@ -31,44 +32,42 @@ class LogprobsJobs:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def run_unit(self, job_id: str) -> tuple[Outcome, str | None]:
+    def run_unit(self, job: Job) -> Outcome:
         s = self.s
-        unit = s.new_unit()
-        with s.session_factory() as session:
-            job = s.job_to_run(session, job_id)
-            if job is None:
-                return Outcome.DONE, None
-            attempt = s.frontier.claim(job_id, unit, s.config.lease_ttl_s)
-            if attempt is None:
-                return Outcome.IDLE, job.model  # a live unit has it
+        job_id, unit = str(job.id), s.new_unit()
+        attempt = s.frontier.claim(job_id, unit, s.config.lease_ttl_s)
+        if attempt is None:
+            return Outcome.IDLE  # a live unit has it
+        try:
+            if attempt > s.config.max_attempts:
+                s.fail(job_id, f"the job was started {attempt - 1} times and never finished "
+                               "(did it crash its workers? out of memory?)")
+                return Outcome.DONE
             try:
-                if attempt > s.config.max_attempts:
-                    s.fail(job_id, f"the job was started {attempt - 1} times and never finished "
-                                   "(did it crash its workers? out of memory?)")
-                    return Outcome.DONE, job.model
-                try:
-                    params = logprobs_params(dict(job.parameters))
-                    lm = s.models.get(job.model)
-                except (ParameterError, ModelLoadError) as exc:
-                    s.fail(job_id, str(exc))
-                    return Outcome.DONE, job.model
+                params = logprobs_params(dict(job.parameters))
+                lm = s.models.get(job.model)
+            except (ParameterError, ModelLoadError) as exc:
+                s.fail(job_id, str(exc))
+                return Outcome.DONE
+            with s.session_factory() as session:
                 if not mark_running(session, job_id, s.config.name):
-                    return Outcome.DONE, job.model
-                with s.keeper.hold(job_id, unit, "claim"):
-                    try:
-                        record = analyze_logprobs(lm, job.prompt, params, chat=job.chat, prefix=job.prefix)
-                    except ParameterError as exc:
-                        s.fail(job_id, str(exc))
-                        return Outcome.DONE, job.model
-                    except Exception:
-                        log.exception("logprobs job %s failed (attempt %d)", job_id, attempt)
-                        if attempt >= s.config.max_attempts:
-                            s.fail(job_id, traceback.format_exc())
-                            return Outcome.DONE, job.model
-                        return Outcome.CONTINUE, job.model
-                record["metadata"]["model"] = job.model  # the allow-list name, as the job has it
+                    return Outcome.DONE
+            with s.keeper.hold(job_id, unit, "claim"):
+                try:
+                    record = analyze_logprobs(lm, job.prompt, params, chat=job.chat, prefix=job.prefix)
+                except ParameterError as exc:
+                    s.fail(job_id, str(exc))
+                    return Outcome.DONE
+                except Exception:
+                    log.exception("logprobs job %s failed (attempt %d)", job_id, attempt)
+                    if attempt >= s.config.max_attempts:
+                        s.fail(job_id, traceback.format_exc())
+                        return Outcome.DONE
+                    return Outcome.CONTINUE
+            record["metadata"]["model"] = job.model  # the allow-list name, as the job has it
+            with s.session_factory() as session:
                 finish_job(session, job_id, "succeeded", result={"record": record})
-                s.frontier.clear(job_id)  # the claim and its count: nothing of a finished job stays in Redis
-                return Outcome.DONE, job.model
-            finally:
-                s.frontier.drop_claim(job_id, unit)
+            s.frontier.clear(job_id)  # the claim and its count: nothing of a finished job stays in Redis
+            return Outcome.DONE
+        finally:
+            s.frontier.drop_claim(job_id, unit)

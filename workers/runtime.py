@@ -16,24 +16,21 @@ import time
 from collections.abc import Callable, Iterator
 
 import redis
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import worker_registry
 from models.db import engine_from_settings, make_session_factory
-from models.jobs import as_job_id
 from models.queues import model_queue, worker_queue
-from models.schema import Job
 from models.settings import Settings, get_settings
 from models.worker_registry import WorkerBeat
 from workers.batcher import StepBatcher
 from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
 from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key, worker_redis
-from workers.logprobs_jobs import LogprobsJobs
 from workers.service import HeldLease, ModelRegistry, Outcome, Services, WorkerConfig
 from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
-from workers.tree_jobs import TreeJobs
+from workers.units import Units
 from workers.writer import ProcessWriter
 
 log = logging.getLogger(__name__)
@@ -212,8 +209,7 @@ class WorkerRuntime:
             writer=self.writer,
             batcher=StepBatcher(self.settings.max_batch),
         )
-        self.trees = TreeJobs(self.services)
-        self.logprobs = LogprobsJobs(self.services)
+        self.units = Units(self.services)
         self.sweeper = Sweeper(self.services, self.redis, self.models, self.send,
                                self.worker_settings.sweep_interval_s, self.worker_settings.stale_after_s)
         self.ready = False
@@ -356,12 +352,7 @@ class WorkerRuntime:
         return True
 
     def _run_unit(self, job_id: str) -> Outcome:
-        with self.services.session_factory() as session:
-            kind = session.scalar(select(Job.kind).where(Job.id == as_job_id(job_id)))
-        if kind is None:
-            return Outcome.DONE
-        jobs = self.trees if kind == "tree" else self.logprobs
-        outcome, model = jobs.run_unit(job_id)
+        outcome, model = self.units.run(job_id)
         if outcome is Outcome.CONTINUE and model is not None:
             self.send(job_id, model)
         return outcome

@@ -173,13 +173,13 @@ class Services:
         return f"{self.config.name}:{uuid.uuid4().hex[:10]}"
 
     def job_to_run(self, session: Session, job_id: JobId) -> Job | None:
-        """The job, or None when there is nothing to do on it: it is gone or ended (then whatever Redis
-        still keeps of it is cleared), or cancelled."""
+        """The job, or None when there is nothing to do on it: it is gone or ended (cancelled too; then
+        whatever Redis still keeps of it is cleared)."""
         job = get_job(session, job_id)
         if job is None or job.status in TERMINAL_STATUSES:
             self.frontier.clear(job_id)
             return None
-        return None if self.frontier.cancelled(job_id) else job
+        return job
 
     def fail(self, job_id: JobId, error: str) -> bool:
         """Fail the job (once) and forget its frontier."""

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from models.jobs import OPEN_STATUSES
 from models.schema import Job, utcnow
-from workers.frontier import job_key
+from workers.frontier import Snapshot, job_key
 from workers.service import Services, poison_message
 
 log = logging.getLogger(__name__)
@@ -49,26 +49,28 @@ class Sweeper:
                 select(Job.id, Job.kind, Job.model, Job.created_at, Job.started_at)
                 .where(Job.status.in_(OPEN_STATUSES), Job.model.in_(mine))
             ).all()
-        for job_id, kind, model, created_at, started_at in jobs:
+        snapshots = self.s.frontier.snapshot([row[0] for row in jobs])
+        for (job_id, kind, model, created_at, started_at), snap in zip(jobs, snapshots, strict=True):
             try:
                 # A job's first unit may simply not have got to it yet: only an old one is suspect.
                 since = started_at or created_at
                 old = since is not None and utcnow() - since > timedelta(seconds=self.stale_after_s)
-                self._sweep_job(str(job_id), kind, model, old)
+                self._sweep_job(str(job_id), kind, model, old, snap)
             except Exception:
                 log.exception("sweeping job %s failed", job_id)
 
-    def _sweep_job(self, job_id: str, kind: str, model: str, old: bool) -> None:
+    def _sweep_job(self, job_id: str, kind: str, model: str, old: bool, snap: Snapshot) -> None:
         if kind != "tree":
             if old and not self.s.frontier.claimed(job_id):
                 self.kick(job_id, model)
             return
-        snap = self.s.frontier.snapshot(job_id)
         if not snap.ready:
             if old:
                 # Its message was lost, or Redis lost its frontier: a unit loads it from Postgres.
                 self.kick(job_id, model)
             return
+        if snap.units > 0 and snap.expired_units == 0:
+            return  # units work on it, all alive
         expired = self.s.frontier.expire(job_id, self.s.config.max_attempts)
         if expired.poisoned:
             node, attempts = next(iter(expired.poisoned.items()))

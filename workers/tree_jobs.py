@@ -28,27 +28,28 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import datetime
 
 import redis
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
-from engine.expand import Expander
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
 from engine.params import ParameterError, TreeParams
-from models.jobs import finish_job, get_job, mark_running
+from models.jobs import as_job_id, finish_job
 from models.node_writes import (
     Finish,
     Limits,
+    OpenNode,
     Pop,
-    ensure_root,
     load_nodes,
     node_totals,
     open_node_ids,
     path_tokens,
+    start_tree,
 )
 from models.schema import Job, utcnow
 from workers.errors import is_connection_loss
+from workers.frontier import FrontierCommit
 from workers.held import HeldTree, Step
 from workers.service import HeldLease, Outcome, Services, poison_message, result_metadata
 from workers.writer import InlineWriter, PendingWrite, StepWrite, StepWriter, ThreadWriter, open_children
@@ -58,15 +59,21 @@ log = logging.getLogger(__name__)
 INIT_LOCK_S = 60.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Plan:
     """What the engine needs for a job, worked out once per unit."""
 
-    job: Job
+    job_id: str
+    model: str
     params: TreeParams
     lm: LoadedModel
     prompt_ids: list[int]
     depth_limit: int | None
+    started_at: datetime | None = None  # the job's first start (set once the unit has started it)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.params.max_nodes, self.params.max_completed_paths)
 
 
 class TreeJobs:
@@ -75,62 +82,61 @@ class TreeJobs:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    def run_unit(self, job_id: str) -> tuple[Outcome, str | None]:
-        """One unit of work on the job; the outcome and the job's model (for a hand-off)."""
+    def run_unit(self, job: Job) -> Outcome:
+        """One unit of work on the job."""
         s = self.s
-        unit = s.new_unit()
+        job_id, unit = str(job.id), s.new_unit()
+        try:
+            plan = self._plan(job)
+        except (ParameterError, ModelLoadError) as exc:
+            s.fail(job_id, str(exc))
+            return Outcome.DONE
         with s.session_factory() as session:
-            job = s.job_to_run(session, job_id)
-            if job is None:
-                return Outcome.DONE, None
-            try:
-                plan = self._plan(job)
-            except (ParameterError, ModelLoadError) as exc:
-                s.fail(job_id, str(exc))
-                return Outcome.DONE, job.model
-            if not mark_running(session, job_id, s.config.name):
-                return Outcome.DONE, job.model
-            params = plan.params
-            if job.node_count >= params.max_nodes or job.completed_paths >= params.max_completed_paths:
-                finish_tree(s, job_id, plan)
-                return Outcome.DONE, job.model
-            if not s.frontier.ready(job_id):
+            start = start_tree(session, job_id, job.prompt)
+            if start is None:
+                return Outcome.DONE
+            log.info("job %s running on worker %s", job_id, s.config.name)
+            plan = _Plan(**{**plan.__dict__, "started_at": start.started_at})
+            if (start.node_count >= plan.limits.max_nodes
+                    or start.completed_paths >= plan.limits.max_completed_paths):
+                finish_tree(s, plan)
+                return Outcome.DONE
+            if start.root is not None:
+                # A fresh job: its root is its only node, so this unit holds it from the start (a
+                # duplicate unit that loads the frontier meanwhile makes one of the two end early).
+                s.frontier.load(job_id, [start.root.id], held_by=unit, ttl_s=s.config.lease_ttl_s)
+            elif not s.frontier.ready(job_id):
                 if not s.frontier.try_lock_init(job_id, unit, INIT_LOCK_S):
-                    return Outcome.IDLE, job.model  # another unit is loading it, and goes on with it
-                ensure_root(session, job_id, job.prompt)
+                    return Outcome.IDLE  # another unit is loading it, and goes on with it
                 s.frontier.load(job_id, open_node_ids(session, job_id))
-        expired = s.frontier.expire(job_id, s.config.max_attempts)
-        if expired.poisoned:
-            node, attempts = next(iter(expired.poisoned.items()))
-            s.fail(job_id, poison_message(node, attempts))
-            return Outcome.DONE, job.model
-        with s.keeper.hold(str(job.id), unit, "nodes") as lease:
-            return _TreeUnit(s, plan, unit, lease).run(), job.model
+        if start.root is None:
+            expired = s.frontier.expire(job_id, s.config.max_attempts)
+            if expired.poisoned:
+                node, attempts = next(iter(expired.poisoned.items()))
+                s.fail(job_id, poison_message(node, attempts))
+                return Outcome.DONE
+        with s.keeper.hold(job_id, unit, "nodes") as lease:
+            return _TreeUnit(s, plan, lease).run(start.root)
 
     def _plan(self, job: Job) -> _Plan:
         params = TreeParams.from_dict(dict(job.parameters))
         lm = self.s.models.get(job.model)
         prompt_ids = encode_prompt(lm, job.prompt, chat=job.chat, prefix=job.prefix)
         depth_limit = None if lm.context_length is None else lm.context_length - len(prompt_ids)
-        return _Plan(job, params, lm, prompt_ids, depth_limit)
+        return _Plan(str(job.id), job.model, params, lm, prompt_ids, depth_limit)
 
 
-def finish_tree(s: Services, job_id: str, plan: _Plan) -> bool:
+def finish_tree(s: Services, plan: _Plan) -> bool:
     """Finalize a finished tree job: succeeded, with its statistics. Exactly once (the first caller)."""
     with s.session_factory() as session:
-        nodes, expanded, completed = node_totals(session, job_id)
-        job = get_job(session, job_id)
-        started = job.started_at if job is not None else None
-        if started is not None and started.tzinfo is None:  # SQLite keeps no time zone; we write UTC
-            started = started.replace(tzinfo=UTC)
-        seconds = (utcnow() - started).total_seconds() if started is not None else None
-        stats = {"nodes": nodes, "expanded": expanded, "completed_paths": completed,
-                 "seconds": None if seconds is None else round(seconds, 4)}
+        nodes, expanded, completed = node_totals(session, plan.job_id)
+        seconds = None if plan.started_at is None else round((utcnow() - plan.started_at).total_seconds(), 4)
+        stats = {"nodes": nodes, "expanded": expanded, "completed_paths": completed, "seconds": seconds}
         result = result_metadata(plan.lm, prompt_token_ids=plan.prompt_ids, stats=stats)
-        finished = finish_job(session, job_id, "succeeded", result=result)
-    s.frontier.clear(job_id)
+        finished = finish_job(session, plan.job_id, "succeeded", result=result)
+    s.frontier.clear(plan.job_id)
     if finished:
-        log.info("job %s succeeded: %d nodes, %d completed paths", job_id, nodes, completed)
+        log.info("job %s succeeded: %d nodes, %d completed paths", plan.job_id, nodes, completed)
     return finished
 
 
@@ -143,62 +149,67 @@ class _Pending:
     write: PendingWrite
 
 
+@dataclass
+class _JobView:
+    """What a unit knows of its job as a whole, as of its last written step."""
+
+    node_count: int = 0  # all units' nodes
+    completed_paths: int = 0
+    open_count: int = 0  # open nodes anywhere (the frontier's size)
+    external: int = 0  # open nodes this unit does not hold: the queue depth it adds to its own
+    idle_peers: int = 0  # workers of the model waiting for work
+    last_hand_off: float = 0.0
+
+
 class _TreeUnit:
-    def __init__(self, s: Services, plan: _Plan, unit: str, lease: HeldLease) -> None:
+    def __init__(self, s: Services, plan: _Plan, lease: HeldLease) -> None:
         self.s = s
-        self.cfg = s.config
         self.plan = plan
-        self.job_id = str(plan.job.id)
-        self.model = plan.job.model
-        self.unit = unit
         self.lease = lease
-        self.limits = Limits(plan.params.max_nodes, plan.params.max_completed_paths)
-        runner = s.models.runner(self.model)
-        stepper = s.batcher.step if s.batcher is not None else Expander.step
+        runner = s.models.runner(plan.model)
+        stepper = s.batcher.step if s.batcher is not None else None
         self.held = HeldTree(plan.lm, plan.params, plan.prompt_ids, plan.depth_limit, runner, stepper)
-        self.deadline = time.monotonic() + self.cfg.unit_seconds
-        # The job's counts as of this unit's last write (all workers' nodes), to tell others' growth.
-        self.known_nodes = 0
-        self.known_completed = 0
-        self.external = 0
-        self.open_count = 0
-        self.idle_peers = 0
-        self.last_hand_off = 0.0
+        self.view = _JobView()
         self.discarded: list[int] = []  # nodes popped by a step that was never written (still held)
         self.stats: dict[str, float] = {"steps": 0, "popped": 0, "taken": 0, "given": 0, "model_s": 0.0,
-                                        "write_wait_s": 0.0}
-        self.started = time.monotonic()
+                                        "write_wait_s": 0.0, "started": time.monotonic()}
         self.session = s.session_factory()
-        self.write_session: Session | None = None
-        self.writer: StepWriter
-        if self.cfg.pipeline_writes and s.writer is not None:
-            self.writer = s.writer  # the process's writer, with its own connections
-        else:
-            self.write_session = s.session_factory()
-            writer = ThreadWriter if self.cfg.pipeline_writes else InlineWriter
-            self.writer = writer(self.write_session, s.frontier)
+        # The process's writer (with its own connections), or one of this unit's own.
+        self.writer: StepWriter = s.writer if s.config.pipeline_writes and s.writer is not None else (
+            (ThreadWriter if s.config.pipeline_writes else InlineWriter)(s.session_factory, s.frontier))
+
+    @property
+    def job_id(self) -> str:
+        return self.plan.job_id
 
     # -- the loop ----------------------------------------------------------------------------------------
 
-    def run(self) -> Outcome:
+    def run(self, root: OpenNode | None) -> Outcome:
+        """Run the unit; `root`: a fresh job's root, held by this unit already."""
         failed = False
         if self.s.batcher is not None:
             self.s.batcher.unit_started()
         try:
-            outcome = self._loop()
-            log.info("unit %s on job %s: %s after %.2fs, %s", self.unit, self.job_id, outcome.value,
-                     time.monotonic() - self.started,
-                     ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items()))
+            if root is not None:
+                self.held.adopt([root], {root.id: []}, completed=0, node_count=1)
+                self.view = _JobView(node_count=1, open_count=1)
+            outcome = self._loop(taken=root is not None)
+            log.info("unit %s on job %s: %s after %.2fs, %s", self.lease.unit, self.job_id, outcome.value,
+                     time.monotonic() - self.stats["started"],
+                     ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items() if k != "started"))
             return outcome
         except Exception as exc:
             failed = True
             if is_connection_loss(exc):
                 # Postgres or Redis went away under the unit: not the nodes' fault. They go back uncounted
                 # and the worker waits for the service (`WorkerRuntime.run`).
-                log.warning("unit %s on job %s lost a connection: %s", self.unit, self.job_id, exc)
-                self._give_back_uncounted()
+                log.warning("unit %s on job %s lost a connection: %s", self.lease.unit, self.job_id, exc)
+                self.writer.wait()
+                # If Redis itself is away, the lease expires instead (and a restarted Redis reloads).
+                with contextlib.suppress(redis.RedisError):
+                    self._release_all()
                 raise
-            log.exception("unit %s on job %s failed", self.unit, self.job_id)
+            log.exception("unit %s on job %s failed", self.lease.unit, self.job_id)
             return self._give_up(traceback.format_exc())
         finally:
             # A write in flight finishes first, so what it commits is given back too.
@@ -206,43 +217,31 @@ class _TreeUnit:
             if not failed:
                 self._release_all()
             self.session.close()
-            if self.write_session is not None:
-                self.write_session.close()
             if self.s.batcher is not None:
                 self.s.batcher.unit_ended()
 
-    def _loop(self) -> Outcome:
-        if not self._take(self.cfg.hold_limit):
-            if self.open_count == 0:
-                return self._finish()
-            return Outcome.IDLE
+    def _loop(self, taken: bool) -> Outcome:
+        if not taken and not self._take():
+            return self._finish() if self.view.open_count == 0 else Outcome.IDLE
+        deadline = self.stats["started"] + self.s.config.unit_seconds
         pending: _Pending | None = None
-        while True:
-            if self._should_stop():
-                break
-            if pending is not None and self._wants_hand_off():
+        while not (time.monotonic() > deadline or self.s.stopping.is_set() or self.lease.lost.is_set()):
+            if pending is not None and (self.held.done() or self._wants_hand_off()):
                 verdict, pending = self._settle(pending), None
                 if verdict is not None:
                     return verdict
-            if pending is None:
-                self._hand_off()
+                continue
+            self._hand_off()
             if self.held.done():
-                if pending is not None:
-                    verdict, pending = self._settle(pending), None
-                    if verdict is not None:
-                        return verdict
-                    continue
                 if len(self.held) > 0:
                     # Done with nodes left: a limit is reached. The held counts are the job's, as of the
                     # last write (this unit's nodes plus every other unit's), so the job is done.
                     return self._finish()
-                if not self._take(self.cfg.hold_limit):
-                    if self.open_count == 0:
-                        return self._finish()
-                    return Outcome.IDLE
+                if not self._take():
+                    return self._finish() if self.view.open_count == 0 else Outcome.IDLE
                 continue
             started = time.monotonic()
-            step = self.held.step(self.cfg.max_batch, self.external)
+            step = self.held.step(self.s.config.max_batch, self.view.external)
             self.stats["model_s"] += time.monotonic() - started
             if pending is not None:
                 verdict, pending = self._settle(pending), None
@@ -256,18 +255,16 @@ class _TreeUnit:
             verdict = self._settle(pending)
             if verdict is not None:
                 return verdict
-        return self._end()
-
-    def _should_stop(self) -> bool:
-        return time.monotonic() > self.deadline or self.s.stopping.is_set() or self.lease.lost.is_set()
+        return Outcome.CONTINUE  # what is held is given back as the unit ends; another unit goes on
 
     # -- taking nodes ------------------------------------------------------------------------------------
 
-    def _take(self, count: int) -> bool:
-        """Lease up to `count` open nodes and take them in; False when the queue had none."""
+    def _take(self) -> bool:
+        """Lease up to `hold_limit` open nodes and take them in; False when the queue had none."""
+        cfg = self.s.config
         for _ in range(8):  # only nodes found done already are retried for; a few rounds at most
-            leased = self.s.frontier.lease(self.job_id, self.unit, count, self.cfg.lease_ttl_s)
-            self.open_count = leased.open_count
+            leased = self.s.frontier.lease(self.job_id, self.lease.unit, cfg.hold_limit, cfg.lease_ttl_s)
+            self.view.open_count = leased.open_count
             if not leased.node_ids:
                 return False
             found = load_nodes(self.session, self.job_id, leased.node_ids)
@@ -278,18 +275,20 @@ class _TreeUnit:
                 # put their open children on it.
                 expanded = [i for i in settled if i in found and found[i].is_expanded]
                 recovered = open_children(self.session, self.job_id, expanded)
-                self.s.frontier.commit(self.job_id, self.unit, settled, [], recovered, self.cfg.lease_ttl_s)
+                self.s.frontier.commit([FrontierCommit(self.job_id, self.lease.unit, settled, [], recovered,
+                                                       cfg.lease_ttl_s)])
             if not opened:
                 continue
             paths = path_tokens(self.session, self.job_id, [n.id for n in opened])
-            job = get_job(self.session, self.job_id)
+            counts = self.session.execute(select(Job.node_count, Job.completed_paths)
+                                          .where(Job.id == as_job_id(self.job_id))).one_or_none()
             self.session.commit()
-            if job is None:
+            if counts is None:
                 return False
-            self.known_nodes, self.known_completed = job.node_count, job.completed_paths
-            self.held.adopt(opened, paths, job.completed_paths, job.node_count)
+            self.view.node_count, self.view.completed_paths = counts
+            self.held.adopt(opened, paths, completed=counts[1], node_count=counts[0])
             self.stats["taken"] += len(opened)
-            self.external = leased.open_count - len(settled) - len(self.held)
+            self.view.external = leased.open_count - len(settled) - len(self.held)
             return True
         return False
 
@@ -299,8 +298,9 @@ class _TreeUnit:
         """Send a step to be written. Its pops are read here, in the model's thread, so that only plain
         data goes to the writer (which may be another process)."""
         pops = self.held.pops(step)
-        write = StepWrite(job_id=self.job_id, unit=self.unit, worker=self.cfg.name, model=self.model,
-                          pops=pops, limits=self.limits, lease_ttl_s=self.cfg.lease_ttl_s)
+        write = StepWrite(job_id=self.job_id, unit=self.lease.unit, worker=self.s.config.name,
+                          model=self.plan.model, pops=pops, limits=self.plan.limits,
+                          lease_ttl_s=self.s.config.lease_ttl_s)
         return _Pending(step, pops, self.writer.submit(write))
 
     def _settle(self, pending: _Pending) -> Outcome | None:
@@ -310,24 +310,21 @@ class _TreeUnit:
         written, committed = done.written, done.committed
         self.stats["write_wait_s"] += time.monotonic() - started
         if not written.running or committed is None:
-            log.info("job %s is %s: unit %s stops", self.job_id, written.status or "gone", self.unit)
+            log.info("job %s is %s: unit %s stops", self.job_id, written.status or "gone", self.lease.unit)
             self.s.frontier.clear(self.job_id)
             return Outcome.DONE
         unwritten = self.held.written(pending.step, written.child_ids)
+        view = self.view
         mine_nodes = sum(len(ids) for ids in written.child_ids)
         mine_completed = sum(1 for p, o in zip(pending.pops, written.outcomes, strict=True)
                              if o == "applied" and isinstance(p, Finish) and p.reason == "stop")
-        others_nodes = written.node_count - self.known_nodes - mine_nodes
-        others_completed = written.completed_paths - self.known_completed - mine_completed
-        self.known_nodes, self.known_completed = written.node_count, written.completed_paths
+        others_nodes = written.node_count - view.node_count - mine_nodes
+        others_completed = written.completed_paths - view.completed_paths - mine_completed
+        view.node_count, view.completed_paths = written.node_count, written.completed_paths
         if others_nodes > 0 or others_completed > 0:
             completed, node_count = self.held.counts()
             self.held.sync(completed + max(0, others_completed), node_count + max(0, others_nodes))
-        if committed.cancelled:
-            log.info("job %s was cancelled: unit %s stops", self.job_id, self.unit)
-            self.s.frontier.clear(self.job_id)
-            return Outcome.DONE
-        limits = self.limits
+        limits = self.plan.limits
         if (written.node_count >= limits.max_nodes or written.completed_paths >= limits.max_completed_paths
                 or committed.open_count == 0):
             return self._finish()
@@ -335,72 +332,58 @@ class _TreeUnit:
         if unwritten or committed.not_held or not committed.alive or surprised:
             # Another unit got to some of these nodes first (this unit was too slow to keep its lease):
             # stop here rather than reconcile; everything written is on the frontier already.
-            log.warning("unit %s on job %s met nodes done elsewhere; ending it", self.unit, self.job_id)
+            log.warning("unit %s on job %s met nodes done elsewhere; ending it", self.lease.unit, self.job_id)
             self.held.drop(unwritten | self.held.local_ids(set(committed.not_held)))
-            return self._end()
-        self.external = committed.open_count - pending.step.frontier_after
-        self.open_count = committed.open_count
-        self.idle_peers = committed.idle_peers
+            return Outcome.CONTINUE
+        view.external = committed.open_count - pending.step.frontier_after
+        view.open_count = committed.open_count
+        view.idle_peers = committed.idle_peers
         return None
 
     # -- giving nodes back -------------------------------------------------------------------------------
 
     def _wants_hand_off(self) -> bool:
-        return len(self.held) > self.cfg.hold_limit or self._peer_waits()
+        return len(self.held) > self.s.config.hold_limit or self._peer_waits()
 
     def _peer_waits(self) -> bool:
-        return (self.idle_peers > 0 and len(self.held) >= 2 * self.cfg.split_min
-                and time.monotonic() - self.last_hand_off > self.cfg.split_cooldown_s)
+        cfg = self.s.config
+        return (self.view.idle_peers > 0 and len(self.held) >= 2 * cfg.split_min
+                and time.monotonic() - self.view.last_hand_off > cfg.split_cooldown_s)
 
     def _hand_off(self) -> None:
         """Give surplus nodes back to the shared queue and send a unit to take them (only between
         written steps: what is given back must be on the frontier already)."""
-        count = 0
-        if len(self.held) > self.cfg.hold_limit:
-            count = len(self.held) - self.cfg.hold_limit
+        view, hold_limit = self.view, self.s.config.hold_limit
+        count = max(0, len(self.held) - hold_limit)
         if self._peer_waits():
             # An equal share for each idle peer: they each take one from the queue.
-            count = max(count, len(self.held) * self.idle_peers // (self.idle_peers + 1))
+            count = max(count, len(self.held) * view.idle_peers // (view.idle_peers + 1))
         if count <= 0:
             return
         given = self.held.give_back(count)
         self.stats["given"] += len(given)
-        self.s.frontier.release(self.job_id, self.unit, given)
-        self.external += len(given)
-        self.last_hand_off = time.monotonic()
-        self.s.hand_off(self.job_id, self.model, max(1, min(self.idle_peers, 8)))
-        self.idle_peers = 0
-        log.debug("unit %s gave %d nodes of job %s back", self.unit, len(given), self.job_id)
-
-    def _held_in_order(self) -> list[int]:
-        held = self.held.builder.frontier if self.held.builder is not None else ()
-        return [i for i in (self.held.db_ids[x] for x in held) if i is not None]
+        self.s.frontier.release(self.job_id, self.lease.unit, given)
+        view.external += len(given)
+        view.last_hand_off = time.monotonic()
+        self.s.hand_off(self.job_id, self.plan.model, max(1, min(view.idle_peers, 8)))
+        view.idle_peers = 0
+        log.debug("unit %s gave %d nodes of job %s back", self.lease.unit, len(given), self.job_id)
 
     def _release_all(self, failed: bool = False) -> int:
         """End the unit: give back every node still held, in queue order (and anything else the frontier
         says it holds). With `failed`, count an attempt on each; the most attempts any has had."""
-        return self.s.frontier.release(self.job_id, self.unit, self._held_in_order() + self.discarded,
+        return self.s.frontier.release(self.job_id, self.lease.unit, self.held.held_db_ids() + self.discarded,
                                        end_unit=True, failed=failed)
-
-    def _end(self) -> Outcome:
-        return Outcome.CONTINUE  # what is held is given back as the unit ends; another unit goes on
-
-    def _give_back_uncounted(self) -> None:
-        self.writer.wait()
-        # If Redis itself is away, the lease expires instead (and a restarted Redis reloads from Postgres).
-        with contextlib.suppress(redis.RedisError):
-            self._release_all()
 
     def _give_up(self, error: str) -> Outcome:
         """After an error: give the nodes back, counting an attempt on each; fail the job at the limit."""
         self.writer.wait()
         attempts = self._release_all(failed=True)
-        if attempts >= self.cfg.max_attempts:
+        if attempts >= self.s.config.max_attempts:
             self.s.fail(self.job_id, f"expanding failed {attempts} times; the last error:\n{error}")
             return Outcome.DONE
         return Outcome.CONTINUE
 
     def _finish(self) -> Outcome:
-        finish_tree(self.s, self.job_id, self.plan)
+        finish_tree(self.s, self.plan)
         return Outcome.DONE
-

@@ -6,7 +6,7 @@ node) take the GIL in turns with the model's thread and slow it down wherever th
 distributed worker writes from a process of its own (`ProcessWriter`), on another core; units only
 send their steps' pops down a pipe. The writer process takes every step waiting in the pipe (a worker's
 units step together, so their writes arrive together) and writes them in one transaction, one commit
-for all (`write_and_commit_many`). The embedded mode, one process by design, writes from a thread
+for all (`write_and_commit`). The embedded mode, one process by design, writes from a thread
 (`ThreadWriter`). At most one step is in flight per unit.
 """
 
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import engine_from_settings, make_session_factory
-from models.node_writes import Limits, Pop, StepToWrite, StepWritten, children_of, write_step, write_steps
+from models.node_writes import Limits, Pop, StepToWrite, StepWritten, children_of, write_steps
 from models.settings import Settings
 from workers.errors import WriterConnectionLost, is_connection_loss
-from workers.frontier import Committed, Frontier, RedisFrontier, worker_redis
+from workers.frontier import Committed, Frontier, FrontierCommit, RedisFrontier, worker_redis
 
 log = logging.getLogger(__name__)
 
@@ -62,33 +62,26 @@ def open_children(session: Session, job_id: str, parents: list[int]) -> list[int
     return [k.id for ks in kids.values() for k in ks if k.is_open]
 
 
-def write_and_commit(session: Session, frontier: Frontier, step: StepWrite) -> WriteResult:
-    """Write the step to the database, then commit it to the frontier: the popped nodes leave it, the
-    children the unit keeps join it as held, and the open children of nodes found done elsewhere (by a
-    unit that died before its frontier commit) join the shared queue."""
-    written = write_step(session, step.job_id, step.pops, step.limits, step.worker)
-    return _commit_to_frontier(session, frontier, step, written)
-
-
-def write_and_commit_many(session: Session, frontier: Frontier, steps: list[StepWrite]) -> list[WriteResult]:
-    """`write_and_commit` for many units' steps: the database writes in one transaction, then each
-    step's frontier commit."""
+def write_and_commit(session: Session, frontier: Frontier, steps: list[StepWrite]) -> list[WriteResult]:
+    """Write steps (of any units) to the database in one transaction, then commit them to the frontier
+    in one round trip: each step's popped nodes leave it, the children its unit keeps join it as held,
+    and the open children of nodes found done elsewhere (by a unit that died before its frontier
+    commit) join the shared queue."""
     written = write_steps(session, [StepToWrite(s.job_id, s.pops, s.limits, s.worker) for s in steps])
-    return [_commit_to_frontier(session, frontier, s, w) for s, w in zip(steps, written, strict=True)]
-
-
-def _commit_to_frontier(session: Session, frontier: Frontier, step: StepWrite, written: StepWritten
-                        ) -> WriteResult:
-    if not written.running:
-        return WriteResult(written, None)
-    outcomes = list(zip(step.pops, written.outcomes, strict=True))
-    done = [p.node_id for p, o in outcomes if o == "done" and p.node_id is not None]
-    recovered = open_children(session, step.job_id, done)
-    popped = [p.node_id for p, o in outcomes if o != "skipped" and p.node_id is not None]
-    children = [i for ids in written.child_ids for i in ids if i not in written.finished_children]
-    committed = frontier.commit(step.job_id, step.unit, popped, children, recovered, step.lease_ttl_s,
-                                step.model)
-    return WriteResult(written, committed)
+    commits = []
+    for step, w in zip(steps, written, strict=True):
+        if not w.running:
+            continue
+        outcomes = list(zip(step.pops, w.outcomes, strict=True))
+        done = [p.node_id for p, o in outcomes if o == "done" and p.node_id is not None]
+        commits.append(FrontierCommit(
+            job_id=step.job_id, unit=step.unit,
+            popped=[p.node_id for p, o in outcomes if o != "skipped" and p.node_id is not None],
+            children=[i for ids in w.child_ids for i in ids if i not in w.finished_children],
+            recovered=open_children(session, step.job_id, done), ttl_s=step.lease_ttl_s, model=step.model,
+        ))
+    committed = iter(frontier.commit(commits))
+    return [WriteResult(w, next(committed) if w.running else None) for w in written]
 
 
 class PendingWrite(Protocol):
@@ -105,32 +98,34 @@ class StepWriter(Protocol):
 
 
 class InlineWriter:
-    """Writes in the caller's thread (no overlap with the model)."""
+    """Writes in the caller's thread (no overlap with the model), on a session of its own; one per unit,
+    ended by `wait`."""
 
-    def __init__(self, session: Session, frontier: Frontier) -> None:
-        self.session, self.frontier = session, frontier
+    def __init__(self, session_factory: sessionmaker[Session], frontier: Frontier) -> None:
+        self.session, self.frontier = session_factory(), frontier
 
     def submit(self, step: StepWrite) -> PendingWrite:
         future: Future[WriteResult] = Future()
-        future.set_result(write_and_commit(self.session, self.frontier, step))
+        future.set_result(write_and_commit(self.session, self.frontier, [step])[0])
         return future
 
     def wait(self) -> None:
-        pass
+        self.session.close()
 
 
-class ThreadWriter:
+class ThreadWriter(InlineWriter):
     """Writes from one thread of this process (the embedded mode's way); one per unit, ended by `wait`."""
 
-    def __init__(self, session: Session, frontier: Frontier) -> None:
-        self.session, self.frontier = session, frontier
+    def __init__(self, session_factory: sessionmaker[Session], frontier: Frontier) -> None:
+        super().__init__(session_factory, frontier)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="node-writer")
 
     def submit(self, step: StepWrite) -> PendingWrite:
-        return self.executor.submit(write_and_commit, self.session, self.frontier, step)
+        return self.executor.submit(lambda: write_and_commit(self.session, self.frontier, [step])[0])
 
     def wait(self) -> None:
         self.executor.shutdown(wait=True)
+        super().wait()
 
 
 class WriterDied(RuntimeError):
@@ -282,7 +277,7 @@ def _write_batch(session: Session, frontier: Frontier, batch: list[tuple[int, St
     unit's)."""
     if len(batch) > 1:
         try:
-            results = write_and_commit_many(session, frontier, [step for _, step in batch])
+            results = write_and_commit(session, frontier, [step for _, step in batch])
             return [(number, "ok", result, False) for (number, _), result in zip(batch, results, strict=True)]
         except Exception:
             with contextlib.suppress(Exception):  # the connection may be the thing that broke
@@ -290,7 +285,7 @@ def _write_batch(session: Session, frontier: Frontier, batch: list[tuple[int, St
     replies: list[tuple[int, str, Any, bool]] = []
     for number, step in batch:
         try:
-            replies.append((number, "ok", write_and_commit(session, frontier, step), False))
+            replies.append((number, "ok", write_and_commit(session, frontier, [step])[0], False))
         except Exception as exc:
             with contextlib.suppress(Exception):
                 session.rollback()

@@ -159,8 +159,7 @@ def cancel_job(
     """Stop a queued or running job; the nodes written so far stay (the partial tree)."""
     _job_or_404(session, job_id, caller)
     if jobs.cancel_job(session, job_id):
-        log.info("job cancelled")
-        dispatcher.cancel(str(job_id))
+        log.info("job cancelled")  # its workers stop at their next step's write, which reads the status
     job = _job_or_404(session, job_id, caller)
     if job.status != "cancelled":
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already {job.status}")
@@ -174,8 +173,7 @@ def delete_job(
 ) -> Response:
     """Delete a job and its nodes, cancelling it first if it still runs."""
     _job_or_404(session, job_id, caller)
-    if jobs.cancel_job(session, job_id):
-        dispatcher.cancel(str(job_id))
+    jobs.cancel_job(session, job_id)  # its workers stop at their next write
     jobs.delete_job(session, job_id)
     log.info("job deleted")
     request.app.state.rendered_trees.forget(job_id)

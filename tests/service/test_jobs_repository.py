@@ -149,7 +149,3 @@ def test_a_node_written_twice_is_one_row(db_session: Session) -> None:
         db_session.rollback()
     assert db_session.scalar(select(func.count()).select_from(Node)) == len(tree) == 10
 
-
-def test_cancel_flag_key_is_per_job() -> None:
-    job_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
-    assert jobs.cancel_flag_key(str(job_id)) == "tokentree:job:12345678-1234-5678-1234-567812345678:cancelled"

@@ -120,7 +120,6 @@ class RecordingDispatcher:
     """A dispatcher that only remembers what it was asked (the embedded mode's stand-in in API tests)."""
 
     submitted: list[tuple[str, str]] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
     fail_submit: bool = False
 
     def submit(self, job_id: str, model: str) -> None:
@@ -128,5 +127,3 @@ class RecordingDispatcher:
             raise ConnectionError("broker down")
         self.submitted.append((job_id, model))
 
-    def cancel(self, job_id: str) -> None:
-        self.cancelled.append(job_id)

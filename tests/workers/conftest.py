@@ -280,13 +280,12 @@ def _text(value: Any) -> str:
 
 
 def job_keys(client: redis.Redis, job_id: str) -> list[str]:
-    """The job's keys in Redis, but for the cancel flag (which outlives it on purpose)."""
-    keys = [_text(k) for k in client.keys(f"tokentree:job:{job_id}:*")]
-    return sorted(k for k in keys if not k.endswith(":cancelled"))
+    """The job's keys in Redis."""
+    return sorted(_text(k) for k in client.keys(f"tokentree:job:{job_id}:*"))
 
 
 def assert_no_keys_left(client: redis.Redis, job_id: str, within_s: float = 10.0) -> None:
-    """Nothing of the finished job stays in Redis (but for the cancel flag): its frontier, leases and
+    """Nothing of the finished job stays in Redis: its frontier, leases and
     claims are cleared as it ends; the sweeper's short-lived marks ("sent") expire within seconds."""
     deadline = time.monotonic() + within_s
     while left := job_keys(client, job_id):

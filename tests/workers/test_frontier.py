@@ -5,11 +5,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from workers.frontier import Frontier, MemoryFrontier, RedisFrontier, job_key
+from workers.frontier import Committed, Frontier, FrontierCommit, MemoryFrontier, RedisFrontier, job_key
+
+
+def commit(frontier: Frontier, job: str, unit: str, **step: Any) -> Committed:
+    """One step committed to the frontier (a lease of 5 s)."""
+    return frontier.commit([FrontierCommit(job, unit, ttl_s=5, **step)])[0]
 
 
 @pytest.fixture
@@ -35,14 +41,14 @@ def test_lease_commit_release_keep_every_open_node_somewhere(frontier: Frontier,
     leased = frontier.lease(job, "u1", 2, ttl_s=5)
     assert (leased.node_ids, leased.open_count, leased.queue_length) == ([1, 2], 3, 1)
     # u1 expands 1 (children 4, 5) and finishes 2; |Q| counts held and queued nodes alike.
-    committed = frontier.commit(job, "u1", popped=[1, 2], children=[4, 5], recovered=[], ttl_s=5)
+    committed = commit(frontier, job, "u1", popped=[1, 2], children=[4, 5], recovered=[])
     assert (committed.open_count, committed.queue_length, committed.alive) == (3, 1, True)
     assert committed.not_held == []
     # Another unit gets only what nobody holds.
     assert frontier.lease(job, "u2", 10, ttl_s=5).node_ids == [3]
     frontier.release(job, "u1", [5, 4], end_unit=True)  # given back in the order given
     assert frontier.lease(job, "u3", 10, ttl_s=5).node_ids == [5, 4]
-    snap = frontier.snapshot(job)
+    snap = frontier.snapshot([job])[0]
     assert (snap.open_count, snap.queue_length) == (3, 0)
 
 
@@ -51,17 +57,17 @@ def test_a_node_done_twice_is_counted_once(frontier: Frontier, job: str) -> None
     frontier.load(job, [1])
     frontier.lease(job, "u1", 1, ttl_s=5)
     for _ in range(2):
-        committed = frontier.commit(job, "u1", popped=[1], children=[2, 3], recovered=[], ttl_s=5)
+        committed = commit(frontier, job, "u1", popped=[1], children=[2, 3], recovered=[])
         assert committed.open_count == 2
     # Recovered children (found written in Postgres) are queued once, and not if already open.
-    committed = frontier.commit(job, "u1", popped=[], children=[], recovered=[3, 4, 4], ttl_s=5)
+    committed = commit(frontier, job, "u1", popped=[], children=[], recovered=[3, 4, 4])
     assert (committed.open_count, committed.queue_length) == (3, 1)
 
 
 def test_stale_queue_entries_are_skipped(frontier: Frontier, job: str) -> None:
     frontier.load(job, [1, 2])
     frontier.lease(job, "u1", 1, ttl_s=5)
-    frontier.commit(job, "u1", popped=[1], children=[], recovered=[], ttl_s=5)
+    commit(frontier, job, "u1", popped=[1], children=[], recovered=[])
     frontier.release(job, "u1", [1])  # already popped: not requeued
     assert frontier.lease(job, "u2", 5, ttl_s=5).node_ids == [2]
 
@@ -102,7 +108,7 @@ def test_a_unit_whose_lease_expired_holds_nothing_it_creates(rfrontier: RedisFro
     time.sleep(0.1)
     rfrontier.expire(job, max_attempts=3)
     # Its write went through (Postgres had the node still open): its children must not be orphaned.
-    committed = rfrontier.commit(job, "slow", popped=[1], children=[2, 3], recovered=[], ttl_s=5)
+    committed = commit(rfrontier, job, "slow", popped=[1], children=[2, 3], recovered=[])
     assert not committed.alive and committed.not_held == [2, 3]
     assert rfrontier.lease(job, "other", 10, ttl_s=5).node_ids == [2, 3]
 
@@ -116,17 +122,14 @@ def test_repair_requeues_open_nodes_that_are_nowhere(
     assert rfrontier.lease(job, "u", 10, ttl_s=5).node_ids == [1, 2, 3]
 
 
-def test_cancel_flag_and_idle_peers_come_back_with_a_commit(
+def test_idle_peers_come_back_with_a_commit(
     rfrontier: RedisFrontier, redis_client: redis.Redis, job: str
 ) -> None:
     rfrontier.load(job, [1])
     rfrontier.lease(job, "u", 1, ttl_s=5)
     redis_client.zadd("tokentree:model:m-test:idle", {"peer": int(time.time() * 1000)})
-    committed = rfrontier.commit(job, "u", popped=[], children=[], recovered=[], ttl_s=5, model="m-test")
-    assert committed.idle_peers == 1 and not committed.cancelled
-    redis_client.set(f"tokentree:job:{job}:cancelled", "1")
-    assert rfrontier.commit(job, "u", popped=[], children=[], recovered=[], ttl_s=5).cancelled
-    assert rfrontier.cancelled(job)
+    committed = commit(rfrontier, job, "u", popped=[], children=[], recovered=[], model="m-test")
+    assert committed.idle_peers == 1
     rfrontier.clear(job)
     assert not rfrontier.ready(job)
 

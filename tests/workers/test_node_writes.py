@@ -21,10 +21,10 @@ from models.node_writes import (
     NewChild,
     StepToWrite,
     children_of,
-    ensure_root,
     load_nodes,
     open_node_ids,
     path_tokens,
+    start_tree,
     write_step,
     write_steps,
 )
@@ -53,10 +53,12 @@ def factory(request: pytest.FixtureRequest) -> sessionmaker[Session]:
 def running_job(factory: sessionmaker[Session], prompt: str = "p") -> tuple[str, int]:
     with factory() as session:
         job = jobs.create_job(session, kind="tree", prompt=prompt, model="demo", parameters={})
-        jobs.mark_running(session, job.id, "test")
-        root = ensure_root(session, job.id, prompt)
-        assert ensure_root(session, job.id, prompt) == root  # once only
-    return str(job.id), root
+        start = start_tree(session, job.id, prompt)
+        assert start is not None and start.root is not None and start.root.text == prompt
+        again = start_tree(session, job.id, prompt)  # the root is made once only
+        assert again is not None and again.root is None and again.node_count == 1
+        assert again.started_at == start.started_at  # the first start's time stays
+    return str(job.id), start.root.id
 
 
 def expansion(node_id: int, depth: int, tokens: list[int], prob: float = 0.4) -> Expansion:

@@ -93,7 +93,7 @@ def test_cancel_mid_job_keeps_the_partial_tree(
     with session_factory() as session:
         counts = assert_follows_rule(session, job_id, TreeParams(**BIG), stop_ids)
     assert counts["nodes"] == nodes
-    assert job_keys(redis_client, job_id) == []  # the frontier is gone; only the cancel flag stays
+    assert job_keys(redis_client, job_id) == []  # nothing of the job stays in Redis
     # The worker is free again: the next job runs.
     next_id = submit(api, PROMPT, max_nodes=50)
     assert wait_for(api, next_id, finished, workers=workers)["status"] == "succeeded"

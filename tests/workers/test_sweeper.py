@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.params import TreeParams
 from models import jobs
-from models.node_writes import ensure_root, open_node_ids
+from models.node_writes import open_node_ids, start_tree
 from models.settings import Settings
 from workers.frontier import RedisFrontier, job_key
 from workers.service import ModelRegistry, NoExpiryKeeper, Services, WorkerConfig
@@ -44,10 +44,10 @@ def running_job(factory: sessionmaker[Session], frontier: RedisFrontier) -> tupl
         job = jobs.create_job(
             session, kind="tree", prompt="p", model=MODEL, parameters=TreeParams().to_dict()
         )
-        jobs.mark_running(session, job.id, "t")
-        root = ensure_root(session, job.id, "p")
+        start = start_tree(session, job.id, "p")
+        assert start is not None and start.root is not None
         frontier.load(str(job.id), open_node_ids(session, job.id))
-    return str(job.id), root
+    return str(job.id), start.root.id
 
 
 def sweep(sweeper: Sweeper) -> None:
@@ -68,7 +68,7 @@ def test_a_dead_units_nodes_are_requeued_and_a_unit_sent(
     time.sleep(0.15)
     sweep(sweeper)
     assert sent == [job_id]
-    assert frontier.snapshot(job_id).queue_length == 1
+    assert frontier.snapshot([job_id])[0].queue_length == 1
 
 
 def test_a_node_that_kills_every_worker_fails_its_job(
