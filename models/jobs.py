@@ -15,7 +15,7 @@ import logging
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import CursorResult, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, Node, utcnow
@@ -23,6 +23,8 @@ from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, Node, utcnow
 log = logging.getLogger(__name__)
 
 OPEN_STATUSES = ("queued", "running")
+# The table, for the statements workers run for every job: Core skips the ORM's bookkeeping.
+JOBS = cast(Table, Job.__table__)
 # A worker's traceback can be long; the job keeps its head and its tail, where the cause usually is.
 MAX_ERROR_CHARS = 8_000
 
@@ -160,10 +162,7 @@ def finish_job(
     if result is not None:
         values["result"] = result
     outcome = session.execute(
-        update(Job)
-        .where(Job.id == as_job_id(job_id), Job.status.in_(OPEN_STATUSES))
-        .values(**values)
-        .execution_options(synchronize_session=False)
+        update(JOBS).where(JOBS.c.id == as_job_id(job_id), JOBS.c.status.in_(OPEN_STATUSES)).values(**values)
     )
     session.commit()
     return _rowcount(outcome) == 1
@@ -200,8 +199,8 @@ def add_counts(session: Session, job_id: JobId, *, nodes: int = 0, completed_pat
     if nodes == 0 and completed_paths == 0:
         return
     session.execute(
-        update(Job)
-        .where(Job.id == as_job_id(job_id))
-        .values(node_count=Job.node_count + nodes, completed_paths=Job.completed_paths + completed_paths)
-        .execution_options(synchronize_session=False)
+        update(JOBS)
+        .where(JOBS.c.id == as_job_id(job_id))
+        .values(node_count=JOBS.c.node_count + nodes,
+                completed_paths=JOBS.c.completed_paths + completed_paths)
     )

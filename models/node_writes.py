@@ -31,8 +31,10 @@ from sqlalchemy import CursorResult, Table, bindparam, case, func, insert, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.jobs import OPEN_STATUSES, JobId, add_counts, as_job_id
+from models.jobs import JOBS, OPEN_STATUSES, JobId, add_counts, as_job_id
 from models.schema import Job, Node, utcnow
+
+NODES = cast(Table, Node.__table__)
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,12 @@ def start_tree(session: Session, job_id: JobId, prompt: str) -> TreeStart | None
     second finds the root counted (a job's count is 0 exactly when it has no root).
     """
     key = as_job_id(job_id)
+    job = JOBS.c  # Core statements: the ORM's bookkeeping costs more than a worker's round trip here
     row = session.execute(
-        update(Job)
-        .where(Job.id == key, Job.status.in_(OPEN_STATUSES))
-        .values(status="running", started_at=func.coalesce(Job.started_at, utcnow()))
-        .returning(Job.node_count, Job.completed_paths, Job.started_at)
-        .execution_options(synchronize_session=False)
+        update(JOBS)
+        .where(job.id == key, job.status.in_(OPEN_STATUSES))
+        .values(status="running", started_at=func.coalesce(job.started_at, utcnow()))
+        .returning(job.node_count, job.completed_paths, job.started_at)
     ).one_or_none()
     if row is None:
         session.commit()
@@ -178,14 +180,14 @@ def start_tree(session: Session, job_id: JobId, prompt: str) -> TreeStart | None
     root = None
     if node_count == 0:
         root_id = session.scalar(
-            insert(Node)
+            insert(NODES)
             .values(job_id=key, parent_id=None, token_id=None, text=prompt, depth=0, prob=1.0, logprob=0.0,
                     cumulative_prob=1.0, is_finished=False, created_at=utcnow())
-            .returning(Node.id)
+            .returning(NODES.c.id)
         )
         add_counts(session, key, nodes=1)
         node_count = 1
-        root = OpenNode(id=int(root_id), parent_id=None, token_id=None, text=prompt, depth=0, prob=1.0,  # type: ignore[arg-type]
+        root = OpenNode(id=int(root_id), parent_id=None, token_id=None, text=prompt, depth=0, prob=1.0,
                         logprob=0.0, cumulative_prob=1.0, is_finished=False, is_expanded=False)
     session.commit()
     assert started_at is not None  # set by the UPDATE
@@ -502,7 +504,6 @@ def _open_among(session: Session, job_id: uuid.UUID, node_ids: Sequence[int]) ->
 # milliseconds. The job is checked on the rows returned, not in the WHERE, for the same reason.
 _BY_ID_STILL_OPEN = "n.id = u.id AND n.id = ANY(CAST(:ids AS bigint[])) AND n.threshold IS NULL " \
                     "AND NOT n.is_finished RETURNING n.job_id"
-_NODES = cast(Table, Node.__table__)
 
 
 def _changed_rows(result: Any, job_id: uuid.UUID) -> int:
@@ -533,7 +534,7 @@ def _record_expansions(
              "ids": [e.node_id for e in expansions], "worker": worker},
         )
         return _changed_rows(result, job_id)
-    nodes = _NODES  # Core, not the ORM's bulk update (which wants primary keys by name)
+    nodes = NODES  # Core, not the ORM's bulk update (which wants primary keys by name)
     result = session.execute(
         update(nodes)
         .where(nodes.c.id == bindparam("b_id"), nodes.c.threshold.is_(None), nodes.c.is_finished.is_(False))
@@ -559,7 +560,7 @@ def _record_finishes(session: Session, job_id: uuid.UUID, finishes: Sequence[Fin
             {"ids": [f.node_id for f in finishes], "reasons": [f.reason for f in finishes]},
         )
         return _changed_rows(result, job_id)
-    nodes = _NODES
+    nodes = NODES
     result = session.execute(
         update(nodes)
         .where(nodes.c.id == bindparam("b_id"), nodes.c.threshold.is_(None), nodes.c.is_finished.is_(False))

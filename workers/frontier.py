@@ -42,6 +42,16 @@ class Leased:
     queue_length: int
 
 
+@dataclass
+class HeldLease:
+    """A unit's lease as its keeper sees it: `lost` turns true when a renewal found it expired."""
+
+    job_id: str
+    unit: str
+    kind: str  # "nodes" (a tree unit's node lease) or "claim" (a whole-job claim, for logprobs)
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
 @dataclass(frozen=True)
 class FrontierCommit:
     """A unit's written step, for the frontier: nodes popped, children created (held by the unit), and
@@ -100,7 +110,7 @@ class Frontier(Protocol):
     def release(self, job_id: JobId, unit: str, node_ids: list[int], *, end_unit: bool = False,
                 failed: bool = False) -> int: ...
 
-    def renew(self, job_id: JobId, unit: str, ttl_s: float) -> bool: ...
+    def renew(self, leases: Sequence[HeldLease], ttl_s: float) -> list[bool]: ...
 
     def expire(self, job_id: JobId, max_attempts: int, *, scan_all: bool = False) -> Expired: ...
 
@@ -113,8 +123,6 @@ class Frontier(Protocol):
     # A claim on a whole job, for the kinds of job that run as one piece (logprobs).
 
     def claim(self, job_id: JobId, unit: str, ttl_s: float) -> int | None: ...
-
-    def renew_claim(self, job_id: JobId, unit: str, ttl_s: float) -> bool: ...
 
     def drop_claim(self, job_id: JobId, unit: str) -> None: ...
 
@@ -196,8 +204,14 @@ class RedisFrontier:
         most attempts any of them has had."""
         return int(self._run("release", job_id, [unit, int(end_unit), int(failed), *node_ids]))
 
-    def renew(self, job_id: JobId, unit: str, ttl_s: float) -> bool:
-        return bool(self._run("renew", job_id, [unit, _ms(ttl_s)]))
+    def renew(self, leases: Sequence[HeldLease], ttl_s: float) -> list[bool]:
+        """Renew the leases of units (on their nodes, or claims on whole jobs), in one round trip; False
+        for each that had expired."""
+        pipe = self.redis.pipeline(transaction=False)
+        for lease in leases:
+            script = "renew" if lease.kind == "nodes" else "renew_claim"
+            self._run(script, lease.job_id, [lease.unit, _ms(ttl_s)], client=pipe)
+        return [bool(renewed) for renewed in pipe.execute()]
 
     def expire(self, job_id: JobId, max_attempts: int, *, scan_all: bool = False) -> Expired:
         requeued, poisoned, live = self._run("expire", job_id, [max_attempts, int(scan_all)])
@@ -221,9 +235,6 @@ class RedisFrontier:
     def claim(self, job_id: JobId, unit: str, ttl_s: float) -> int | None:
         """Claim the whole job; the attempt number (1 for the first claim ever), or None if it is held."""
         return int(self._run("claim", job_id, [unit, _ms(ttl_s), KEY_TTL_MS])) or None
-
-    def renew_claim(self, job_id: JobId, unit: str, ttl_s: float) -> bool:
-        return bool(self._run("renew_claim", job_id, [unit, _ms(ttl_s)]))
 
     def drop_claim(self, job_id: JobId, unit: str) -> None:
         self._run("renew_claim", job_id, [unit, 0])
@@ -338,8 +349,8 @@ class MemoryFrontier:
                             most = max(most, job.attempts[node])
             return most
 
-    def renew(self, job_id: JobId, unit: str, ttl_s: float) -> bool:
-        return True
+    def renew(self, leases: Sequence[HeldLease], ttl_s: float) -> list[bool]:
+        return [True] * len(leases)
 
     def expire(self, job_id: JobId, max_attempts: int, *, scan_all: bool = False) -> Expired:
         with self._lock:
@@ -370,9 +381,6 @@ class MemoryFrontier:
             self._claims[key] = unit
             self._claim_counts[key] = self._claim_counts.get(key, 0) + 1
             return self._claim_counts[key]
-
-    def renew_claim(self, job_id: JobId, unit: str, ttl_s: float) -> bool:
-        return True
 
     def drop_claim(self, job_id: JobId, unit: str) -> None:
         with self._lock:

@@ -26,8 +26,8 @@ from models.settings import Settings, get_settings
 from models.worker_registry import WorkerBeat
 from workers.batcher import StepBatcher
 from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
-from workers.frontier import IDLE_WINDOW_MS, RedisFrontier, idle_key, job_key, worker_redis
-from workers.service import HeldLease, ModelRegistry, Outcome, Services, WorkerConfig
+from workers.frontier import IDLE_WINDOW_MS, HeldLease, RedisFrontier, idle_key, job_key, worker_redis
+from workers.service import ModelRegistry, Outcome, Services, WorkerConfig
 from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
 from workers.units import Units
@@ -114,12 +114,14 @@ class Heartbeat:
     def unit_started(self) -> None:
         with self._idle_lock:
             self._units += 1
-            self._mark_idle()
+            if self._units == 1:  # it was idle
+                self._mark_idle()
 
     def unit_ended(self) -> None:
         with self._idle_lock:
             self._units = max(0, self._units - 1)
-            self._mark_idle()
+            if self._units == 0:
+                self._mark_idle()
 
     def _mark_idle(self) -> None:
         """Tell peers whether this worker waits for work. Under the lock: a heartbeat must never mark
@@ -168,9 +170,8 @@ class Heartbeat:
         ttl = self.runtime.services.config.lease_ttl_s
         with self._lock:
             holdings = list(self._holdings.values())
-        for lease in holdings:
-            renew = frontier.renew if lease.kind == "nodes" else frontier.renew_claim
-            if not renew(lease.job_id, lease.unit, ttl):
+        for lease, renewed in zip(holdings, frontier.renew(holdings, ttl), strict=True):
+            if not renewed:
                 lease.lost.set()  # it expired and its nodes were taken back: the unit must stop
         with self._idle_lock:
             self._mark_idle()

@@ -25,7 +25,7 @@ from engine.scheduler import MAX_CANDIDATES
 from models.jobs import JobId, finish_job, get_job
 from models.schema import TERMINAL_STATUSES, Job
 from models.settings import Settings
-from workers.frontier import Frontier
+from workers.frontier import Frontier, HeldLease
 from workers.settings import WorkerSettings, default_of
 
 if TYPE_CHECKING:
@@ -75,16 +75,6 @@ class WorkerConfig:
     @property
     def renew_every_s(self) -> float:
         return self.lease_ttl_s / 4
-
-
-@dataclass
-class HeldLease:
-    """A unit's lease as its keeper sees it: `lost` turns true when a renewal found it expired."""
-
-    job_id: str
-    unit: str
-    kind: str  # "nodes" (a tree unit's node lease) or "claim" (a whole-job claim, for logprobs)
-    lost: threading.Event = field(default_factory=threading.Event)
 
 
 class LeaseKeeper(Protocol):

@@ -49,9 +49,9 @@ from models.node_writes import (
 )
 from models.schema import Job, utcnow
 from workers.errors import is_connection_loss
-from workers.frontier import FrontierCommit
+from workers.frontier import FrontierCommit, HeldLease
 from workers.held import HeldTree, Step
-from workers.service import HeldLease, Outcome, Services, poison_message, result_metadata
+from workers.service import Outcome, Services, poison_message, result_metadata
 from workers.writer import InlineWriter, PendingWrite, StepWrite, StepWriter, ThreadWriter, open_children
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import redis
 
-from workers.frontier import Committed, Frontier, FrontierCommit, MemoryFrontier, RedisFrontier, job_key
+from workers.frontier import (
+    Committed,
+    Frontier,
+    FrontierCommit,
+    HeldLease,
+    MemoryFrontier,
+    RedisFrontier,
+    job_key,
+)
 
 
 def commit(frontier: Frontier, job: str, unit: str, **step: Any) -> Committed:
@@ -88,7 +96,7 @@ def test_a_dead_units_nodes_go_back_to_the_head_with_an_attempt(rfrontier: Redis
     time.sleep(0.3)
     expired = rfrontier.expire(job, max_attempts=3)
     assert expired.requeued == [1, 2] and expired.poisoned == {} and expired.live_units == 1
-    assert not rfrontier.renew(job, "dead", 5)  # the unit learns it lost its lease
+    assert rfrontier.renew([HeldLease(job, "dead", "nodes")], 5) == [False]  # it learns it lost its lease
     assert rfrontier.lease(job, "next", 10, ttl_s=5).node_ids == [1, 2, 4]  # oldest first, then the rest
 
 
