@@ -14,6 +14,7 @@ has). The CLI's time is the expansion time it reports (its model loading exclude
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -239,14 +240,17 @@ def medians(samples: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(sample[key] for sample in samples) for key in samples[0]}
 
 
-def many_jobs(service: Service, model: str, repeats: int, clients: int) -> None:
+def many_jobs(service: Service, model: str, repeats: int, clients: int, max_depth: int | None) -> None:
     """The seed's 100 jobs (bench/workloads.py) submitted at once: jobs/s through one worker and two
-    (one torch thread each), round after round; a sample of stored trees checked against the CLI's."""
+    (one torch thread each), round after round; a sample of stored trees checked against the CLI's.
+    `max_depth` caps the jobs' depth (a random model's flat distributions grow 1,000-node chains)."""
     from bench.workloads import seed_workload
     from engine.analysis import build_tree
     from engine.loading import ModelSpec, load_model
 
     work = seed_workload()
+    if max_depth is not None:
+        work = [(prompt, dataclasses.replace(params, max_depth=max_depth)) for prompt, params in work]
     lm = load_model(ModelSpec(name=model))
     rates: dict[int, list[float]] = {}
     cpu: dict[int, list[dict[str, float]]] = {}
@@ -289,6 +293,7 @@ def main() -> None:
                         help="same: one worker vs the CLI; big: one big job on 1 and 2 workers; "
                              "many: the seed's 100 jobs on 1 and 2 workers")
     parser.add_argument("--clients", type=int, default=4, help="threads submitting the 100 jobs")
+    parser.add_argument("--many-max-depth", type=int, help="cap the 100 jobs' max_depth (random models)")
     parser.add_argument("--units", type=int, help="units a worker runs at once (default: the worker's)")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432")
     parser.add_argument(
@@ -320,7 +325,7 @@ def main() -> None:
         service = Service(url, args.redis, args.model, logs, args.units)
         try:
             if "many" in args.parts:
-                many_jobs(service, args.model, args.repeats, args.clients)
+                many_jobs(service, args.model, args.repeats, args.clients, args.many_max_depth)
             # 1. One worker against the CLI, on the same tree, with the same torch threads.
             if "same" in args.parts:
                 print("| setup | job | median time | vs the CLI |")

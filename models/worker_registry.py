@@ -109,8 +109,16 @@ def holder_of(client: redis.Redis, name: str) -> WorkerBeat | None:
     return None if raw is None else WorkerBeat.from_json(raw)
 
 
-def claim(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> WorkerBeat | None:
-    """Take the beat's name for this worker: None once it is ours; else the live worker that has it.
+class NameTaken(RuntimeError):
+    """Another live worker has this worker's name."""
+
+    def __init__(self, holder: WorkerBeat) -> None:
+        super().__init__(name_taken(holder))
+        self.holder = holder
+
+
+def claim(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> None:
+    """Take the beat's name for this worker (SET NX with a TTL); NameTaken if a live worker has it.
 
     A key left by a dead process of this host (see `is_stale`) is taken over."""
     key, ttl_ms = worker_key(beat.name), max(1, int(ttl_s * 1000))
@@ -125,7 +133,7 @@ def claim(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> WorkerBeat | N
         if holder.token == beat.token:
             return None
         if not is_stale(holder, beat):
-            return holder
+            raise NameTaken(holder)
         with client.pipeline() as pipe:  # replace the stale key, unless it changed meanwhile
             try:
                 pipe.watch(key)
@@ -138,7 +146,9 @@ def claim(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> WorkerBeat | N
             except redis.WatchError:
                 pass
     now = holder_of(client, beat.name)
-    return now if now is not None and now.token != beat.token else None
+    if now is not None and now.token != beat.token:
+        raise NameTaken(now)
+    return None
 
 
 def renew(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> bool:

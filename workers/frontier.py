@@ -329,6 +329,9 @@ class MemoryFrontier:
             job = self._job(job_id)
             if job is None:
                 return 0
+            if end_unit:  # and anything else it holds, in id order
+                job.units.discard(unit)
+                node_ids = node_ids + sorted(n for n, owner in job.holder.items() if owner == unit)
             most = 0
             for node in node_ids:
                 if job.holder.get(node) == unit:
@@ -336,17 +339,8 @@ class MemoryFrontier:
                     if node in job.open:
                         job.queue.append(node)
                         if failed:
-                            job.attempts[node] = job.attempts.get(node, 0) + 1
-                            most = max(most, job.attempts[node])
-            if end_unit:
-                job.units.discard(unit)
-                for node in sorted(n for n, owner in job.holder.items() if owner == unit):
-                    del job.holder[node]
-                    if node in job.open:
-                        job.queue.append(node)
-                        if failed:
-                            job.attempts[node] = job.attempts.get(node, 0) + 1
-                            most = max(most, job.attempts[node])
+                            job.attempts[node] = most_here = job.attempts.get(node, 0) + 1
+                            most = max(most, most_here)
             return most
 
     def renew(self, leases: Sequence[HeldLease], ttl_s: float) -> list[bool]:

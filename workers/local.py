@@ -19,7 +19,8 @@ from models.jobs import OPEN_STATUSES
 from models.schema import Job
 from models.settings import Settings
 from workers.frontier import MemoryFrontier
-from workers.service import ModelRegistry, NoExpiryKeeper, Outcome, Services, WorkerConfig
+from workers.service import ModelRegistry, NoExpiryKeeper, Outcome, Services
+from workers.settings import WorkerSettings
 from workers.units import Units
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ class LocalWorker:
     ) -> None:
         self.frontier = MemoryFrontier()
         self.services = Services(
-            config=WorkerConfig(name=name, max_batch=settings.max_batch, hold_limit=LOCAL_HOLD_LIMIT,
-                                unit_seconds=LOCAL_UNIT_SECONDS),
+            config=WorkerSettings(name=name, hold_limit=LOCAL_HOLD_LIMIT, unit_seconds=LOCAL_UNIT_SECONDS),
+            max_batch=settings.max_batch,
             session_factory=session_factory,
             frontier=self.frontier,
             models=ModelRegistry(settings),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ from models.worker_registry import WorkerBeat
 from workers.batcher import StepBatcher
 from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
 from workers.frontier import IDLE_WINDOW_MS, HeldLease, RedisFrontier, idle_key, job_key, worker_redis
-from workers.service import ModelRegistry, Outcome, Services, WorkerConfig
+from workers.service import ModelRegistry, Outcome, Services
 from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
 from workers.units import Units
@@ -35,7 +34,6 @@ from workers.writer import ProcessWriter
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL_S = 0.0005
 # Waiting for Postgres or Redis to come back: the first check after this, then twice as long each time up
 # to the maximum (so a unit resumes at most that long after they are back).
 OUTAGE_FIRST_DELAY_S = 0.5
@@ -44,39 +42,16 @@ OUTAGE_MAX_DELAY_S = 5.0
 BLIP_RETRIES = 5
 
 
-def served_models(settings: Settings, worker: WorkerSettings) -> list[str]:
-    names = [m.strip() for m in worker.models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in settings.models]
-    if unknown:
-        raise ValueError(f"model {unknown[0]!r} is not in the allow-list ({', '.join(settings.models)})")
-    return names or list(settings.models)
-
-
-def worker_config(settings: Settings, worker: WorkerSettings) -> WorkerConfig:
-    return WorkerConfig.of(settings, worker)
-
-
-class NameTaken(RuntimeError):
-    """Another live worker has this worker's name."""
-
-    def __init__(self, holder: WorkerBeat) -> None:
-        super().__init__(worker_registry.name_taken(holder))
-        self.holder = holder
-
-
-def claim_name(client: redis.Redis, beat: WorkerBeat, ttl_s: float) -> None:
-    """Take the worker's name in Redis (SET NX with a TTL), or raise NameTaken."""
-    holder = worker_registry.claim(client, beat, ttl_s)
-    if holder is not None:
-        raise NameTaken(holder)
-
-
 class Heartbeat:
     """One daemon thread: renews the leases of running units, refreshes this worker's idle mark, and
     sweeps. A unit whose renewal fails (its lease expired and its nodes were taken back) is told so."""
 
-    def __init__(self, runtime: WorkerRuntime) -> None:
+    def __init__(self, runtime: WorkerRuntime, beat: WorkerBeat | None) -> None:
         self.runtime = runtime
+        # This worker's heartbeat key (models/worker_registry.py): claimed when the process starts
+        # (workers/tasks.py, before Celery takes work), else by `WorkerRuntime.start`.
+        self.beat = beat
+        self._name_lost = False
         self._holdings: dict[str, HeldLease] = {}
         self._lock = threading.Lock()
         self._busy = False  # stopping: never idle again
@@ -156,6 +131,19 @@ class Heartbeat:
             except Exception:
                 log.exception("heartbeat failed")
 
+    def beat_presence(self, state: str) -> None:
+        """Renew this worker's heartbeat key: it is alive (busy or not) for `heartbeat_ttl_s` more."""
+        if self.beat is None:
+            return
+        self.beat = self.beat.now(state)
+        if worker_registry.renew(self.runtime.redis, self.beat, self.runtime.config.heartbeat_ttl_s):
+            self._name_lost = False
+        elif not self._name_lost:
+            self._name_lost = True
+            holder = worker_registry.holder_of(self.runtime.redis, self.beat.name)
+            log.error("worker %s: another worker (%s) has taken this name; status and metrics show that one",
+                      self.beat.name, f"pid {holder.pid} on {holder.host}" if holder else "gone since")
+
     @property
     def state(self) -> str:
         if self.runtime.services.stopping.is_set():
@@ -165,8 +153,8 @@ class Heartbeat:
         return "busy" if self._busy or self._units else "idle"
 
     def _beat(self) -> None:
-        self.runtime.beat_presence(self.state)
-        frontier = self.runtime.frontier
+        self.beat_presence(self.state)
+        frontier = self.runtime.services.frontier
         ttl = self.runtime.services.config.lease_ttl_s
         with self._lock:
             holdings = list(self._holdings.values())
@@ -177,7 +165,7 @@ class Heartbeat:
             self._mark_idle()
         now = time.monotonic()
         if now >= self._next_sweep:
-            self._next_sweep = now + self.runtime.worker_settings.sweep_interval_s
+            self._next_sweep = now + self.runtime.config.sweep_interval_s
             self.runtime.sweeper.sweep()
 
 
@@ -189,21 +177,21 @@ class WorkerRuntime:
         self.settings = settings or get_settings()
         if self.settings.redis_url is None or self.settings.database_url is None:
             raise RuntimeError("a worker needs TOKENTREE_REDIS_URL and TOKENTREE_DATABASE_URL (Postgres)")
-        self.worker_settings = worker or WorkerSettings()
-        self.models = served_models(self.settings, self.worker_settings)
+        self.config = worker or WorkerSettings()
+        self.models = self.config.served_models(self.settings.models)
         self.redis = worker_redis(self.settings.redis_url)
-        self.frontier = RedisFrontier(self.redis)
         # A connection for each unit running at once, and a few for the heartbeat and the sweeper.
-        self.engine = engine_from_settings(self.settings, pool_size=self.worker_settings.units + 4)
-        self.heartbeat = Heartbeat(self)
+        self.engine = engine_from_settings(self.settings, pool_size=self.config.units + 4)
+        self.heartbeat = Heartbeat(self, beat)
         # Steps are written from a process of their own (see workers/writer.py).
-        self.writer = ProcessWriter(self.settings) if self.worker_settings.writer_process else None
+        self.writer = ProcessWriter(self.settings)
         self._send = send
         self._send_lock = threading.Lock()
         self.services = Services(
-            config=worker_config(self.settings, self.worker_settings),
+            config=self.config,
+            max_batch=self.settings.max_batch,
             session_factory=make_session_factory(self.engine),
-            frontier=self.frontier,
+            frontier=RedisFrontier(self.redis),
             models=ModelRegistry(self.settings),
             keeper=self.heartbeat,
             hand_off=self.hand_to_peers,
@@ -212,30 +200,21 @@ class WorkerRuntime:
         )
         self.units = Units(self.services)
         self.sweeper = Sweeper(self.services, self.redis, self.models, self.send,
-                               self.worker_settings.sweep_interval_s, self.worker_settings.stale_after_s)
+                               self.config.sweep_interval_s, self.config.stale_after_s)
         self.ready = False
-        # This worker's heartbeat key (models/worker_registry.py): claimed when the process starts
-        # (workers/tasks.py, before Celery takes work), else by `start`.
-        self.beat = beat
-        self._name_lost = False
 
     def start(self) -> None:
         """Claim the worker's name (NameTaken if a live worker has it), start the writer and heartbeat."""
-        if self.beat is None:
-            self.beat = WorkerBeat(name=self.services.config.name, models=tuple(self.models))
-            claim_name(self.redis, self.beat, self.worker_settings.startup_ttl_s)
-        if self.worker_settings.threads > 0:
+        if self.heartbeat.beat is None:
+            self.heartbeat.beat = WorkerBeat(name=self.config.name, models=tuple(self.models))
+            worker_registry.claim(self.redis, self.heartbeat.beat, self.config.startup_ttl_s)
+        if self.config.threads > 0:
             import torch
 
-            torch.set_num_threads(self.worker_settings.threads)
+            torch.set_num_threads(self.config.threads)
         assert self.services.batcher is not None
         self.services.batcher.start()
-        if self.writer is not None:
-            self.writer.start()
-        else:
-            # The model's thread takes the GIL back between every torch op; with the default 5 ms switch
-            # interval, a node-writer thread's Python work would make it wait that long each time.
-            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self.writer.start()
         self.heartbeat.start()
 
     def preload(self) -> None:
@@ -247,20 +226,7 @@ class WorkerRuntime:
     def mark_ready(self) -> None:
         self.ready = True
         self.heartbeat.set_busy(False)
-        self.beat_presence("idle")
-
-    def beat_presence(self, state: str) -> None:
-        """Renew this worker's heartbeat key: it is alive (busy or not) for `heartbeat_ttl_s` more."""
-        if self.beat is None:
-            return
-        self.beat = self.beat.now(state)
-        if worker_registry.renew(self.redis, self.beat, self.worker_settings.heartbeat_ttl_s):
-            self._name_lost = False
-        elif not self._name_lost:
-            self._name_lost = True
-            holder = worker_registry.holder_of(self.redis, self.beat.name)
-            log.error("worker %s: another worker (%s) has taken this name; status and metrics show that one",
-                      self.beat.name, f"pid {holder.pid} on {holder.host}" if holder else "gone since")
+        self.heartbeat.beat_presence("idle")
 
     def send(self, job_id: str, model: str) -> None:
         """Send a unit of work on the job to its model's queue, and note when (for the sweeper)."""
@@ -283,7 +249,7 @@ class WorkerRuntime:
             raise RuntimeError("this runtime cannot send tasks")
         with self._send_lock:
             self._send(job_id, queue)
-        self.redis.set(job_key(job_id, "sent"), "1", px=int(self.worker_settings.stale_after_s * 1000))
+        self.redis.set(job_key(job_id, "sent"), "1", px=int(self.config.stale_after_s * 1000))
 
     def run(self, job_id: str) -> Outcome:
         """One unit of work on the job, of whatever kind; hands the job on when it needs more units.
@@ -340,7 +306,7 @@ class WorkerRuntime:
         log.warning("job %s: %s; the unit waits for it", job_id, down)
         while down is not None:
             waited = time.monotonic() - started
-            if waited + delay > self.worker_settings.outage_wait_s:
+            if waited + delay > self.config.outage_wait_s:
                 log.error("job %s: %s for %.0f s; giving the unit up", job_id, down, waited)
                 return False
             log.warning("job %s: checking again in %.1f s", job_id, delay)
@@ -362,14 +328,13 @@ class WorkerRuntime:
         self.heartbeat.stop()
         if self.services.batcher is not None:
             self.services.batcher.stop()
-        if self.beat is not None:
+        if (beat := self.heartbeat.beat) is not None:
             try:
-                worker_registry.release(self.redis, self.beat)
+                worker_registry.release(self.redis, beat)
             except redis.RedisError as exc:
                 log.warning("worker %s: could not release its name (%s); it expires by itself",
-                            self.beat.name, first_line(exc))
-        if self.writer is not None:
-            self.writer.close()
+                            beat.name, first_line(exc))
+        self.writer.close()
         self.engine.dispose()
         self.redis.close()
 

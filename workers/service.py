@@ -26,7 +26,7 @@ from models.jobs import JobId, finish_job, get_job
 from models.schema import TERMINAL_STATUSES, Job
 from models.settings import Settings
 from workers.frontier import Frontier, HeldLease
-from workers.settings import WorkerSettings, default_of
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from workers.batcher import StepBatcher
@@ -34,47 +34,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MAX_BATCH: int = Settings.model_fields["max_batch"].default
-_FROM_WORKER_SETTINGS = ("unit_seconds", "lease_ttl_s", "max_attempts", "split_min", "split_cooldown_s",
-                         "pipeline_writes")
 
 class Outcome(enum.StrEnum):
     CONTINUE = "continue"  # the job has open nodes in the shared queue: send another unit
     IDLE = "idle"  # nothing to take: the rest of the job is held by other units, which go on with it
     DONE = "done"  # the job is finished, failed, cancelled or gone: nothing more to send
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """How a worker works: what a unit of work reads. Its defaults are WorkerSettings' (workers/settings.py,
-    the one place they live) and the service's max_batch; `WorkerConfig.of` builds it from both."""
-
-    name: str
-    max_batch: int = _MAX_BATCH  # nodes evaluated in one forward pass, as the CLI's --max-batch
-    # Open nodes a unit keeps following before it gives the surplus back to the shared queue. Up to this
-    # many, one worker on a job builds exactly the CLI's tree (nothing leaves its FIFO order).
-    hold_limit: int = 4 * _MAX_BATCH
-    unit_seconds: float = default_of("unit_seconds")  # type: ignore[assignment]
-    lease_ttl_s: float = default_of("lease_ttl_s")  # type: ignore[assignment]
-    max_attempts: int = default_of("max_attempts")  # type: ignore[assignment]
-    split_min: int = default_of("split_min")  # type: ignore[assignment]
-    split_cooldown_s: float = default_of("split_cooldown_s")  # type: ignore[assignment]
-    pipeline_writes: bool = default_of("pipeline_writes")  # type: ignore[assignment]
-
-    @classmethod
-    def of(cls, settings: Settings, worker: WorkerSettings, **overrides: Any) -> WorkerConfig:
-        """The configuration of a worker with these settings (`overrides` win)."""
-        values: dict[str, Any] = {
-            "name": worker.name, "max_batch": settings.max_batch,
-            "hold_limit": worker.hold_limit or 4 * settings.max_batch,
-        }
-        values.update({name: getattr(worker, name) for name in _FROM_WORKER_SETTINGS})
-        values.update(overrides)
-        return cls(**values)
-
-    @property
-    def renew_every_s(self) -> float:
-        return self.lease_ttl_s / 4
 
 
 class LeaseKeeper(Protocol):
@@ -142,7 +106,8 @@ def result_metadata(lm: LoadedModel, **extra: Any) -> dict[str, Any]:
 class Services:
     """Everything a unit of work uses, wired once per process."""
 
-    config: WorkerConfig
+    config: WorkerSettings
+    max_batch: int  # nodes evaluated in one forward pass (TOKENTREE_MAX_BATCH, as the CLI's --max-batch)
     session_factory: sessionmaker[Session]
     frontier: Frontier
     models: ModelRegistry
@@ -152,11 +117,17 @@ class Services:
     # Hands the job to up to n idle peers (job, model, n): the distributed mode sends them tasks.
     hand_off: Callable[[str, str, int], None] = lambda job_id, model, count: None
     # Where tree units write their steps from, shared by the process's units (the distributed worker's
-    # writer process); None: each unit writes from a thread of its own (or inline: `pipeline_writes`).
+    # writer process); None: each unit writes from a thread of its own (the embedded mode).
     writer: StepWriter | None = None
     # The process's model thread, stepping every running unit's tree together (workers/batcher.py);
     # None: each unit steps its own tree (the embedded mode's single unit).
     batcher: StepBatcher | None = None
+
+    @property
+    def hold_limit(self) -> int:
+        """Open nodes a unit keeps following before it gives the surplus back to the shared queue. Up to
+        this many, one worker on a job builds exactly the CLI's tree (nothing leaves its FIFO order)."""
+        return self.config.hold_limit or 4 * self.max_batch
 
     def new_unit(self) -> str:
         """A name for a unit of work: this worker's name and a random part (`worker:random`)."""

@@ -1,13 +1,14 @@
 """The worker's settings (`TOKENTREE_WORKER_*`): the one place their defaults live.
 
-`workers.service.WorkerConfig`, what a unit of work reads, takes its defaults from here; the
-`tokentree worker` command sets some of these through the environment of the processes it starts.
+Units of work read them (`Services.config`); the `tokentree worker` command sets some of these through
+the environment of the processes it starts; the embedded worker passes its own values.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,14 +30,12 @@ class WorkerSettings(BaseSettings):
     preload: bool = True  # load the models when the worker starts, not on its first job
     # Units of work run at once (Celery's thread pool): their trees step together on the model.
     units: int = Field(default=32, ge=1, le=256)
-    hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch
+    hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch (`Services.hold_limit`)
     unit_seconds: float = Field(default=20.0, gt=0)  # a unit's wall-clock bound
     lease_ttl_s: float = Field(default=8.0, gt=0)  # a silent unit's nodes go back to the queue after this
     max_attempts: int = Field(default=3, ge=1)  # a node taken back from this many dead units fails its job
     split_min: int = Field(default=16, ge=1)  # never hand an idle peer fewer nodes than this
     split_cooldown_s: float = Field(default=1.0, ge=0)  # after a hand-off, let the peer pick it up
-    pipeline_writes: bool = True  # write step N while the model computes step N+1
-    writer_process: bool = True  # write steps from a child process (else from a thread of the unit)
     sweep_interval_s: float = Field(default=2.0, gt=0)
     stale_after_s: float = Field(default=15.0, gt=0)
     visibility_timeout_s: int = Field(default=600, ge=60)
@@ -49,7 +48,15 @@ class WorkerSettings(BaseSettings):
     # The same key while the worker starts (Celery, the runtime, before the first beat).
     startup_ttl_s: float = Field(default=120.0, gt=0)
 
+    @property
+    def renew_every_s(self) -> float:
+        return self.lease_ttl_s / 4
 
-def default_of(field: str) -> object:
-    """A setting's default, for the dataclasses built from these settings."""
-    return WorkerSettings.model_fields[field].default
+    def served_models(self, allowed: Iterable[str]) -> list[str]:
+        """The allow-list names this worker serves (`models`, else all of them)."""
+        allowed = list(allowed)
+        names = [m.strip() for m in self.models.split(",") if m.strip()]
+        unknown = [m for m in names if m not in allowed]
+        if unknown:
+            raise ValueError(f"model {unknown[0]!r} is not in the allow-list ({', '.join(allowed)})")
+        return names or allowed

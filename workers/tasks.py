@@ -14,11 +14,12 @@ from typing import Any
 
 from celery import signals
 
+from models import worker_registry
 from models.settings import get_settings
 from models.worker_registry import WorkerBeat
 from workers.app import RUN_JOB_TASK, app
 from workers.frontier import worker_redis
-from workers.runtime import NameTaken, WorkerRuntime, claim_name, first_line, served_models
+from workers.runtime import WorkerRuntime, first_line
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,11 @@ def _on_worker_init(**_: Any) -> None:
     this one exit at once, with one line and status 2."""
     global _claimed
     settings, worker = get_settings(), WorkerSettings()
-    beat = WorkerBeat(name=worker.name, models=tuple(served_models(settings, worker)))
+    beat = WorkerBeat(name=worker.name, models=tuple(worker.served_models(settings.models)))
     client = worker_redis(str(settings.redis_url))
     try:
-        claim_name(client, beat, worker.startup_ttl_s)
-    except NameTaken as exc:
+        worker_registry.claim(client, beat, worker.startup_ttl_s)
+    except worker_registry.NameTaken as exc:
         print(f"tokentree: error: {exc}", file=sys.stderr, flush=True)
         os._exit(2)  # nothing is started yet: no connection, no model, no writer process
     except Exception as exc:
@@ -72,7 +73,7 @@ def _on_worker_init(**_: Any) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     runtime = get_runtime()
-    if runtime.worker_settings.preload:
+    if runtime.config.preload:
         runtime.preload()
     runtime.mark_ready()
     log.info("worker %s serves %s", runtime.services.config.name, ", ".join(runtime.models))

@@ -52,7 +52,7 @@ from workers.errors import is_connection_loss
 from workers.frontier import FrontierCommit, HeldLease
 from workers.held import HeldTree, Step
 from workers.service import Outcome, Services, poison_message, result_metadata
-from workers.writer import InlineWriter, PendingWrite, StepWrite, StepWriter, ThreadWriter, open_children
+from workers.writer import PendingWrite, StepWrite, StepWriter, ThreadWriter, open_children
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,7 @@ class _TreeUnit:
                                         "write_wait_s": 0.0, "started": time.monotonic()}
         self.session = s.session_factory()
         # The process's writer (with its own connections), or one of this unit's own.
-        self.writer: StepWriter = s.writer if s.config.pipeline_writes and s.writer is not None else (
-            (ThreadWriter if s.config.pipeline_writes else InlineWriter)(s.session_factory, s.frontier))
+        self.writer: StepWriter = s.writer or ThreadWriter(s.session_factory, s.frontier)
 
     @property
     def job_id(self) -> str:
@@ -241,7 +240,7 @@ class _TreeUnit:
                     return self._finish() if self.view.open_count == 0 else Outcome.IDLE
                 continue
             started = time.monotonic()
-            step = self.held.step(self.s.config.max_batch, self.view.external)
+            step = self.held.step(self.s.max_batch, self.view.external)
             self.stats["model_s"] += time.monotonic() - started
             if pending is not None:
                 verdict, pending = self._settle(pending), None
@@ -260,10 +259,10 @@ class _TreeUnit:
     # -- taking nodes ------------------------------------------------------------------------------------
 
     def _take(self) -> bool:
-        """Lease up to `hold_limit` open nodes and take them in; False when the queue had none."""
+        """Lease up to `Services.hold_limit` open nodes and take them in; False when the queue had none."""
         cfg = self.s.config
         for _ in range(8):  # only nodes found done already are retried for; a few rounds at most
-            leased = self.s.frontier.lease(self.job_id, self.lease.unit, cfg.hold_limit, cfg.lease_ttl_s)
+            leased = self.s.frontier.lease(self.job_id, self.lease.unit, self.s.hold_limit, cfg.lease_ttl_s)
             self.view.open_count = leased.open_count
             if not leased.node_ids:
                 return False
@@ -343,7 +342,7 @@ class _TreeUnit:
     # -- giving nodes back -------------------------------------------------------------------------------
 
     def _wants_hand_off(self) -> bool:
-        return len(self.held) > self.s.config.hold_limit or self._peer_waits()
+        return len(self.held) > self.s.hold_limit or self._peer_waits()
 
     def _peer_waits(self) -> bool:
         cfg = self.s.config
@@ -353,7 +352,7 @@ class _TreeUnit:
     def _hand_off(self) -> None:
         """Give surplus nodes back to the shared queue and send a unit to take them (only between
         written steps: what is given back must be on the frontier already)."""
-        view, hold_limit = self.view, self.s.config.hold_limit
+        view, hold_limit = self.view, self.s.hold_limit
         count = max(0, len(self.held) - hold_limit)
         if self._peer_waits():
             # An equal share for each idle peer: they each take one from the queue.

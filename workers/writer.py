@@ -97,27 +97,12 @@ class StepWriter(Protocol):
     def wait(self) -> None: ...
 
 
-class InlineWriter:
-    """Writes in the caller's thread (no overlap with the model), on a session of its own; one per unit,
-    ended by `wait`."""
+class ThreadWriter:
+    """Writes from one thread of this process, on a session of its own (the embedded mode's way); one per
+    unit, ended by `wait`."""
 
     def __init__(self, session_factory: sessionmaker[Session], frontier: Frontier) -> None:
         self.session, self.frontier = session_factory(), frontier
-
-    def submit(self, step: StepWrite) -> PendingWrite:
-        future: Future[WriteResult] = Future()
-        future.set_result(write_and_commit(self.session, self.frontier, [step])[0])
-        return future
-
-    def wait(self) -> None:
-        self.session.close()
-
-
-class ThreadWriter(InlineWriter):
-    """Writes from one thread of this process (the embedded mode's way); one per unit, ended by `wait`."""
-
-    def __init__(self, session_factory: sessionmaker[Session], frontier: Frontier) -> None:
-        super().__init__(session_factory, frontier)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="node-writer")
 
     def submit(self, step: StepWrite) -> PendingWrite:
@@ -125,7 +110,7 @@ class ThreadWriter(InlineWriter):
 
     def wait(self) -> None:
         self.executor.shutdown(wait=True)
-        super().wait()
+        self.session.close()
 
 
 class WriterDied(RuntimeError):

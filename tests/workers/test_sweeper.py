@@ -13,7 +13,8 @@ from models import jobs
 from models.node_writes import open_node_ids, start_tree
 from models.settings import Settings
 from workers.frontier import RedisFrontier, job_key
-from workers.service import ModelRegistry, NoExpiryKeeper, Services, WorkerConfig
+from workers.service import ModelRegistry, NoExpiryKeeper, Services
+from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
 
 MODEL = "demo-sweep"  # a model no worker process serves: nothing but this test touches its jobs
@@ -23,7 +24,8 @@ def make_sweeper(
     settings: Settings, factory: sessionmaker[Session], client: redis.Redis, sent: list[str]
 ) -> Sweeper:
     services = Services(
-        config=WorkerConfig(name="sweeper-test", max_attempts=3),
+        config=WorkerSettings(name="sweeper-test", max_attempts=3),
+        max_batch=settings.max_batch,
         session_factory=factory,
         frontier=RedisFrontier(client),
         models=ModelRegistry(settings),
