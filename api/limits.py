@@ -17,10 +17,10 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from typing import Annotated, Protocol
+from typing import Protocol
 
 import redis
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import CallerDep
@@ -181,5 +181,3 @@ def enforce_rate_limit(request: Request, caller: CallerDep) -> None:
         raise too_many(f"rate limit exceeded: {settings.rate_limit_per_minute} requests per minute for {who} "
                        f"(bursts of {settings.rate_limit_burst}); retry in {max(1, math.ceil(wait))} s", wait)
 
-
-RateLimited = Annotated[None, Depends(enforce_rate_limit)]

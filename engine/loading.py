@@ -6,6 +6,7 @@ user can get wrong raises `ModelLoadError` or `ParameterError` with a one-line m
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -66,12 +67,13 @@ class LoadedModel:
         return text
 
     def with_stop_ids(self, extra: list[int]) -> LoadedModel:
+        """The same model with more stop tokens: a new object, since `load_model` shares this one with
+        every later caller."""
         vocab = self.tokenizer.vocab_size if self.tokenizer.vocab_size else len(self.tokenizer)
         for token_id in extra:
             if not 0 <= token_id < max(vocab, len(self.tokenizer)):
                 raise ParameterError("stop_token", f"{token_id} is not a token id of this model")
-        self.stop_ids = self.stop_ids | frozenset(extra)
-        return self
+        return dataclasses.replace(self, stop_ids=self.stop_ids | frozenset(extra))
 
 
 def resolve_source(name: str) -> str:

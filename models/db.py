@@ -62,6 +62,3 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: a job returned by a repository function stays readable after its commit.
     return sessionmaker(bind=engine, expire_on_commit=False)
 
-
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"

@@ -114,12 +114,6 @@ def lock_owner(session: Session, owner: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tokentree.owner:" + owner))))
 
 
-def is_cancelled(session: Session, job_id: JobId) -> bool:
-    """Whether a worker should stop: the job was cancelled, or deleted altogether."""
-    status = session.scalar(select(Job.status).where(Job.id == as_job_id(job_id)))
-    return status is None or status == "cancelled"
-
-
 # -- transitions ------------------------------------------------------------------------------------
 
 
@@ -176,8 +170,8 @@ def cancel_job(session: Session, job_id: JobId) -> bool:
 def delete_job(session: Session, job_id: JobId) -> bool:
     """Delete a job and its nodes. True if there was such a job. Commits.
 
-    Cancel a running job first (see `cancel_job`): a worker still writing nodes for a deleted job
-    gets foreign-key errors, and `is_cancelled` tells it to stop.
+    Cancel a running job first (see `cancel_job`): a worker's next step write then finds the job
+    closed, or gone, and writes nothing.
     """
     key = as_job_id(job_id)
     # Explicitly, not through ON DELETE CASCADE alone: one statement over an index, on every backend.

@@ -148,8 +148,7 @@ class Settings(BaseSettings):
     # Memory for rendered trees of finished jobs (they never change); 0 turns the cache off.
     tree_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
-    # Workers: nodes per bulk write, nodes per forward pass, and how models load.
-    node_batch_size: int = Field(default=1_000, ge=1, le=50_000)
+    # Workers: nodes per forward pass, and how models load.
     max_batch: int = Field(default=256, ge=1, le=8_192)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

@@ -45,3 +45,12 @@ def test_stop_ids_include_generation_config_eos(demo) -> None:  # type: ignore[n
     eos = demo.model.generation_config.eos_token_id
     expected = set(eos) if isinstance(eos, list) else {eos}
     assert expected | {demo.tokenizer.eos_token_id} <= demo.stop_ids
+
+
+def test_extra_stop_ids_never_reach_the_shared_model() -> None:
+    shared = load_model(ModelSpec(name="demo"))
+    before = shared.stop_ids
+    extra = next(i for i in range(100) if i not in before)
+    mine = shared.with_stop_ids([extra])
+    assert extra in mine.stop_ids and mine.model is shared.model
+    assert extra not in load_model(ModelSpec(name="demo")).stop_ids and shared.stop_ids == before

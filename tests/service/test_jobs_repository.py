@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from models import jobs
 from models.db import make_session_factory
+from models.node_writes import start_tree
 from models.schema import Node
 from tests.utils.factories import insert_tree, make_job, node_rows, synthetic_tree
 
@@ -90,13 +91,12 @@ def test_racing_finishers_have_exactly_one_winner(pg_session: Session) -> None:
     assert sorted(wins) == [False] * 7 + [True]
 
 
-def test_cancel_and_is_cancelled(db_session: Session) -> None:
+def test_a_cancelled_job_stays_closed(db_session: Session) -> None:
     job = make_job(db_session)
-    assert not jobs.is_cancelled(db_session, job.id)
     assert jobs.cancel_job(db_session, job.id)
-    assert jobs.is_cancelled(db_session, job.id)
+    assert not jobs.cancel_job(db_session, job.id)  # once only
     assert not jobs.mark_running(db_session, job.id, "w")
-    assert jobs.is_cancelled(db_session, uuid.uuid4())  # a deleted job stops its workers too
+    assert start_tree(db_session, job.id, "p") is None  # no worker starts it, nor gives it a root
 
 
 def test_list_pages_newest_first_and_filters(db_session: Session) -> None:
