@@ -39,26 +39,20 @@ class HeldTree:
                  runner: ModelRunner, stepper: Stepper | None = None) -> None:
         """`stepper` runs one step of the tree: alone (`Expander.step`) or with the worker's other units'
         trees (`StepBatcher.step`)."""
-        self.lm = lm
-        self.params = params
-        self.prompt_ids = prompt_ids
-        self.depth_limit = depth_limit
-        self.runner = runner
         self.stepper = stepper or Expander.step
-        self.builder: TreeBuilder | None = None
-        self._expander: Expander | None = None
+        self.builder = TreeBuilder.from_frontier(params, lm.stop_ids, lm.decode, [], completed=0,
+                                                 node_count=0, depth_limit=depth_limit)
+        self._expander = Expander(self.builder, runner, prompt_ids, paths={})
         self.db_ids: list[int | None] = []  # local id -> database id; None until the node is written
 
     # -- what is held ----------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return 0 if self.builder is None else len(self.builder.frontier)
+        return len(self.builder.frontier)
 
     def held_db_ids(self) -> list[int]:
         """The database ids of the open nodes held, in queue order (those written: a step computed but
         never written leaves children without one)."""
-        if self.builder is None:
-            return []
         return [i for i in (self.db_ids[local] for local in self.builder.frontier) if i is not None]
 
     def _db(self, local: int) -> int:
@@ -74,11 +68,6 @@ class HeldTree:
         """Take open nodes in, after those held already (the frontier stays in depth order)."""
         if not nodes:
             return
-        if self.builder is None or self._expander is None:
-            self.builder = TreeBuilder.from_frontier(self.params, self.lm.stop_ids, self.lm.decode, [],
-                                                     completed=completed, node_count=node_count,
-                                                     depth_limit=self.depth_limit)
-            self._expander = Expander(self.builder, self.runner, self.prompt_ids, paths={})
         self._expander.adopt([self._engine_node(n) for n in nodes],
                              [paths[n.id] for n in nodes])
         self.builder.sync(completed, node_count)
@@ -93,30 +82,25 @@ class HeldTree:
 
     def give_back(self, count: int) -> list[int]:
         """Remove the last `count` held nodes (the deepest, newest); their database ids, in queue order."""
-        assert self.builder is not None
         return [self._db(local) for local in self.builder.release(count)]
 
     def drop(self, locals_: set[int]) -> None:
         """Forget held nodes that turned out not to be this unit's (not written, or held elsewhere)."""
-        if self.builder is not None:
-            self.builder.drop(locals_)
+        self.builder.drop(locals_)
 
     # -- expanding -------------------------------------------------------------------------------------
 
     def done(self) -> bool:
-        return self.builder is None or self.builder.done()
+        return self.builder.done()
 
     def sync(self, completed: int, node_count: int) -> None:
-        if self.builder is not None:
-            self.builder.sync(completed, node_count)
+        self.builder.sync(completed, node_count)
 
     def counts(self) -> tuple[int, int]:
-        assert self.builder is not None
         return self.builder.completed, self.builder.node_count
 
     def step(self, max_batch: int, external_queue_depth: int) -> Step:
         """Evaluate one batch and apply the rule to it (`external_queue_depth`: open nodes held elsewhere)."""
-        assert self.builder is not None and self._expander is not None
         before = list(self.builder.frontier)
         result = self.stepper(self._expander, max_batch, max(0, external_queue_depth))
         after = len(self.builder.frontier)
@@ -128,7 +112,6 @@ class HeldTree:
 
     def pops(self, step: Step) -> list[Pop]:
         """The step's pops as writes (every popped node has its database id by now)."""
-        assert self.builder is not None
         nodes = self.builder.nodes
         out: list[Pop] = []
         for local in step.popped:
@@ -156,7 +139,6 @@ class HeldTree:
     def written(self, step: Step, child_ids: list[list[int]]) -> set[int]:
         """Record the children's database ids (per pop, as `write_step` returned them); the local ids of
         children that were not written (a limit cut them, or the node was done elsewhere)."""
-        assert self.builder is not None
         nodes = self.builder.nodes
         unwritten: set[int] = set()
         for local, ids in zip(step.popped, child_ids, strict=True):
@@ -170,6 +152,4 @@ class HeldTree:
 
     def local_ids(self, db_ids: set[int]) -> set[int]:
         """Local ids of held nodes with these database ids."""
-        if self.builder is None:
-            return set()
         return {i for i in self.builder.frontier if self.db_ids[i] in db_ids}

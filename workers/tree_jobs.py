@@ -24,6 +24,7 @@ patched up: the frontier and the database stay consistent and the next unit star
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 import traceback
@@ -96,7 +97,7 @@ class TreeJobs:
             if start is None:
                 return Outcome.DONE
             log.info("job %s running on worker %s", job_id, s.config.name)
-            plan = _Plan(**{**plan.__dict__, "started_at": start.started_at})
+            plan = dataclasses.replace(plan, started_at=start.started_at)
             if (start.node_count >= plan.limits.max_nodes
                     or start.completed_paths >= plan.limits.max_completed_paths):
                 finish_tree(s, plan)
