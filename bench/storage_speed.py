@@ -38,7 +38,7 @@ from engine.tree import candidates_json
 from migrations import upgrade_database
 from models import jobs
 from models.db import make_engine, make_session_factory
-from models.node_writes import Expansion, Finish, Limits, NewChild, Pop, ensure_root, write_step
+from models.node_writes import Expansion, Finish, Limits, NewChild, Pop, start_tree, write_step
 from models.settings import Settings
 from tests.utils.databases import fresh_database
 from tests.utils.factories import RecordingDispatcher, insert_tree, make_job, synthetic_tree
@@ -50,10 +50,11 @@ def replay_writes(session: Session, nodes: list[TreeNode]) -> tuple[int, float]:
     """Write `nodes` as a worker would, level by level in batches; (nodes written, seconds spent in
     the writes alone: building the steps is the worker's time, not the database's)."""
     job = make_job(session, parameters={"max_nodes": len(nodes)})
-    jobs.mark_running(session, job.id, "bench")
     limits = Limits(max_nodes=len(nodes), max_completed_paths=len(nodes))
     started = time.perf_counter()
-    db_ids = {0: ensure_root(session, job.id, nodes[0].text)}
+    start = start_tree(session, job.id, nodes[0].text)
+    assert start is not None and start.root is not None
+    db_ids = {0: start.root.id}
     seconds = time.perf_counter() - started
     queue = [0]
     while queue:
