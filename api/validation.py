@@ -82,6 +82,8 @@ def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[s
 def validate_job_request(body: JobCreate, settings: Settings) -> JobRequest:
     """The request with its model resolved and its parameters complete (defaults filled in)."""
     _check_text("prompt", body.prompt, settings)
+    if not body.prompt.strip():  # the model would get no tokens: the worker could only fail the job
+        reject(("body", "prompt"), "must not be only whitespace")
     _check_text("prefix", body.prefix, settings)
     model = settings.default_model if body.model is None else body.model
     if model not in settings.models:

@@ -180,8 +180,9 @@ def run_serve(args: argparse.Namespace) -> int:
         # collector's sight, full collections while a big tree is read stop walking it (-25% there).
         gc.freeze()
         # log_config=None: uvicorn's loggers go through configure_logging's handler (text or JSON).
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), proxy_headers=True,
-                    log_config=None)
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
+                    proxy_headers=bool(settings.trusted_proxies),
+                    forwarded_allow_ips=settings.trusted_proxies or None)
     finally:
         if worker is not None:
             worker.stop()

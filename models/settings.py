@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=0)
     rate_limit_burst: int = Field(default=120, ge=1)
     max_active_jobs_per_key: int = Field(default=20, ge=0)
+    # Reverse proxies whose X-Forwarded-For / -Proto headers are believed (comma-separated addresses, as
+    # uvicorn's --forwarded-allow-ips); empty: none, so no client can pick the address it is limited by.
+    trusted_proxies: str = ""
     # An unreachable database is a quick 503, not a hung request: bounds on connecting to it and on
     # waiting for a pooled connection.
     db_connect_timeout_s: int = Field(default=2, ge=1, le=60)

@@ -109,6 +109,7 @@ def test_submit_logprobs(live_api: LiveAPI) -> None:
         ({"model": "gpt"}, ["body", "model"], "not served here"),
         ({"kind": "poem"}, ["body", "kind"], "'tree' or 'logprobs'"),
         ({"prompt": ""}, ["body", "prompt"], "at least 1 character"),
+        ({"prompt": " \n\t "}, ["body", "prompt"], "only whitespace"),
         ({"prompt": 42}, ["body", "prompt"], "valid string"),
         ({"prompt": "x" * 20_001}, ["body", "prompt"], "at most 20000 characters"),
         ({"prompt": "a\x00b"}, ["body", "prompt"], "NUL"),

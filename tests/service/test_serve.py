@@ -109,3 +109,20 @@ def test_serve_refuses_an_unmigrated_shared_database(tmp_path: Path) -> None:
                           timeout=120, check=False)
     assert done.returncode == 2
     assert "run `tokentree db upgrade`" in done.stderr
+
+
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies(tmp_path: Path) -> None:
+    """A client that invents X-Forwarded-For addresses stays in its own rate-limit bucket; behind a
+    proxy named in TOKENTREE_TRUSTED_PROXIES, each forwarded address gets its own."""
+    limits = {"TOKENTREE_RATE_LIMIT_PER_MINUTE": "1", "TOKENTREE_RATE_LIMIT_BURST": "3"}
+
+    def statuses(client: httpx.Client) -> list[int]:
+        return [client.get("/v1/models", headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                for i in range(6)]
+
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "proxied").mkdir()
+    with tokentree_serve(tmp_path / "direct", **limits) as client:
+        assert statuses(client) == [200] * 3 + [429] * 3
+    with tokentree_serve(tmp_path / "proxied", TOKENTREE_TRUSTED_PROXIES="127.0.0.1", **limits) as client:
+        assert statuses(client) == [200] * 6
