@@ -87,6 +87,8 @@ def test_embedded_serve_runs_jobs_in_one_process(tmp_path: Path) -> None:
         assert record["prompt"] == question and record["data"]
         assert client.get("/").status_code == 200  # the viewers come with it
     assert (tmp_path / "tokentree" / "tokentree.sqlite3").exists()
+    log = (tmp_path / "serve.log").read_text()
+    assert "Running upgrade" in log and "setup plugin" not in log  # the migrations, not alembic's chatter
 
 
 @pytest.mark.services
