@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -93,6 +96,20 @@ def resolve_source(name: str) -> str:
     return name
 
 
+def hub_reachable(timeout_s: float = 2.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection now: one quick try (the Hub client retries
+    an unreachable host for about a minute before it gives up)."""
+    if hub_constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(hub_constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def pick_device(device: Device) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for, but no CUDA GPU is available")
@@ -154,16 +171,17 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         kwargs["quantization_config"] = quantization
     if device == "cuda":
         kwargs["device_map"] = "auto"  # accelerate spreads a model too large for one GPU over all of them
+    offline = not Path(source).is_dir() and not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        # A Hub id with the Hub unreachable: the local cache only, so a missing model fails at once.
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(
-            f"cannot load model {spec.name!r}: not a local model folder, and the Hugging Face Hub has no "
-            "such "
-            f"model or cannot be reached ({first_line})"
-        ) from exc
+        why = (f"the Hugging Face Hub has no such model ({first_line})" if not offline else
+               "the Hugging Face Hub cannot be reached and it is not in the local cache; give the path of a "
+               "local model folder")
+        raise ModelLoadError(f"cannot load model {spec.name!r}: not a local model folder, and {why}") from exc
     if device == "cpu":
         model = model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() oddly
     model.eval()

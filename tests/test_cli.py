@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,21 @@ def test_tree_needs_a_prompt_or_a_prompts_file(tmp_path: Path) -> None:
     prompts.write_text('{"prompt": "a"}\n')
     no_output = tokentree("tree", "--prompts", str(prompts))
     assert no_output.returncode == 2 and "needs -o" in no_output.stderr
+
+
+def test_an_unreachable_hub_fails_at_once_and_says_what_to_do() -> None:
+    """Without HF_HUB_OFFLINE, a Hub id the Hub cannot serve (here: nothing listens at its address) is one
+    line and exit 2 within seconds, not a minute of the Hub client's retries."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed}"
+    started = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).parent / "tokentree"), "tree", "hi", "--model",
+                           "no-such-org/no-such-model"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2
+    assert "cannot be reached" in done.stderr and "local model folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 30
