@@ -189,7 +189,7 @@ def run_logprobs(args: argparse.Namespace) -> int:
 
 
 def run_demo_model(args: argparse.Namespace) -> int:
-    from engine.loading import DEMO_MODEL_DIR
+    from engine import DEMO_MODEL_DIR
 
     print(DEMO_MODEL_DIR)
     return 0
@@ -200,7 +200,7 @@ COMMANDS = {"tree": run_tree, "logprobs": run_logprobs, "demo-model": run_demo_m
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine.loading import ModelLoadError
+    from engine.errors import ModelLoadError
 
     handler = COMMANDS.get(args.command) or args.handler
     try:

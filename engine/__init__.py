@@ -4,6 +4,10 @@ Imports torch and transformers only; the service stack (api, workers, models) bu
 other way round.
 """
 
+from pathlib import Path
+
 from engine.params import LogprobsParams, ParameterError, TreeParams, branch_threshold
 
-__all__ = ["LogprobsParams", "ParameterError", "TreeParams", "branch_threshold"]
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # the bundled checkpoint (`--model demo`)
+
+__all__ = ["DEMO_MODEL_DIR", "LogprobsParams", "ParameterError", "TreeParams", "branch_threshold"]

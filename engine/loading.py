@@ -20,19 +20,15 @@ from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from engine import DEMO_MODEL_DIR
+from engine.errors import ModelLoadError
 from engine.params import ParameterError, check_prompt
-
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
 Quantization = Literal["none", "4bit", "8bit"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says why and what to do."""
 
 
 @dataclass(frozen=True)

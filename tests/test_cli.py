@@ -245,3 +245,14 @@ def test_an_unreachable_hub_fails_at_once_and_says_what_to_do() -> None:
     assert "cannot be reached" in done.stderr and "local model folder" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models"], ["demo-model"], ["tree", "--help"]])
+def test_commands_that_run_no_model_import_no_torch(args: list[str]) -> None:
+    """They answer in well under a second: torch and transformers alone take seconds to import."""
+    check = ("import sys\nfrom cli.main import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "loaded = {'torch', 'transformers'} & set(sys.modules)\nassert not loaded, loaded\n")
+    done = subprocess.run([sys.executable, "-c", check, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
