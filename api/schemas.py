@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
+from engine.params import TREE_PARAMETER_HELP
 from models.node_reads import Progress
 from models.schema import Job
 
@@ -24,9 +25,8 @@ class JobCreate(BaseModel):
     kind: Literal["tree", "logprobs"] = "tree"
     parameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="tree: min_branch_threshold, max_branch_threshold, soft_queue_limit, "
-                    "candidate_threshold, max_depth, max_completed_paths, max_nodes; "
-                    "logprobs: max_new_tokens, top_k",
+        description="tree: " + "; ".join(f"{name} ({what})" for name, what in TREE_PARAMETER_HELP.items())
+                    + "; logprobs: max_new_tokens, top_k",
     )
     chat: StrictBool = Field(default=False, description="wrap the prompt in the model's chat template")
     prefix: StrictStr | None = Field(default=None, description="force the response to start with this text")

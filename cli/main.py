@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from cli.errors import USAGE_ERROR, UsageError
-from engine.params import LogprobsParams, ParameterError, TreeParams, check_prompt
+from engine.params import TREE_PARAMETER_HELP, LogprobsParams, ParameterError, TreeParams, check_prompt
 
 if TYPE_CHECKING:
     from engine.loading import LoadedModel
@@ -63,10 +63,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_tree_parameters(parser: argparse.ArgumentParser) -> None:
     defaults = TreeParams()
     group = parser.add_argument_group("branching rule")
-    for name in ("min_branch_threshold", "max_branch_threshold", "candidate_threshold"):
-        group.add_argument("--" + name.replace("_", "-"), type=_probability, default=getattr(defaults, name))
-    for name in ("soft_queue_limit", "max_depth", "max_completed_paths", "max_nodes"):
-        group.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name, meaning in TREE_PARAMETER_HELP.items():
+        default = getattr(defaults, name)
+        count = isinstance(default, int)
+        group.add_argument("--" + name.replace("_", "-"), type=int if count else _probability,
+                           default=default, metavar="N" if count else "P",
+                           help=f"{meaning} (default {default})")
     parser.add_argument("--max-batch", type=int, default=256, help="most nodes evaluated in one forward pass")
 
 

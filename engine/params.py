@@ -39,6 +39,18 @@ def _check_probability(name: str, value: Any) -> None:
         raise ParameterError(name, f"must be between 0 and 1, got {value}")
 
 
+# What each of TreeParams' fields means (the README's table; the CLI's help and the API's schema).
+TREE_PARAMETER_HELP = {
+    "min_branch_threshold": "branching threshold T with an empty queue",
+    "max_branch_threshold": "T once the queue holds soft_queue_limit paths",
+    "soft_queue_limit": "queue length at which T reaches its maximum",
+    "candidate_threshold": "lowest probability recorded as a candidate",
+    "max_depth": "longest path, in tokens",
+    "max_completed_paths": "stop after this many paths reach a stop token",
+    "max_nodes": "safety cap on the tree's size",
+}
+
+
 @dataclass(frozen=True)
 class TreeParams:
     """How far and how wide a token tree grows."""

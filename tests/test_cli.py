@@ -256,3 +256,12 @@ def test_commands_that_run_no_model_import_no_torch(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-c", check, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_tree_help_explains_every_rule_flag_with_its_default() -> None:
+    from engine.params import TREE_PARAMETER_HELP, TreeParams
+
+    text = " ".join(tokentree("tree", "--help").stdout.split())  # argparse wraps lines
+    for name, meaning in TREE_PARAMETER_HELP.items():
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"{meaning} (default {getattr(TreeParams(), name)})" in text
