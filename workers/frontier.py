@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 
@@ -91,42 +91,6 @@ class Snapshot:
     queue_length: int
     units: int
     expired_units: int = 0  # units whose lease expired (their nodes are not taken back yet)
-
-
-class Frontier(Protocol):
-    """What the tree-job service needs of a frontier; Redis and in-memory implementations follow."""
-
-    def ready(self, job_id: JobId) -> bool: ...
-
-    def try_lock_init(self, job_id: JobId, owner: str, ttl_s: float) -> bool: ...
-
-    def load(self, job_id: JobId, open_ids: list[int], held_by: str | None = None,
-             ttl_s: float = 0) -> None: ...
-
-    def lease(self, job_id: JobId, unit: str, count: int, ttl_s: float) -> Leased: ...
-
-    def commit(self, commits: Sequence[FrontierCommit]) -> list[Committed]: ...
-
-    def release(self, job_id: JobId, unit: str, node_ids: list[int], *, end_unit: bool = False,
-                failed: bool = False) -> int: ...
-
-    def renew(self, leases: Sequence[HeldLease], ttl_s: float) -> list[bool]: ...
-
-    def expire(self, job_id: JobId, max_attempts: int, *, scan_all: bool = False) -> Expired: ...
-
-    def repair(self, job_id: JobId) -> int: ...
-
-    def snapshot(self, job_ids: Sequence[JobId]) -> list[Snapshot]: ...
-
-    def clear(self, job_id: JobId) -> None: ...
-
-    # A claim on a whole job, for the kinds of job that run as one piece (logprobs).
-
-    def claim(self, job_id: JobId, unit: str, ttl_s: float) -> int | None: ...
-
-    def drop_claim(self, job_id: JobId, unit: str) -> None: ...
-
-    def claimed(self, job_id: JobId) -> bool: ...
 
 
 def worker_redis(url: str) -> redis.Redis:
@@ -386,3 +350,6 @@ class MemoryFrontier:
         with self._lock:
             return str(as_job_id(job_id)) in self._claims
 
+
+# What the tree-job service needs of a frontier: the distributed mode's or the embedded mode's.
+Frontier = RedisFrontier | MemoryFrontier

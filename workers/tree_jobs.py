@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import time
 import traceback
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -53,7 +54,7 @@ from workers.errors import is_connection_loss
 from workers.frontier import FrontierCommit, HeldLease
 from workers.held import HeldTree, Step
 from workers.service import Outcome, Services, poison_message, result_metadata
-from workers.writer import PendingWrite, StepWrite, StepWriter, ThreadWriter, open_children
+from workers.writer import StepWrite, StepWriter, ThreadWriter, WriteResult, open_children
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class _Pending:
 
     step: Step
     pops: list[Pop]
-    write: PendingWrite
+    write: Future[WriteResult]
 
 
 @dataclass

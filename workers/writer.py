@@ -21,7 +21,7 @@ import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -84,19 +84,6 @@ def write_and_commit(session: Session, frontier: Frontier, steps: list[StepWrite
     return [WriteResult(w, next(committed) if w.running else None) for w in written]
 
 
-class PendingWrite(Protocol):
-    def result(self) -> WriteResult: ...
-
-
-class StepWriter(Protocol):
-    """Where a unit sends its steps; `submit` is called only once the previous write's result was taken
-    (or the unit gave up on it), and `wait` blocks until nothing is in flight."""
-
-    def submit(self, step: StepWrite) -> PendingWrite: ...
-
-    def wait(self) -> None: ...
-
-
 class ThreadWriter:
     """Writes from one thread of this process, on a session of its own (the embedded mode's way); one per
     unit, ended by `wait`."""
@@ -105,7 +92,7 @@ class ThreadWriter:
         self.session, self.frontier = session_factory(), frontier
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="node-writer")
 
-    def submit(self, step: StepWrite) -> PendingWrite:
+    def submit(self, step: StepWrite) -> Future[WriteResult]:
         return self.executor.submit(lambda: write_and_commit(self.session, self.frontier, [step])[0])
 
     def wait(self) -> None:
@@ -144,7 +131,7 @@ class ProcessWriter:
         with self._lock:
             self._started()
 
-    def submit(self, step: StepWrite) -> PendingWrite:
+    def submit(self, step: StepWrite) -> Future[WriteResult]:
         future: Future[WriteResult] = Future()
         with self._lock:
             pipe = self._started()
@@ -277,3 +264,8 @@ def _write_batch(session: Session, frontier: Frontier, batch: list[tuple[int, St
             replies.append((number, "error", "".join(traceback.format_exception(exc)),
                             is_connection_loss(exc)))
     return replies
+
+
+# Where a unit sends its steps: `submit` only once the previous write's result was taken (or the unit gave
+# up on it); `wait` blocks until nothing is in flight.
+StepWriter = ProcessWriter | ThreadWriter
