@@ -276,7 +276,8 @@ def _event(name: str, job: JobOut) -> str:
     "/{job_id}/events",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}},
-                     "description": "`progress` events (the job JSON) while it runs, then one `end`"}},
+                     "description": "`progress` events (the job JSON) while it runs, then one `end` (or "
+                                    "one `error`: the database is unreachable, or the job was deleted)"}},
 )
 def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, caller: CallerDep
                ) -> StreamingResponse:
@@ -296,7 +297,8 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
                     log.warning("events: database unavailable: %s", exc, extra={"job_id": str(job_id)})
                     yield 'event: error\ndata: {"detail": "database unavailable, retry later"}\n\n'
                     return
-                if job is None:  # deleted while we watched
+                if job is None:  # deleted while we watched: the stream must still say how it ended
+                    yield 'event: error\ndata: {"detail": "the job was deleted"}\n\n'
                     return
                 if job.status in TERMINAL_STATUSES:
                     yield _event("end", job)

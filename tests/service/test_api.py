@@ -338,6 +338,18 @@ def test_events_stream_progress_until_the_end(live_api: LiveAPI) -> None:
     assert [name for name, _ in read_events(live_api, job["id"])] == ["end"]
 
 
+def test_an_event_stream_says_when_its_job_was_deleted(live_api: LiveAPI) -> None:
+    job = submit(live_api)
+
+    def delete(events: list[tuple[str, dict[str, Any]]]) -> None:
+        if len(events) == 1:
+            assert live_api.client.delete(f"/v1/jobs/{job['id']}").status_code == 204
+
+    events = read_events(live_api, job["id"], delete)
+    assert [name for name, _ in events] == ["progress", "error"]
+    assert "deleted" in events[1][1]["detail"]
+
+
 # -- models, health, docs, viewers --------------------------------------------------------------------------
 
 
