@@ -51,6 +51,12 @@ def find_active(session: Session, token: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.hash == hash_token(token), ApiKey.revoked_at.is_(None)))
 
 
+def is_active(session: Session, key_id: uuid.UUID | str) -> bool:
+    """Whether the key exists and is not revoked (a long request checks again as it goes)."""
+    key = get_key(session, key_id)
+    return key is not None and key.revoked_at is None
+
+
 def list_keys(session: Session) -> list[ApiKey]:
     """Every key, revoked ones included, oldest first."""
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))

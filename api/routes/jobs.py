@@ -22,7 +22,7 @@ from api.logs import bind_job
 from api.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
 from api.tree_cache import RenderedTrees
 from api.validation import reject, validate_job_request
-from models import jobs, node_reads, worker_registry
+from models import api_keys, jobs, node_reads, worker_registry
 from models.schema import TERMINAL_STATUSES, Job
 
 log = logging.getLogger(__name__)
@@ -262,10 +262,14 @@ def get_logprobs_record(job_id: uuid.UUID, session: SessionDep, caller: CallerDe
                     headers={"Content-Disposition": f'inline; filename="{job_id}.jsonl"'})
 
 
-def _read_job(factory: sessionmaker[Session], job_id: uuid.UUID, broker: redis.Redis | None) -> JobOut | None:
+def _read_job(factory: sessionmaker[Session], job_id: uuid.UUID, broker: redis.Redis | None,
+              key_id: str | None) -> JobOut | str:
+    """The job as a stream shows it, or why the stream must end: its job deleted, its key revoked."""
     with factory() as session:
+        if key_id is not None and not api_keys.is_active(session, key_id):
+            return "the API key was revoked"
         job = jobs.get_job(session, job_id)
-        return None if job is None else _job_out(session, job, Warnings(broker))
+        return "the job was deleted" if job is None else _job_out(session, job, Warnings(broker))
 
 
 def _event(name: str, job: JobOut) -> str:
@@ -277,7 +281,8 @@ def _event(name: str, job: JobOut) -> str:
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "`progress` events (the job JSON) while it runs, then one `end` (or "
-                                    "one `error`: the database is unreachable, or the job was deleted)"}},
+                                    "one `error`: the database is unreachable, the job was deleted, or the "
+                                    "caller's key revoked)"}},
 )
 def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, caller: CallerDep
                ) -> StreamingResponse:
@@ -292,13 +297,14 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
         with anyio.move_on_after(settings.events_max_s):
             while not await request.is_disconnected():
                 try:
-                    job = await anyio.to_thread.run_sync(_read_job, factory, job_id, request.app.state.broker)
+                    job = await anyio.to_thread.run_sync(_read_job, factory, job_id, request.app.state.broker,
+                                                         caller.key_id)
                 except SQLAlchemyError as exc:  # the headers are sent: end the stream, saying why
                     log.warning("events: database unavailable: %s", exc, extra={"job_id": str(job_id)})
                     yield 'event: error\ndata: {"detail": "database unavailable, retry later"}\n\n'
                     return
-                if job is None:  # deleted while we watched: the stream must still say how it ended
-                    yield 'event: error\ndata: {"detail": "the job was deleted"}\n\n'
+                if isinstance(job, str):  # the stream must still say how it ended
+                    yield f"event: error\ndata: {json.dumps({'detail': job})}\n\n"
                     return
                 if job.status in TERMINAL_STATUSES:
                     yield _event("end", job)

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from api.schemas import JobCreate
 from engine.params import LogprobsParams, TreeParams
 from migrations import upgrade_database
-from models import jobs
+from models import api_keys, jobs
 from models.db import make_session_factory
 from models.schema import ApiKey
 from models.settings import Settings
@@ -86,6 +86,25 @@ def test_a_revoked_key_stops_working_at_once(clean_pg: Engine, postgres_url: str
     assert again.returncode == 0 and "already revoked" in again.stdout
     unknown = run_cli("keys", "revoke", str(uuid.uuid4()), **env)
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "no API key" in unknown.stderr
+
+
+def test_a_revoked_keys_event_stream_ends_at_once(clean_pg: Engine, postgres_url: str, redis_url: str
+                                                   ) -> None:
+    key_id, token = new_token(clean_pg, "watcher")
+    settings = service_settings(postgres_url, redis_url, require_api_key=True, events_interval_s=0.1)
+    with live_api_for(settings) as api:
+        job = api.client.post("/v1/jobs", json=REQUEST, headers=bearer(token)).json()
+        names: list[str] = []
+        with api.client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=bearer(token)) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    names.append(line.removeprefix("event: "))
+                    if len(names) == 1:
+                        with make_session_factory(clean_pg)() as session:
+                            assert api_keys.revoke_key(session, uuid.UUID(key_id))
+                elif line.startswith("data: ") and names[-1] == "error":
+                    assert "revoked" in line
+        assert names == ["progress", "error"]
 
 
 def test_a_key_sees_only_its_own_jobs(clean_pg: Engine, postgres_url: str, redis_url: str) -> None:
