@@ -3,14 +3,16 @@ stepping for a while, write every step, give back what is left, and say whether 
 
 One unit, step by step:
 
-1. lease up to `hold_limit` nodes from the shared queue (the job's frontier is loaded from Postgres
-   first if Redis does not have it), read them and their token paths from Postgres;
+1. start the job (`models.node_writes.start_tree`: running, and its root if it has none, in one
+   transaction). A fresh job's root is held by this unit at once; otherwise lease up to `hold_limit`
+   nodes from the shared queue (the frontier is loaded from Postgres first if Redis does not have it)
+   and read them and their token paths from Postgres;
 2. step the engine over them; the queue depth for the threshold is the unit's own frontier plus
    `external` = open nodes anywhere else (the frontier's SCARD at the last commit minus what this unit
    held then). A unit that holds the whole frontier sees external = 0 and builds the CLI's tree;
-3. write each step in one transaction (`models.node_writes.write_step`: idempotent, limits checked under
-   the job's row lock) and then commit it to the frontier (children held by this unit, popped nodes
-   gone). Writing step N overlaps computing step N+1;
+3. write each step (`models.node_writes.write_steps`, with the other units' steps waiting: idempotent,
+   limits and the job's status checked under its row lock), then commit it to the frontier (children
+   held by this unit, popped nodes gone). Writing step N overlaps computing step N+1;
 4. keep following the children (their KV caches are here); give nodes back to the shared queue when
    holding more than `hold_limit` or when a peer idles, sending a task so the peer takes them;
 5. stop when the job finishes (frontier empty or a limit reached: the job is finalized, once), is
