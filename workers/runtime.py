@@ -195,6 +195,7 @@ class WorkerRuntime:
             models=ModelRegistry(self.settings),
             keeper=self.heartbeat,
             hand_off=self.hand_to_peers,
+            work_waiting=self.work_waiting,
             writer=self.writer,
             batcher=StepBatcher(self.settings.max_batch),
         )
@@ -243,6 +244,14 @@ class WorkerRuntime:
             self._send_to(job_id, worker_queue(peer))
         if not peers:
             self.send(job_id, model)
+
+    def work_waiting(self, model: str) -> bool:
+        """Whether task messages wait on the model's queue or this worker's own (Celery keeps a Redis list
+        per queue)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for queue in (model_queue(model), worker_queue(self.config.name)):
+            pipe.llen(queue)
+        return any(pipe.execute())
 
     def _send_to(self, job_id: str, queue: str) -> None:
         if self._send is None:

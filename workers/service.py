@@ -116,6 +116,9 @@ class Services:
     stopping: threading.Event = field(default_factory=threading.Event)
     # Hands the job to up to n idle peers (job, model, n): the distributed mode sends them tasks.
     hand_off: Callable[[str, str, int], None] = lambda job_id, model, count: None
+    # Whether units of work wait for this worker's threads (model): a unit past its time ends only then,
+    # since ending drops the KV of every node it holds.
+    work_waiting: Callable[[str], bool] = lambda model: False
     # Where tree units write their steps from, shared by the process's units (the distributed worker's
     # writer process); None: each unit writes from a thread of its own (the embedded mode).
     writer: StepWriter | None = None

@@ -177,6 +177,7 @@ class _TreeUnit:
         self.discarded: list[int] = []  # nodes popped by a step that was never written (still held)
         self.stats: dict[str, float] = {"steps": 0, "popped": 0, "taken": 0, "given": 0, "model_s": 0.0,
                                         "write_wait_s": 0.0, "started": time.monotonic()}
+        self.stats["deadline"] = self.stats["started"] + s.config.unit_seconds
         self.session = s.session_factory()
         # The process's writer (with its own connections), or one of this unit's own.
         self.writer: StepWriter = s.writer or ThreadWriter(s.session_factory, s.frontier)
@@ -199,7 +200,8 @@ class _TreeUnit:
             outcome = self._loop(taken=root is not None)
             log.info("unit %s on job %s: %s after %.2fs, %s", self.lease.unit, self.job_id, outcome.value,
                      time.monotonic() - self.stats["started"],
-                     ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items() if k != "started"))
+                     ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items()
+                               if k not in ("started", "deadline")))
             return outcome
         except Exception as exc:
             failed = True
@@ -226,9 +228,8 @@ class _TreeUnit:
     def _loop(self, taken: bool) -> Outcome:
         if not taken and not self._take():
             return self._finish() if self.view.open_count == 0 else Outcome.IDLE
-        deadline = self.stats["started"] + self.s.config.unit_seconds
         pending: _Pending | None = None
-        while not (time.monotonic() > deadline or self.s.stopping.is_set() or self.lease.lost.is_set()):
+        while not (self._time_is_up() or self.s.stopping.is_set() or self.lease.lost.is_set()):
             if pending is not None and (self.held.done() or self._wants_hand_off()):
                 verdict, pending = self._settle(pending), None
                 if verdict is not None:
@@ -259,6 +260,16 @@ class _TreeUnit:
             if verdict is not None:
                 return verdict
         return Outcome.CONTINUE  # what is held is given back as the unit ends; another unit goes on
+
+    def _time_is_up(self) -> bool:
+        """Past `unit_seconds`, and other work waits for this worker's threads: the unit makes room (its
+        job goes to the back of the queue). With nothing waiting it goes on, keeping its nodes' KV."""
+        if time.monotonic() < self.stats["deadline"]:
+            return False
+        if self.s.work_waiting(self.plan.model):
+            return True
+        self.stats["deadline"] += self.s.config.unit_seconds
+        return False
 
     # -- taking nodes ------------------------------------------------------------------------------------
 
