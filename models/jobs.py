@@ -107,6 +107,13 @@ def count_open(session: Session, owner: str) -> int:
     ) or 0
 
 
+def job_counts(session: Session, job_id: JobId) -> tuple[int, int] | None:
+    """The job's (node count, completed paths), or None when there is no such job."""
+    row = session.execute(select(JOBS.c.node_count, JOBS.c.completed_paths)
+                          .where(JOBS.c.id == as_job_id(job_id))).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
 def lock_owner(session: Session, owner: str) -> None:
     """Serialise `owner`'s submissions until the transaction ends (Postgres; SQLite writes are serial
     already), so a quota checked with `count_open` holds under concurrent submissions."""

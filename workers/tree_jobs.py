@@ -35,11 +35,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import redis
-from sqlalchemy import select
 
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
 from engine.params import ParameterError, TreeParams
-from models.jobs import as_job_id, finish_job
+from models.jobs import finish_job, job_counts
 from models.node_writes import (
     Finish,
     Limits,
@@ -177,7 +176,7 @@ class _TreeUnit:
         self.discarded: list[int] = []  # nodes popped by a step that was never written (still held)
         self.stats: dict[str, float] = {"steps": 0, "popped": 0, "taken": 0, "given": 0, "model_s": 0.0,
                                         "write_wait_s": 0.0, "started": time.monotonic()}
-        self.stats["deadline"] = self.stats["started"] + s.config.unit_seconds
+        self.deadline = self.stats["started"] + s.config.unit_seconds
         self.session = s.session_factory()
         # The process's writer (with its own connections), or one of this unit's own.
         self.writer: StepWriter = s.writer or ThreadWriter(s.session_factory, s.frontier)
@@ -200,8 +199,7 @@ class _TreeUnit:
             outcome = self._loop(taken=root is not None)
             log.info("unit %s on job %s: %s after %.2fs, %s", self.lease.unit, self.job_id, outcome.value,
                      time.monotonic() - self.stats["started"],
-                     ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items()
-                               if k not in ("started", "deadline")))
+                     ", ".join(f"{k} {round(v, 3)}" for k, v in self.stats.items() if k != "started"))
             return outcome
         except Exception as exc:
             failed = True
@@ -264,11 +262,11 @@ class _TreeUnit:
     def _time_is_up(self) -> bool:
         """Past `unit_seconds`, and other work waits for this worker's threads: the unit makes room (its
         job goes to the back of the queue). With nothing waiting it goes on, keeping its nodes' KV."""
-        if time.monotonic() < self.stats["deadline"]:
+        if time.monotonic() < self.deadline:
             return False
         if self.s.work_waiting(self.plan.model):
             return True
-        self.stats["deadline"] += self.s.config.unit_seconds
+        self.deadline += self.s.config.unit_seconds
         return False
 
     # -- taking nodes ------------------------------------------------------------------------------------
@@ -294,8 +292,7 @@ class _TreeUnit:
             if not opened:
                 continue
             paths = path_tokens(self.session, self.job_id, [n.id for n in opened])
-            counts = self.session.execute(select(Job.node_count, Job.completed_paths)
-                                          .where(Job.id == as_job_id(self.job_id))).one_or_none()
+            counts = job_counts(self.session, self.job_id)
             self.session.commit()
             if counts is None:
                 return False
