@@ -6,7 +6,7 @@ engine (the CLI reports the same message) becomes `loc: ["body", "parameters", f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from fastapi.exceptions import RequestValidationError
@@ -67,12 +67,8 @@ def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[s
             _cap("max_nodes", tree.max_nodes, settings.max_nodes)
             _cap("max_depth", tree.max_depth, settings.max_depth)
             return tree.to_dict()
-        known = {f.name for f in fields(LogprobsParams)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ParameterError(unknown[0], f"unknown parameter; expected one of {', '.join(sorted(known))}")
-        logprobs = LogprobsParams(**_capped_defaults(values, LogprobsParams(),
-                                                     {"max_new_tokens": settings.max_new_tokens}))
+        logprobs = LogprobsParams.from_dict(_capped_defaults(values, LogprobsParams(),
+                                                             {"max_new_tokens": settings.max_new_tokens}))
         _cap("max_new_tokens", logprobs.max_new_tokens, settings.max_new_tokens)
         return logprobs.to_dict()
     except ParameterError as exc:

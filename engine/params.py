@@ -7,7 +7,7 @@ so the CLI and the API report the same one-line message for the same mistake.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Self
 
 # Hard ceilings on what a user can ask for; operators may lower them further (see settings).
 MAX_NODES_LIMIT = 1_000_000
@@ -51,8 +51,24 @@ TREE_PARAMETER_HELP = {
 }
 
 
+class _Params:
+    """What both kinds of parameters share: a dict in and out."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        """Build from a mapping, rejecting names that are not parameters (a typo must not pass silently)."""
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ParameterError(unknown[0], f"unknown parameter; expected one of {', '.join(sorted(known))}")
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class TreeParams:
+class TreeParams(_Params):
     """How far and how wide a token tree grows."""
 
     min_branch_threshold: float = 0.1
@@ -78,18 +94,6 @@ class TreeParams:
         _check_int("max_completed_paths", self.max_completed_paths, 1, MAX_NODES_LIMIT)
         _check_int("max_nodes", self.max_nodes, 1, MAX_NODES_LIMIT)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TreeParams:
-        """Build from a mapping, rejecting names that are not parameters (a typo must not pass silently)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ParameterError(unknown[0], f"unknown parameter; expected one of {', '.join(sorted(known))}")
-        return cls(**values)
-
     def most_children(self) -> int:
         """An upper bound on children per node: fewer than 1/T tokens can each have probability > T."""
         if self.min_branch_threshold <= 0.0:
@@ -98,7 +102,7 @@ class TreeParams:
 
 
 @dataclass(frozen=True)
-class LogprobsParams:
+class LogprobsParams(_Params):
     """Greedy generation with per-token log-probabilities (the seed's Experiment 1)."""
 
     max_new_tokens: int = 100
@@ -107,9 +111,6 @@ class LogprobsParams:
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
         _check_int("top_k", self.top_k, 1, MAX_TOP_K)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def check_prompt(prompt: str) -> None:

@@ -633,13 +633,16 @@ def _insert_children_sqlite(
 # -- reading what a worker continues from -------------------------------------------------------------
 
 
-def open_node_ids(session: Session, job_id: JobId) -> list[int]:
-    """The job's open nodes (neither expanded nor finished) in queue order: by depth, then by id."""
-    return list(session.scalars(
-        select(Node.id)
-        .where(Node.job_id == as_job_id(job_id), Node.threshold.is_(None), Node.is_finished.is_(False))
-        .order_by(Node.depth, Node.id)
-    ))
+def open_node_ids(session: Session, job_id: JobId, parents: Sequence[int] | None = None) -> list[int]:
+    """The job's open nodes (neither expanded nor finished), or those among the children of `parents`, in
+    queue order: by depth, then by id."""
+    query = select(Node.id).where(Node.job_id == as_job_id(job_id), Node.threshold.is_(None),
+                                  Node.is_finished.is_(False))
+    if parents is not None:
+        if not parents:
+            return []
+        query = query.where(Node.parent_id.in_(parents))
+    return list(session.scalars(query.order_by(Node.depth, Node.id)))
 
 
 def load_nodes(session: Session, job_id: JobId, node_ids: Sequence[int]) -> dict[int, OpenNode]:
@@ -678,24 +681,6 @@ def path_tokens(session: Session, job_id: JobId, node_ids: Sequence[int]) -> dic
     for start, token_id in rows:
         paths[start].append(token_id)
     return paths
-
-
-def children_of(session: Session, job_id: JobId, parent_ids: Sequence[int]) -> dict[int, list[OpenNode]]:
-    """The children of the given nodes, by parent, in id order (best first)."""
-    if not parent_ids:
-        return {}
-    rows = session.execute(
-        select(Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth, Node.prob, Node.logprob,
-               Node.cumulative_prob, Node.is_finished, Node.threshold.is_not(None))
-        .where(Node.job_id == as_job_id(job_id), Node.parent_id.in_(parent_ids))
-        .order_by(Node.id)
-    )
-    found: dict[int, list[OpenNode]] = {parent: [] for parent in parent_ids}
-    for row in rows:
-        node = _open_node(row)
-        assert node.parent_id is not None
-        found[node.parent_id].append(node)
-    return found
 
 
 def _open_node(row: Any) -> OpenNode:

@@ -17,22 +17,10 @@ below aim at "never lose a message" and "never hold one for long":
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 
-from models.queues import RUN_JOB_TASK, model_queue
 from models.settings import get_settings
 from workers.settings import WorkerSettings
-
-
-def route_by_model(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
-    """Route a run_job sent with `model=` in its options or kwargs to that model's queue."""
-    if name == RUN_JOB_TASK and not options.get("queue"):
-        model = (kwargs or {}).get("model")
-        if model:
-            return {"queue": model_queue(model)}
-    return None
 
 
 def make_celery() -> Celery:
@@ -48,7 +36,6 @@ def make_celery() -> Celery:
         worker_pool="threads",
         task_ignore_result=True,
         task_default_queue="tokentree.default",
-        task_routes=(route_by_model,),
         task_serializer="json",
         accept_content=["json"],
         broker_transport_options={"visibility_timeout": worker.visibility_timeout_s},

@@ -14,6 +14,9 @@ Postgres holds the tree; the frontier only says which open node is where. Per jo
 - `ready`: set once the frontier was loaded from Postgres, so a lost Redis state (a restart) is
   noticed and rebuilt from the nodes table (nodes neither expanded nor finished).
 
+A logprobs job, which runs as one piece, is a frontier of one node (0, the job itself): leased, renewed,
+taken back from a dead worker and counted as an attempt exactly as a tree's nodes are.
+
 Every operation that moves nodes is one Lua script (workers/lua/), so no crash leaves a node both queued
 and held, or open and nowhere. Keys expire a day after their last write, so an abandoned job leaves
 nothing behind.
@@ -39,7 +42,6 @@ KEY_TTL_MS = 86_400_000
 class Leased:
     node_ids: list[int]
     open_count: int
-    queue_length: int
 
 
 @dataclass
@@ -48,7 +50,6 @@ class HeldLease:
 
     job_id: str
     unit: str
-    kind: str  # "nodes" (a tree unit's node lease) or "claim" (a whole-job claim, for logprobs)
     lost: threading.Event = field(default_factory=threading.Event)
 
 
@@ -71,7 +72,6 @@ class Committed:
     """The frontier right after a unit's commit, as the unit sees it."""
 
     open_count: int
-    queue_length: int
     idle_peers: int
     alive: bool  # False: the unit's lease had expired; its nodes went back to the queue
     not_held: list[int] = field(default_factory=list)  # children another unit holds already
@@ -87,10 +87,8 @@ class Expired:
 @dataclass(frozen=True)
 class Snapshot:
     ready: bool
-    open_count: int
-    queue_length: int
     units: int
-    expired_units: int = 0  # units whose lease expired (their nodes are not taken back yet)
+    expired_units: int  # units whose lease expired (their nodes are not taken back yet)
 
 
 def worker_redis(url: str) -> redis.Redis:
@@ -111,7 +109,7 @@ IDLE_WINDOW_MS = 3_000
 
 # The keys every script gets, in this order (workers/lua/prelude.lua names them): the job's own keys,
 # and its model's idle workers.
-SCRIPT_KEYS = ("queue", "open", "holder", "units", "attempts", "ready", "init", "claim", "claims")
+SCRIPT_KEYS = ("queue", "open", "holder", "units", "attempts", "ready", "init")
 _LUA = Path(__file__).with_name("lua")
 
 
@@ -146,8 +144,8 @@ class RedisFrontier:
         self._run("load", job_id, [held_by or "", _ms(ttl_s), KEY_TTL_MS, *open_ids])
 
     def lease(self, job_id: JobId, unit: str, count: int, ttl_s: float) -> Leased:
-        got, open_count, queue_length = self._run("lease", job_id, [unit, count, _ms(ttl_s), KEY_TTL_MS])
-        return Leased([int(i) for i in got], int(open_count), int(queue_length))
+        got, open_count = self._run("lease", job_id, [unit, count, _ms(ttl_s), KEY_TTL_MS])
+        return Leased([int(i) for i in got], int(open_count))
 
     def commit(self, commits: Sequence[FrontierCommit]) -> list[Committed]:
         """Commit written steps (of any jobs and units) to the frontier, in one round trip."""
@@ -158,9 +156,9 @@ class RedisFrontier:
                                      len(c.recovered), IDLE_WINDOW_MS, worker, *c.popped, *c.children,
                                      *c.recovered]
             self._run("commit", c.job_id, args, c.model, client=pipe)
-        return [Committed(int(open_count), int(queue_length), idle_peers=int(idle), alive=bool(alive),
+        return [Committed(int(open_count), idle_peers=int(idle), alive=bool(alive),
                           not_held=[int(i) for i in not_held])
-                for open_count, queue_length, idle, alive, not_held in pipe.execute()]
+                for open_count, idle, alive, not_held in pipe.execute()]
 
     def release(self, job_id: JobId, unit: str, node_ids: list[int], *, end_unit: bool = False,
                 failed: bool = False) -> int:
@@ -169,42 +167,26 @@ class RedisFrontier:
         return int(self._run("release", job_id, [unit, int(end_unit), int(failed), *node_ids]))
 
     def renew(self, leases: Sequence[HeldLease], ttl_s: float) -> list[bool]:
-        """Renew the leases of units (on their nodes, or claims on whole jobs), in one round trip; False
-        for each that had expired."""
+        """Renew the leases of units, in one round trip; False for each that had expired."""
         pipe = self.redis.pipeline(transaction=False)
         for lease in leases:
-            script = "renew" if lease.kind == "nodes" else "renew_claim"
-            self._run(script, lease.job_id, [lease.unit, _ms(ttl_s)], client=pipe)
+            self._run("renew", lease.job_id, [lease.unit, _ms(ttl_s)], client=pipe)
         return [bool(renewed) for renewed in pipe.execute()]
 
-    def expire(self, job_id: JobId, max_attempts: int, *, scan_all: bool = False) -> Expired:
-        requeued, poisoned, live = self._run("expire", job_id, [max_attempts, int(scan_all)])
+    def expire(self, job_id: JobId, max_attempts: int) -> Expired:
+        requeued, poisoned, live = self._run("expire", job_id, [max_attempts])
         pairs = {int(poisoned[i]): int(poisoned[i + 1]) for i in range(0, len(poisoned), 2)}
         return Expired(requeued=[int(i) for i in requeued], poisoned=pairs, live_units=int(live))
-
-    def repair(self, job_id: JobId) -> int:
-        return int(self._run("repair", job_id, []))
 
     def snapshot(self, job_ids: Sequence[JobId]) -> list[Snapshot]:
         """Many jobs' frontiers at a glance, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for job_id in job_ids:
             self._run("snapshot", job_id, [], client=pipe)
-        return [Snapshot(bool(ready), int(open_count), int(queue_length), int(live), int(dead))
-                for ready, open_count, queue_length, live, dead in pipe.execute()]
+        return [Snapshot(bool(ready), int(live), int(dead)) for ready, live, dead in pipe.execute()]
 
     def clear(self, job_id: JobId) -> None:
         self.redis.delete(*(job_key(job_id, name) for name in SCRIPT_KEYS))
-
-    def claim(self, job_id: JobId, unit: str, ttl_s: float) -> int | None:
-        """Claim the whole job; the attempt number (1 for the first claim ever), or None if it is held."""
-        return int(self._run("claim", job_id, [unit, _ms(ttl_s), KEY_TTL_MS])) or None
-
-    def drop_claim(self, job_id: JobId, unit: str) -> None:
-        self._run("renew_claim", job_id, [unit, 0])
-
-    def claimed(self, job_id: JobId) -> bool:
-        return bool(self.redis.exists(job_key(job_id, "claim")))
 
 
 @dataclass
@@ -212,22 +194,19 @@ class _MemoryJob:
     queue: deque[int] = field(default_factory=deque)
     open: set[int] = field(default_factory=set)
     holder: dict[int, str] = field(default_factory=dict)
-    units: set[str] = field(default_factory=set)
     attempts: dict[int, int] = field(default_factory=dict)
 
 
 class MemoryFrontier:
-    """The embedded mode's frontier: the same operations on plain Python objects, for one process.
+    """The embedded mode's frontier: what a unit of work needs of `RedisFrontier`, on plain Python objects.
 
-    Nothing outlives the process, so leases never expire here; a restarted process rebuilds the
-    frontier from the database, as a worker does after Redis lost its state.
+    One process, one unit at a time: nothing outlives the process, so leases never expire here; a
+    restarted process rebuilds the frontier from the database, as a worker does after Redis lost its state.
     """
 
     def __init__(self) -> None:
         self._jobs: dict[str, _MemoryJob] = {}
         self._lock = threading.Lock()
-        self._claims: dict[str, str] = {}
-        self._claim_counts: dict[str, int] = {}
 
     def _job(self, job_id: JobId) -> _MemoryJob | None:
         return self._jobs.get(str(as_job_id(job_id)))
@@ -246,23 +225,20 @@ class MemoryFrontier:
                 job.queue.extend(open_ids)
             else:
                 job.holder = dict.fromkeys(open_ids, held_by)
-                job.units.add(held_by)
             self._jobs[str(as_job_id(job_id))] = job
 
     def lease(self, job_id: JobId, unit: str, count: int, ttl_s: float) -> Leased:
         with self._lock:
             job = self._job(job_id)
             if job is None:
-                return Leased([], 0, 0)
+                return Leased([], 0)
             got: list[int] = []
             while job.queue and len(got) < count:
                 node = job.queue.popleft()
                 if node in job.open and node not in job.holder:
                     job.holder[node] = unit
                     got.append(node)
-            if got:
-                job.units.add(unit)
-            return Leased(got, len(job.open), len(job.queue))
+            return Leased(got, len(job.open))
 
     def commit(self, commits: Sequence[FrontierCommit]) -> list[Committed]:
         with self._lock:
@@ -271,7 +247,7 @@ class MemoryFrontier:
     def _commit(self, c: FrontierCommit) -> Committed:
         job = self._job(c.job_id)
         if job is None:
-            return Committed(0, 0, 0, False, list(c.children))
+            return Committed(0, 0, False, list(c.children))
         for node in c.popped:
             job.open.discard(node)
             if job.holder.get(node) == c.unit:
@@ -285,7 +261,7 @@ class MemoryFrontier:
             if node not in job.open:
                 job.open.add(node)
                 job.queue.append(node)
-        return Committed(len(job.open), len(job.queue), 0, True, not_held)
+        return Committed(len(job.open), 0, True, not_held)
 
     def release(self, job_id: JobId, unit: str, node_ids: list[int], *, end_unit: bool = False,
                 failed: bool = False) -> int:
@@ -294,7 +270,6 @@ class MemoryFrontier:
             if job is None:
                 return 0
             if end_unit:  # and anything else it holds, in id order
-                job.units.discard(unit)
                 node_ids = node_ids + sorted(n for n, owner in job.holder.items() if owner == unit)
             most = 0
             for node in node_ids:
@@ -307,49 +282,19 @@ class MemoryFrontier:
                             most = max(most, most_here)
             return most
 
-    def renew(self, leases: Sequence[HeldLease], ttl_s: float) -> list[bool]:
-        return [True] * len(leases)
-
-    def expire(self, job_id: JobId, max_attempts: int, *, scan_all: bool = False) -> Expired:
+    def expire(self, job_id: JobId, max_attempts: int) -> Expired:
+        """Nothing expires in one process; the nodes at the attempt limit (their units failed)."""
         with self._lock:
             job = self._job(job_id)
             if job is None:
                 return Expired([], {}, 0)
             poisoned = {n: a for n, a in job.attempts.items() if a >= max_attempts and n in job.open}
-            return Expired([], poisoned, len(job.units))
-
-    def repair(self, job_id: JobId) -> int:
-        return 0
-
-    def snapshot(self, job_ids: Sequence[JobId]) -> list[Snapshot]:
-        with self._lock:
-            jobs = [self._job(job_id) for job_id in job_ids]
-            return [Snapshot(False, 0, 0, 0) if job is None else
-                    Snapshot(True, len(job.open), len(job.queue), len(job.units)) for job in jobs]
+            return Expired([], poisoned, 0)
 
     def clear(self, job_id: JobId) -> None:
         with self._lock:
             self._jobs.pop(str(as_job_id(job_id)), None)
 
-    def claim(self, job_id: JobId, unit: str, ttl_s: float) -> int | None:
-        with self._lock:
-            key = str(as_job_id(job_id))
-            if key in self._claims:
-                return None
-            self._claims[key] = unit
-            self._claim_counts[key] = self._claim_counts.get(key, 0) + 1
-            return self._claim_counts[key]
 
-    def drop_claim(self, job_id: JobId, unit: str) -> None:
-        with self._lock:
-            key = str(as_job_id(job_id))
-            if self._claims.get(key) == unit:
-                del self._claims[key]
-
-    def claimed(self, job_id: JobId) -> bool:
-        with self._lock:
-            return str(as_job_id(job_id)) in self._claims
-
-
-# What the tree-job service needs of a frontier: the distributed mode's or the embedded mode's.
+# What a unit of work needs of a frontier: the distributed mode's or the embedded mode's.
 Frontier = RedisFrontier | MemoryFrontier

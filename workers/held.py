@@ -68,17 +68,13 @@ class HeldTree:
         """Take open nodes in, after those held already (the frontier stays in depth order)."""
         if not nodes:
             return
-        self._expander.adopt([self._engine_node(n) for n in nodes],
-                             [paths[n.id] for n in nodes])
+        # No parent here: a node taken in is evaluated from its path, never stepped from a parent's KV
+        # handle. Its id is the builder's to give.
+        self._expander.adopt([Node(id=-1, parent_id=None, token_id=n.token_id, text=n.text, depth=n.depth,
+                                   prob=n.prob, logprob=n.logprob, cumulative_prob=n.cumulative_prob)
+                              for n in nodes], [paths[n.id] for n in nodes])
         self.builder.sync(completed, node_count)
         self.db_ids.extend(n.id for n in nodes)
-
-    @staticmethod
-    def _engine_node(n: OpenNode) -> Node:
-        # No parent here: a node taken in is evaluated from its path, never stepped from a parent's
-        # KV handle. Its id is the builder's to give.
-        return Node(id=-1, parent_id=None, token_id=n.token_id, text=n.text, depth=n.depth, prob=n.prob,
-                    logprob=n.logprob, cumulative_prob=n.cumulative_prob)
 
     def give_back(self, count: int) -> list[int]:
         """Remove the last `count` held nodes (the deepest, newest); their database ids, in queue order."""
@@ -93,11 +89,9 @@ class HeldTree:
     def done(self) -> bool:
         return self.builder.done()
 
-    def sync(self, completed: int, node_count: int) -> None:
-        self.builder.sync(completed, node_count)
-
-    def counts(self) -> tuple[int, int]:
-        return self.builder.completed, self.builder.node_count
+    def add_others(self, completed: int, node_count: int) -> None:
+        """Count other units' completed paths and nodes toward the job's limits."""
+        self.builder.sync(self.builder.completed + completed, self.builder.node_count + node_count)
 
     def step(self, max_batch: int, external_queue_depth: int) -> Step:
         """Evaluate one batch and apply the rule to it (`external_queue_depth`: open nodes held elsewhere)."""

@@ -19,16 +19,15 @@ from models.jobs import OPEN_STATUSES
 from models.schema import Job
 from models.settings import Settings
 from workers.frontier import MemoryFrontier
-from workers.service import ModelRegistry, NoExpiryKeeper, Outcome, Services
+from workers.service import ModelRegistry, Outcome, Services
 from workers.settings import WorkerSettings
-from workers.units import Units
+from workers.units import run_unit
 
 log = logging.getLogger(__name__)
 
-# With no peers to share with, one unit holds the whole frontier (so every tree is the CLI's) and
-# runs until the job is done.
+# With no peers to share with, one unit holds the whole frontier (so every tree is the CLI's); with no
+# other work waiting for its thread (`Services.work_waiting`), it runs until the job is done.
 LOCAL_HOLD_LIMIT = 10_000_000
-LOCAL_UNIT_SECONDS = 365 * 86_400.0
 
 
 class LocalWorker:
@@ -39,14 +38,12 @@ class LocalWorker:
     ) -> None:
         self.frontier = MemoryFrontier()
         self.services = Services(
-            config=WorkerSettings(name=name, hold_limit=LOCAL_HOLD_LIMIT, unit_seconds=LOCAL_UNIT_SECONDS),
+            config=WorkerSettings(name=name, hold_limit=LOCAL_HOLD_LIMIT),
             max_batch=settings.max_batch,
             session_factory=session_factory,
             frontier=self.frontier,
             models=ModelRegistry(settings),
-            keeper=NoExpiryKeeper(),
         )
-        self.units = Units(self.services)
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="tokentree-local-worker", daemon=True)
 
@@ -88,6 +85,6 @@ class LocalWorker:
 
     def _run_job(self, job_id: str) -> None:
         while not self.services.stopping.is_set():
-            outcome, _ = self.units.run(job_id)
+            outcome, _ = run_unit(self.services, job_id)
             if outcome is not Outcome.CONTINUE:
                 return

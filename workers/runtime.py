@@ -29,7 +29,7 @@ from workers.frontier import IDLE_WINDOW_MS, HeldLease, RedisFrontier, idle_key,
 from workers.service import ModelRegistry, Outcome, Services
 from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
-from workers.units import Units
+from workers.units import run_unit
 from workers.writer import ProcessWriter
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ class Heartbeat:
         self._name_lost = False
         self._holdings: dict[str, HeldLease] = {}
         self._lock = threading.Lock()
-        self._busy = False  # stopping: never idle again
         self._units = 0  # units running now (Celery's threads)
         self._idle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -70,8 +69,8 @@ class Heartbeat:
             self._thread.join(timeout=5)  # no beat may renew the worker's key after it is released
 
     @contextlib.contextmanager
-    def hold(self, job_id: str, unit: str, kind: str) -> Iterator[HeldLease]:
-        lease = HeldLease(job_id, unit, kind)
+    def hold(self, job_id: str, unit: str) -> Iterator[HeldLease]:
+        lease = HeldLease(job_id, unit)
         with self._lock:
             self._holdings[unit] = lease
         try:
@@ -80,10 +79,9 @@ class Heartbeat:
             with self._lock:
                 self._holdings.pop(unit, None)
 
-    def set_busy(self, busy: bool) -> None:
-        """Busy for good (stopping), or idle again once the units running end."""
+    def refresh_idle(self) -> None:
+        """After the worker became ready, or began to stop."""
         with self._idle_lock:
-            self._busy = busy
             self._mark_idle()
 
     def unit_started(self) -> None:
@@ -106,7 +104,7 @@ class Heartbeat:
         pipe = r.pipeline(transaction=False)
         now_ms = int(time.time() * 1000)
         for model in self.runtime.models:
-            if self._busy or self._units or not self.runtime.ready:
+            if self._units or not self.runtime.ready:
                 pipe.zrem(idle_key(model), name)
             else:
                 pipe.zadd(idle_key(model), {name: now_ms})
@@ -115,7 +113,7 @@ class Heartbeat:
 
     def _run(self) -> None:
         config = self.runtime.services.config
-        tick = min(1.0, config.renew_every_s)
+        tick = min(1.0, config.lease_ttl_s / 4)
         down: str | None = None  # what the last beat could not reach
         while not self._stop.wait(tick):
             try:
@@ -150,11 +148,11 @@ class Heartbeat:
             return "stopping"
         if not self.runtime.ready:
             return "starting"
-        return "busy" if self._busy or self._units else "idle"
+        return "busy" if self._units else "idle"
 
     def _beat(self) -> None:
         self.beat_presence(self.state)
-        frontier = self.runtime.services.frontier
+        frontier = self.runtime.frontier
         ttl = self.runtime.services.config.lease_ttl_s
         with self._lock:
             holdings = list(self._holdings.values())
@@ -182,6 +180,7 @@ class WorkerRuntime:
         self.redis = worker_redis(self.settings.redis_url)
         # A connection for each unit running at once, and a few for the heartbeat and the sweeper.
         self.engine = engine_from_settings(self.settings, pool_size=self.config.units + 4)
+        self.frontier = RedisFrontier(self.redis)
         self.heartbeat = Heartbeat(self, beat)
         # Steps are written from a process of their own (see workers/writer.py).
         self.writer = ProcessWriter(self.settings)
@@ -191,7 +190,7 @@ class WorkerRuntime:
             config=self.config,
             max_batch=self.settings.max_batch,
             session_factory=make_session_factory(self.engine),
-            frontier=RedisFrontier(self.redis),
+            frontier=self.frontier,
             models=ModelRegistry(self.settings),
             keeper=self.heartbeat,
             hand_off=self.hand_to_peers,
@@ -199,8 +198,7 @@ class WorkerRuntime:
             writer=self.writer,
             batcher=StepBatcher(self.settings.max_batch),
         )
-        self.units = Units(self.services)
-        self.sweeper = Sweeper(self.services, self.redis, self.models, self.send,
+        self.sweeper = Sweeper(self.services, self.frontier, self.models, self.send,
                                self.config.sweep_interval_s, self.config.stale_after_s)
         self.ready = False
 
@@ -226,7 +224,7 @@ class WorkerRuntime:
 
     def mark_ready(self) -> None:
         self.ready = True
-        self.heartbeat.set_busy(False)
+        self.heartbeat.refresh_idle()
         self.heartbeat.beat_presence("idle")
 
     def send(self, job_id: str, model: str) -> None:
@@ -271,9 +269,12 @@ class WorkerRuntime:
         blips = 0
         while True:
             try:
-                return self._run_unit(job_id)
+                outcome, model = run_unit(self.services, job_id)
+                if outcome is Outcome.CONTINUE and model is not None:
+                    self.send(job_id, model)
+                return outcome
             except DEPENDENCY_ERRORS as exc:
-                if self.wait_out_outage(job_id, exc):
+                if self.wait_out_outage(job_id):
                     continue
                 if is_connection_loss(exc) and blips < BLIP_RETRIES and not self.services.stopping.is_set():
                     blips += 1
@@ -295,43 +296,34 @@ class WorkerRuntime:
             return f"Redis unreachable ({first_line(exc)})"
         return None
 
-    def wait_out_outage(self, job_id: str, error: BaseException) -> bool:
-        """After a unit's `error`: True once Postgres and Redis answer again (the unit should run again);
+    def wait_out_outage(self, job_id: str) -> bool:
+        """After a unit's error: True once Postgres and Redis answer again (the unit should run again);
         False when they answered all along (the error is the unit's own), when they are still away after
         `outage_wait_s`, or when the worker is stopping."""
         down = self.unreachable()
         if down is None:
             return False
-        # A waiting unit holds no nodes (it gave them back): peers may hand this worker work meanwhile.
-        self.heartbeat.unit_ended()
-        try:
-            return self._wait_for_services(job_id, down)
-        finally:
-            self.heartbeat.unit_started()
-
-    def _wait_for_services(self, job_id: str, down: str | None) -> bool:
         started = time.monotonic()
         delay = OUTAGE_FIRST_DELAY_S
         log.warning("job %s: %s; the unit waits for it", job_id, down)
-        while down is not None:
-            waited = time.monotonic() - started
-            if waited + delay > self.config.outage_wait_s:
-                log.error("job %s: %s for %.0f s; giving the unit up", job_id, down, waited)
-                return False
-            log.warning("job %s: checking again in %.1f s", job_id, delay)
-            if self.services.stopping.wait(delay):
-                return False
-            delay = min(2 * delay, OUTAGE_MAX_DELAY_S)
-            down = self.unreachable()
+        # A waiting unit holds no nodes (it gave them back): peers may hand this worker work meanwhile.
+        self.heartbeat.unit_ended()
+        try:
+            while down is not None:
+                waited = time.monotonic() - started
+                if waited + delay > self.config.outage_wait_s:
+                    log.error("job %s: %s for %.0f s; giving the unit up", job_id, down, waited)
+                    return False
+                log.warning("job %s: checking again in %.1f s", job_id, delay)
+                if self.services.stopping.wait(delay):
+                    return False
+                delay = min(2 * delay, OUTAGE_MAX_DELAY_S)
+                down = self.unreachable()
+        finally:
+            self.heartbeat.unit_started()
         log.warning("job %s: Postgres and Redis answer again after %.1f s; the unit runs again", job_id,
                     time.monotonic() - started)
         return True
-
-    def _run_unit(self, job_id: str) -> Outcome:
-        outcome, model = self.units.run(job_id)
-        if outcome is Outcome.CONTINUE and model is not None:
-            self.send(job_id, model)
-        return outcome
 
     def close(self) -> None:
         self.heartbeat.stop()

@@ -12,47 +12,35 @@ import enum
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.analysis import model_metadata
 from engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
 from engine.runner import ModelRunner
 from engine.scheduler import MAX_CANDIDATES
-from models.jobs import JobId, finish_job, get_job
-from models.schema import TERMINAL_STATUSES, Job
+from models.jobs import JobId, finish_job
 from models.settings import Settings
-from workers.frontier import Frontier, HeldLease
+from workers.frontier import Expired, Frontier, HeldLease
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from workers.batcher import StepBatcher
+    from workers.runtime import Heartbeat
     from workers.writer import StepWriter
 
 log = logging.getLogger(__name__)
+
+INIT_LOCK_S = 60.0  # one unit loads a job's frontier from Postgres; the others wait this long at most
+JOB_NODE = 0  # the one node of a job that runs as one piece (logprobs): the job itself
 
 
 class Outcome(enum.StrEnum):
     CONTINUE = "continue"  # the job has open nodes in the shared queue: send another unit
     IDLE = "idle"  # nothing to take: the rest of the job is held by other units, which go on with it
     DONE = "done"  # the job is finished, failed, cancelled or gone: nothing more to send
-
-
-class LeaseKeeper(Protocol):
-    """Keeps the leases of the units running in this process alive (a heartbeat), until they end."""
-
-    def hold(self, job_id: str, unit: str, kind: str) -> contextlib.AbstractContextManager[HeldLease]: ...
-
-
-class NoExpiryKeeper:
-    """For the embedded mode, where leases never expire."""
-
-    @contextlib.contextmanager
-    def hold(self, job_id: str, unit: str, kind: str) -> Iterator[HeldLease]:
-        yield HeldLease(job_id, unit, kind)
 
 
 class ModelRegistry:
@@ -90,18 +78,6 @@ class ModelRegistry:
             return runner
 
 
-def poison_message(node: int, attempts: int) -> str:
-    return (f"node {node} was taken back from {attempts} workers that stopped before finishing it (it may "
-            f"crash the worker, out of memory?); given up after {attempts} attempts")
-
-
-def result_metadata(lm: LoadedModel, **extra: Any) -> dict[str, Any]:
-    """What a finished job's `result` adds to its tree's metadata (the allow-list name stays the model)."""
-    metadata = {k: v for k, v in model_metadata(lm).items() if k != "model"}
-    metadata.update(extra)
-    return metadata
-
-
 @dataclass
 class Services:
     """Everything a unit of work uses, wired once per process."""
@@ -111,7 +87,9 @@ class Services:
     session_factory: sessionmaker[Session]
     frontier: Frontier
     models: ModelRegistry
-    keeper: LeaseKeeper
+    # Renews the leases of running units (the distributed worker's heartbeat); None: leases never expire
+    # (the embedded mode).
+    keeper: Heartbeat | None = None
     # Set when the process is asked to stop: units end at their next step, giving their nodes back.
     stopping: threading.Event = field(default_factory=threading.Event)
     # Hands the job to up to n idle peers (job, model, n): the distributed mode sends them tasks.
@@ -132,18 +110,37 @@ class Services:
         this many, one worker on a job builds exactly the CLI's tree (nothing leaves its FIFO order)."""
         return self.config.hold_limit or 4 * self.max_batch
 
+    def hold(self, job_id: str, unit: str) -> contextlib.AbstractContextManager[HeldLease]:
+        """The unit's lease, kept alive until the block ends."""
+        if self.keeper is None:
+            return contextlib.nullcontext(HeldLease(job_id, unit))
+        return self.keeper.hold(job_id, unit)
+
+    def open_frontier(self, job_id: str, unit: str, open_ids: Callable[[], list[int]]) -> Outcome | None:
+        """Before a unit leases: the job's frontier, loaded from `open_ids()` if Redis does not have it
+        (first start, or Redis lost it), and dead units' nodes taken back. An outcome if the unit ends
+        here: another unit is loading the frontier, or a node was taken back too often (the job fails)."""
+        if not self.frontier.ready(job_id):
+            if not self.frontier.try_lock_init(job_id, unit, INIT_LOCK_S):
+                return Outcome.IDLE  # another unit is loading it, and goes on with it
+            self.frontier.load(job_id, open_ids())
+        return Outcome.DONE if self.take_back(job_id) is None else None
+
+    def take_back(self, job_id: str) -> Expired | None:
+        """Take the nodes of dead units back to the queue; None if one was taken back `max_attempts` times
+        (it may kill whoever touches it): then the job has failed."""
+        expired = self.frontier.expire(job_id, self.config.max_attempts)
+        if not expired.poisoned:
+            return expired
+        node, attempts = next(iter(expired.poisoned.items()))
+        what = "the job" if node == JOB_NODE else f"node {node}"
+        self.fail(job_id, f"{what} was taken back from {attempts} workers that stopped before finishing it "
+                          f"(it may crash the worker, out of memory?); given up after {attempts} attempts")
+        return None
+
     def new_unit(self) -> str:
         """A name for a unit of work: this worker's name and a random part (`worker:random`)."""
         return f"{self.config.name}:{uuid.uuid4().hex[:10]}"
-
-    def job_to_run(self, session: Session, job_id: JobId) -> Job | None:
-        """The job, or None when there is nothing to do on it: it is gone or ended (cancelled too; then
-        whatever Redis still keeps of it is cleared)."""
-        job = get_job(session, job_id)
-        if job is None or job.status in TERMINAL_STATUSES:
-            self.frontier.clear(job_id)
-            return None
-        return job
 
     def fail(self, job_id: JobId, error: str) -> bool:
         """Fail the job (once) and forget its frontier."""

@@ -48,10 +48,6 @@ class WorkerSettings(BaseSettings):
     # The same key while the worker starts (Celery, the runtime, before the first beat).
     startup_ttl_s: float = Field(default=120.0, gt=0)
 
-    @property
-    def renew_every_s(self) -> float:
-        return self.lease_ttl_s / 4
-
     def served_models(self, allowed: Iterable[str]) -> list[str]:
         """The allow-list names this worker serves (`models`, else all of them)."""
         allowed = list(allowed)

@@ -7,8 +7,9 @@ each queued or running job it
 - takes back the nodes of units whose leases expired (a killed worker) and sends a unit for them at
   once, failing the job if a node was taken back `max_attempts` times (a poison node);
 - sends a unit when nothing works on a job that has work (its message was lost, or its frontier was
-  lost with a Redis restart and must be rebuilt from Postgres), unless one was sent recently;
-- requeues open nodes that are neither queued nor held, should any ever be (belt and braces).
+  lost with a Redis restart and must be rebuilt from Postgres), unless one was sent recently.
+
+Both kinds of job are swept alike: a logprobs job's frontier is its one node (workers/logprobs_jobs.py).
 """
 
 from __future__ import annotations
@@ -17,22 +18,22 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-import redis
 from sqlalchemy import select
 
 from models.jobs import OPEN_STATUSES
 from models.schema import Job, utcnow
-from workers.frontier import Snapshot, job_key
-from workers.service import Services, poison_message
+from workers.frontier import RedisFrontier, Snapshot, job_key
+from workers.service import Services
 
 log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    def __init__(self, services: Services, client: redis.Redis, models: list[str],
+    def __init__(self, services: Services, frontier: RedisFrontier, models: list[str],
                  send: Callable[[str, str], None], interval_s: float, stale_after_s: float) -> None:
         self.s = services
-        self.redis = client
+        self.frontier = frontier
+        self.redis = frontier.redis
         self.models = models
         self.send = send
         self.interval_s = interval_s
@@ -46,24 +47,20 @@ class Sweeper:
             return
         with self.s.session_factory() as session:
             jobs = session.execute(
-                select(Job.id, Job.kind, Job.model, Job.created_at, Job.started_at)
+                select(Job.id, Job.model, Job.created_at, Job.started_at)
                 .where(Job.status.in_(OPEN_STATUSES), Job.model.in_(mine))
             ).all()
-        snapshots = self.s.frontier.snapshot([row[0] for row in jobs])
-        for (job_id, kind, model, created_at, started_at), snap in zip(jobs, snapshots, strict=True):
+        snapshots = self.frontier.snapshot([row[0] for row in jobs])
+        for (job_id, model, created_at, started_at), snap in zip(jobs, snapshots, strict=True):
             try:
                 # A job's first unit may simply not have got to it yet: only an old one is suspect.
                 since = started_at or created_at
                 old = since is not None and utcnow() - since > timedelta(seconds=self.stale_after_s)
-                self._sweep_job(str(job_id), kind, model, old, snap)
+                self._sweep_job(str(job_id), model, old, snap)
             except Exception:
                 log.exception("sweeping job %s failed", job_id)
 
-    def _sweep_job(self, job_id: str, kind: str, model: str, old: bool, snap: Snapshot) -> None:
-        if kind != "tree":
-            if old and not self.s.frontier.claimed(job_id):
-                self.kick(job_id, model)
-            return
+    def _sweep_job(self, job_id: str, model: str, old: bool, snap: Snapshot) -> None:
         if not snap.ready:
             if old:
                 # Its message was lost, or Redis lost its frontier: a unit loads it from Postgres.
@@ -71,19 +68,14 @@ class Sweeper:
             return
         if snap.units > 0 and snap.expired_units == 0:
             return  # units work on it, all alive
-        expired = self.s.frontier.expire(job_id, self.s.config.max_attempts)
-        if expired.poisoned:
-            node, attempts = next(iter(expired.poisoned.items()))
-            self.s.fail(job_id, poison_message(node, attempts))
+        expired = self.s.take_back(job_id)
+        if expired is None:
             return
         if expired.requeued:
             log.warning("job %s: %d nodes of dead units back in the queue", job_id, len(expired.requeued))
             self.kick(job_id, model, urgent=True)
             return
         if expired.live_units > 0:
-            return
-        if snap.queue_length == 0 and snap.open_count > 0 and self.s.frontier.repair(job_id):
-            self.kick(job_id, model, urgent=True)
             return
         self.kick(job_id, model)  # nothing runs on it; the queue has work, or the job needs finishing
 

@@ -15,9 +15,10 @@ from typing import Any
 from celery import signals
 
 from models import worker_registry
+from models.queues import RUN_JOB_TASK
 from models.settings import get_settings
 from models.worker_registry import WorkerBeat
-from workers.app import RUN_JOB_TASK, app
+from workers.app import app
 from workers.frontier import worker_redis
 from workers.runtime import WorkerRuntime, first_line
 from workers.settings import WorkerSettings
@@ -102,5 +103,5 @@ def _on_shutdown(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
     if _runtime is not None:
-        _runtime.heartbeat.set_busy(True)  # no longer idle: peers must not hand it work
+        _runtime.heartbeat.refresh_idle()  # no longer idle: peers must not hand it work
         _runtime.close()

@@ -26,7 +26,6 @@ patched up: the frontier and the database stay consistent and the next unit star
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 import traceback
@@ -36,6 +35,7 @@ from datetime import datetime
 
 import redis
 
+from engine.analysis import model_metadata
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
 from engine.params import ParameterError, TreeParams
 from models.jobs import finish_job, job_counts
@@ -54,12 +54,10 @@ from models.schema import Job, utcnow
 from workers.errors import is_connection_loss
 from workers.frontier import FrontierCommit, HeldLease
 from workers.held import HeldTree, Step
-from workers.service import Outcome, Services, poison_message, result_metadata
-from workers.writer import StepWrite, StepWriter, ThreadWriter, WriteResult, open_children
+from workers.service import Outcome, Services
+from workers.writer import StepWrite, StepWriter, ThreadWriter, WriteResult
 
 log = logging.getLogger(__name__)
-
-INIT_LOCK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -72,61 +70,41 @@ class _Plan:
     lm: LoadedModel
     prompt_ids: list[int]
     depth_limit: int | None
-    started_at: datetime | None = None  # the job's first start (set once the unit has started it)
+    started_at: datetime | None  # the job's first start
 
     @property
     def limits(self) -> Limits:
         return Limits(self.params.max_nodes, self.params.max_completed_paths)
 
 
-class TreeJobs:
-    """Runs units of tree jobs."""
-
-    def __init__(self, services: Services) -> None:
-        self.s = services
-
-    def run_unit(self, job: Job) -> Outcome:
-        """One unit of work on the job."""
-        s = self.s
-        job_id, unit = str(job.id), s.new_unit()
-        try:
-            plan = self._plan(job)
-        except (ParameterError, ModelLoadError) as exc:
-            s.fail(job_id, str(exc))
-            return Outcome.DONE
-        with s.session_factory() as session:
-            start = start_tree(session, job_id, job.prompt)
-            if start is None:
-                return Outcome.DONE
-            log.info("job %s running on worker %s", job_id, s.config.name)
-            plan = dataclasses.replace(plan, started_at=start.started_at)
-            if (start.node_count >= plan.limits.max_nodes
-                    or start.completed_paths >= plan.limits.max_completed_paths):
-                finish_tree(s, plan)
-                return Outcome.DONE
-            if start.root is not None:
-                # A fresh job: its root is its only node, so this unit holds it from the start (a
-                # duplicate unit that loads the frontier meanwhile makes one of the two end early).
-                s.frontier.load(job_id, [start.root.id], held_by=unit, ttl_s=s.config.lease_ttl_s)
-            elif not s.frontier.ready(job_id):
-                if not s.frontier.try_lock_init(job_id, unit, INIT_LOCK_S):
-                    return Outcome.IDLE  # another unit is loading it, and goes on with it
-                s.frontier.load(job_id, open_node_ids(session, job_id))
-        if start.root is None:
-            expired = s.frontier.expire(job_id, s.config.max_attempts)
-            if expired.poisoned:
-                node, attempts = next(iter(expired.poisoned.items()))
-                s.fail(job_id, poison_message(node, attempts))
-                return Outcome.DONE
-        with s.keeper.hold(job_id, unit, "nodes") as lease:
-            return _TreeUnit(s, plan, lease).run(start.root)
-
-    def _plan(self, job: Job) -> _Plan:
+def run_tree_unit(s: Services, job: Job) -> Outcome:
+    """One unit of work on a tree job."""
+    job_id, unit = str(job.id), s.new_unit()
+    try:
         params = TreeParams.from_dict(dict(job.parameters))
-        lm = self.s.models.get(job.model)
+        lm = s.models.get(job.model)
         prompt_ids = encode_prompt(lm, job.prompt, chat=job.chat, prefix=job.prefix)
+    except (ParameterError, ModelLoadError) as exc:
+        s.fail(job_id, str(exc))
+        return Outcome.DONE
+    with s.session_factory() as session:
+        start = start_tree(session, job_id, job.prompt)
+        if start is None:
+            return Outcome.DONE
+        log.info("job %s running on worker %s", job_id, s.config.name)
         depth_limit = None if lm.context_length is None else lm.context_length - len(prompt_ids)
-        return _Plan(str(job.id), job.model, params, lm, prompt_ids, depth_limit)
+        plan = _Plan(job_id, job.model, params, lm, prompt_ids, depth_limit, start.started_at)
+        if start.node_count >= params.max_nodes or start.completed_paths >= params.max_completed_paths:
+            finish_tree(s, plan)
+            return Outcome.DONE
+        if start.root is not None:
+            # A fresh job: its root is its only node, so this unit holds it from the start (a duplicate
+            # unit that loads the frontier meanwhile makes one of the two end early).
+            s.frontier.load(job_id, [start.root.id], held_by=unit, ttl_s=s.config.lease_ttl_s)
+        elif (ended := s.open_frontier(job_id, unit, lambda: open_node_ids(session, job_id))) is not None:
+            return ended
+    with s.hold(job_id, unit) as lease:
+        return _TreeUnit(s, plan, lease).run(start.root)
 
 
 def finish_tree(s: Services, plan: _Plan) -> bool:
@@ -135,7 +113,9 @@ def finish_tree(s: Services, plan: _Plan) -> bool:
         nodes, expanded, completed = node_totals(session, plan.job_id)
         seconds = None if plan.started_at is None else round((utcnow() - plan.started_at).total_seconds(), 4)
         stats = {"nodes": nodes, "expanded": expanded, "completed_paths": completed, "seconds": seconds}
-        result = result_metadata(plan.lm, prompt_token_ids=plan.prompt_ids, stats=stats)
+        # The tree's metadata, less the model's name (the job keeps its allow-list name).
+        result = {k: v for k, v in model_metadata(plan.lm).items() if k != "model"}
+        result.update(prompt_token_ids=plan.prompt_ids, stats=stats)
         finished = finish_job(session, plan.job_id, "succeeded", result=result)
     s.frontier.clear(plan.job_id)
     if finished:
@@ -286,7 +266,7 @@ class _TreeUnit:
                 # Written by a unit that died before its frontier commit: take them off the frontier and
                 # put their open children on it.
                 expanded = [i for i in settled if i in found and found[i].is_expanded]
-                recovered = open_children(self.session, self.job_id, expanded)
+                recovered = open_node_ids(self.session, self.job_id, expanded)
                 self.s.frontier.commit([FrontierCommit(self.job_id, self.lease.unit, settled, [], recovered,
                                                        cfg.lease_ttl_s)])
             if not opened:
@@ -333,8 +313,7 @@ class _TreeUnit:
         others_completed = written.completed_paths - view.completed_paths - mine_completed
         view.node_count, view.completed_paths = written.node_count, written.completed_paths
         if others_nodes > 0 or others_completed > 0:
-            completed, node_count = self.held.counts()
-            self.held.sync(completed + max(0, others_completed), node_count + max(0, others_nodes))
+            self.held.add_others(max(0, others_completed), max(0, others_nodes))
         limits = self.plan.limits
         if (written.node_count >= limits.max_nodes or written.completed_paths >= limits.max_completed_paths
                 or committed.open_count == 0):

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from workers.logprobs_jobs import LogprobsJobs
+from models.jobs import get_job
+from models.schema import TERMINAL_STATUSES
+from workers.logprobs_jobs import run_logprobs_unit
 from workers.service import Outcome, Services
-from workers.tree_jobs import TreeJobs
+from workers.tree_jobs import run_tree_unit
+
+KINDS = {"tree": run_tree_unit, "logprobs": run_logprobs_unit}
 
 
-class Units:
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        self.kinds: dict[str, TreeJobs | LogprobsJobs] = {"tree": TreeJobs(services),
-                                                          "logprobs": LogprobsJobs(services)}
-
-    def run(self, job_id: str) -> tuple[Outcome, str | None]:
-        """One unit of work on the job; its outcome and the job's model (None when the job is gone)."""
-        with self.s.session_factory() as session:
-            job = self.s.job_to_run(session, job_id)
-        if job is None:
-            return Outcome.DONE, None
-        return self.kinds[job.kind].run_unit(job), job.model
+def run_unit(s: Services, job_id: str) -> tuple[Outcome, str | None]:
+    """One unit of work on the job; its outcome and the job's model (None when there is nothing to do on
+    it: it is gone or ended, and whatever Redis still keeps of it is cleared)."""
+    with s.session_factory() as session:
+        job = get_job(session, job_id)
+    if job is None or job.status in TERMINAL_STATUSES:
+        s.frontier.clear(job_id)
+        return Outcome.DONE, None
+    return KINDS[job.kind](s, job), job.model

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import engine_from_settings, make_session_factory
-from models.node_writes import Limits, Pop, StepToWrite, StepWritten, children_of, write_steps
+from models.node_writes import Limits, Pop, StepToWrite, StepWritten, open_node_ids, write_steps
 from models.settings import Settings
 from workers.errors import WriterConnectionLost, is_connection_loss
 from workers.frontier import Committed, Frontier, FrontierCommit, RedisFrontier, worker_redis
@@ -53,15 +53,6 @@ class WriteResult:
     committed: Committed | None  # None when nothing was written (the job is no longer running)
 
 
-def open_children(session: Session, job_id: str, parents: list[int]) -> list[int]:
-    """The open children of `parents` (ids), committed reads."""
-    if not parents:
-        return []
-    kids = children_of(session, job_id, parents)
-    session.commit()
-    return [k.id for ks in kids.values() for k in ks if k.is_open]
-
-
 def write_and_commit(session: Session, frontier: Frontier, steps: list[StepWrite]) -> list[WriteResult]:
     """Write steps (of any units) to the database in one transaction, then commit them to the frontier
     in one round trip: each step's popped nodes leave it, the children its unit keeps join it as held,
@@ -78,8 +69,9 @@ def write_and_commit(session: Session, frontier: Frontier, steps: list[StepWrite
             job_id=step.job_id, unit=step.unit,
             popped=[p.node_id for p, o in outcomes if o != "skipped" and p.node_id is not None],
             children=[i for ids in w.child_ids for i in ids if i not in w.finished_children],
-            recovered=open_children(session, step.job_id, done), ttl_s=step.lease_ttl_s, model=step.model,
+            recovered=open_node_ids(session, step.job_id, done), ttl_s=step.lease_ttl_s, model=step.model,
         ))
+    session.commit()  # ends the reads' transaction
     committed = iter(frontier.commit(commits))
     return [WriteResult(w, next(committed) if w.running else None) for w in written]
 
@@ -165,17 +157,15 @@ class ProcessWriter:
                 replies = pipe.recv()
             except (EOFError, OSError):
                 break
-            for number, kind, payload, connection_loss in replies:
+            for number, reply in replies:
                 with self._lock:
                     future = self._in_flight.pop(number, None)
                 if future is None:
                     continue
-                if kind == "ok":
-                    future.set_result(payload)
-                elif connection_loss:
-                    future.set_exception(WriterConnectionLost(payload))
+                if isinstance(reply, WriteResult):
+                    future.set_result(reply)
                 else:
-                    future.set_exception(WriterError(payload))
+                    future.set_exception(reply)
         with self._lock:
             if self._pipe is pipe:
                 self._stop()
@@ -243,26 +233,25 @@ def serve_writes(pipe: Connection, settings: Settings) -> None:
 
 
 def _write_batch(session: Session, frontier: Frontier, batch: list[tuple[int, StepWrite]]
-                 ) -> list[tuple[int, str, Any, bool]]:
-    """Replies (number, "ok" or "error", result or traceback, connection lost?) for a batch of numbered
-    steps: all in one transaction, or, if that fails, one by one (so one step's error is only its own
-    unit's)."""
+                 ) -> list[tuple[int, WriteResult | Exception]]:
+    """Replies (number, result or error, its traceback in its message) for a batch of numbered steps: all
+    in one transaction, or, if that fails, one by one (so one step's error is only its own unit's)."""
     if len(batch) > 1:
         try:
             results = write_and_commit(session, frontier, [step for _, step in batch])
-            return [(number, "ok", result, False) for (number, _), result in zip(batch, results, strict=True)]
+            return list(zip((number for number, _ in batch), results, strict=True))
         except Exception:
             with contextlib.suppress(Exception):  # the connection may be the thing that broke
                 session.rollback()
-    replies: list[tuple[int, str, Any, bool]] = []
+    replies: list[tuple[int, WriteResult | Exception]] = []
     for number, step in batch:
         try:
-            replies.append((number, "ok", write_and_commit(session, frontier, [step])[0], False))
+            replies.append((number, write_and_commit(session, frontier, [step])[0]))
         except Exception as exc:
             with contextlib.suppress(Exception):
                 session.rollback()
-            replies.append((number, "error", "".join(traceback.format_exception(exc)),
-                            is_connection_loss(exc)))
+            kind = WriterConnectionLost if is_connection_loss(exc) else WriterError
+            replies.append((number, kind("".join(traceback.format_exception(exc)))))
     return replies
 
 

@@ -17,7 +17,7 @@ from workers.frontier import (
     HeldLease,
     MemoryFrontier,
     RedisFrontier,
-    job_key,
+    Snapshot,
 )
 
 
@@ -47,17 +47,17 @@ def test_lease_commit_release_keep_every_open_node_somewhere(frontier: Frontier,
     frontier.load(job, [1, 2, 3])
     assert frontier.ready(job)
     leased = frontier.lease(job, "u1", 2, ttl_s=5)
-    assert (leased.node_ids, leased.open_count, leased.queue_length) == ([1, 2], 3, 1)
+    assert (leased.node_ids, leased.open_count) == ([1, 2], 3)
     # u1 expands 1 (children 4, 5) and finishes 2; |Q| counts held and queued nodes alike.
     committed = commit(frontier, job, "u1", popped=[1, 2], children=[4, 5], recovered=[])
-    assert (committed.open_count, committed.queue_length, committed.alive) == (3, 1, True)
+    assert (committed.open_count, committed.alive) == (3, True)
     assert committed.not_held == []
     # Another unit gets only what nobody holds.
     assert frontier.lease(job, "u2", 10, ttl_s=5).node_ids == [3]
     frontier.release(job, "u1", [5, 4], end_unit=True)  # given back in the order given
-    assert frontier.lease(job, "u3", 10, ttl_s=5).node_ids == [5, 4]
-    snap = frontier.snapshot([job])[0]
-    assert (snap.open_count, snap.queue_length) == (3, 0)
+    leased = frontier.lease(job, "u3", 10, ttl_s=5)
+    assert (leased.node_ids, leased.open_count) == ([5, 4], 3)
+    assert frontier.lease(job, "u4", 10, ttl_s=5).node_ids == []  # the queue is empty
 
 
 def test_a_node_done_twice_is_counted_once(frontier: Frontier, job: str) -> None:
@@ -69,7 +69,8 @@ def test_a_node_done_twice_is_counted_once(frontier: Frontier, job: str) -> None
         assert committed.open_count == 2
     # Recovered children (found written in Postgres) are queued once, and not if already open.
     committed = commit(frontier, job, "u1", popped=[], children=[], recovered=[3, 4, 4])
-    assert (committed.open_count, committed.queue_length) == (3, 1)
+    assert committed.open_count == 3
+    assert frontier.lease(job, "u2", 10, ttl_s=5).node_ids == [4]
 
 
 def test_stale_queue_entries_are_skipped(frontier: Frontier, job: str) -> None:
@@ -96,7 +97,7 @@ def test_a_dead_units_nodes_go_back_to_the_head_with_an_attempt(rfrontier: Redis
     time.sleep(0.3)
     expired = rfrontier.expire(job, max_attempts=3)
     assert expired.requeued == [1, 2] and expired.poisoned == {} and expired.live_units == 1
-    assert rfrontier.renew([HeldLease(job, "dead", "nodes")], 5) == [False]  # it learns it lost its lease
+    assert rfrontier.renew([HeldLease(job, "dead")], 5) == [False]  # it learns it lost its lease
     assert rfrontier.lease(job, "next", 10, ttl_s=5).node_ids == [1, 2, 4]  # oldest first, then the rest
 
 
@@ -121,15 +122,6 @@ def test_a_unit_whose_lease_expired_holds_nothing_it_creates(rfrontier: RedisFro
     assert rfrontier.lease(job, "other", 10, ttl_s=5).node_ids == [2, 3]
 
 
-def test_repair_requeues_open_nodes_that_are_nowhere(
-    rfrontier: RedisFrontier, redis_client: redis.Redis, job: str
-) -> None:
-    rfrontier.load(job, [1, 2, 3])
-    redis_client.delete(job_key(job, "queue"))
-    assert rfrontier.repair(job) == 3
-    assert rfrontier.lease(job, "u", 10, ttl_s=5).node_ids == [1, 2, 3]
-
-
 def test_idle_peers_come_back_with_a_commit(
     rfrontier: RedisFrontier, redis_client: redis.Redis, job: str
 ) -> None:
@@ -142,9 +134,10 @@ def test_idle_peers_come_back_with_a_commit(
     assert not rfrontier.ready(job)
 
 
-def test_a_whole_job_claim_counts_its_attempts(frontier: Frontier, job: str) -> None:
-    assert frontier.claim(job, "a", ttl_s=5) == 1
-    assert frontier.claim(job, "b", ttl_s=5) is None  # held
-    assert frontier.claimed(job)
-    frontier.drop_claim(job, "a")
-    assert frontier.claim(job, "b", ttl_s=5) == 2
+def test_the_sweeper_sees_live_and_expired_units(rfrontier: RedisFrontier, job: str) -> None:
+    assert rfrontier.snapshot([job])[0] == Snapshot(ready=False, units=0, expired_units=0)
+    rfrontier.load(job, [1, 2])
+    rfrontier.lease(job, "dies", 1, ttl_s=0.05)
+    rfrontier.lease(job, "lives", 1, ttl_s=30)
+    time.sleep(0.1)
+    assert rfrontier.snapshot([job])[0] == Snapshot(ready=True, units=2, expired_units=1)

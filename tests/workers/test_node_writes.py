@@ -20,7 +20,6 @@ from models.node_writes import (
     Limits,
     NewChild,
     StepToWrite,
-    children_of,
     load_nodes,
     open_node_ids,
     path_tokens,
@@ -88,9 +87,8 @@ def test_a_step_writes_children_best_first_and_marks_its_pops(factory: sessionma
         assert written.running and written.outcomes == ["applied"]
         kids = written.child_ids[0]
         assert kids == sorted(kids)  # ids grow best first: the API lists children by id
-        found = children_of(session, job_id, [root])[root]
-        assert [n.token_id for n in found] == [5, 1, 9]
-        assert all(n.is_open for n in found)
+        assert open_node_ids(session, job_id, [root]) == kids
+        assert [load_nodes(session, job_id, kids)[k].token_id for k in kids] == [5, 1, 9]
         assert load_nodes(session, job_id, [root])[root].is_expanded
         assert open_node_ids(session, job_id) == kids
         # A child created and popped in the same step is named by parent and token.

@@ -13,7 +13,7 @@ from models import jobs
 from models.node_writes import open_node_ids, start_tree
 from models.settings import Settings
 from workers.frontier import RedisFrontier, job_key
-from workers.service import ModelRegistry, NoExpiryKeeper, Services
+from workers.service import JOB_NODE, ModelRegistry, Services
 from workers.settings import WorkerSettings
 from workers.sweeper import Sweeper
 
@@ -23,17 +23,17 @@ MODEL = "demo-sweep"  # a model no worker process serves: nothing but this test 
 def make_sweeper(
     settings: Settings, factory: sessionmaker[Session], client: redis.Redis, sent: list[str]
 ) -> Sweeper:
+    frontier = RedisFrontier(client)
     services = Services(
         config=WorkerSettings(name="sweeper-test", max_attempts=3),
         max_batch=settings.max_batch,
         session_factory=factory,
-        frontier=RedisFrontier(client),
+        frontier=frontier,
         models=ModelRegistry(settings),
-        keeper=NoExpiryKeeper(),
     )
     return Sweeper(
         services,
-        client,
+        frontier,
         [MODEL],
         lambda job_id, model: sent.append(job_id),
         interval_s=0.01,
@@ -70,7 +70,7 @@ def test_a_dead_units_nodes_are_requeued_and_a_unit_sent(
     time.sleep(0.15)
     sweep(sweeper)
     assert sent == [job_id]
-    assert frontier.snapshot([job_id])[0].queue_length == 1
+    assert frontier.lease(job_id, "next", 10, ttl_s=5).node_ids == [root]  # back in the queue
 
 
 def test_a_node_that_kills_every_worker_fails_its_job(
@@ -90,6 +90,30 @@ def test_a_node_that_kills_every_worker_fails_its_job(
         assert job is not None and job.status == "failed"
         assert job.error is not None and f"node {root}" in job.error and "3" in job.error
     assert not frontier.ready(job_id)  # nothing left behind
+
+
+def test_a_logprobs_job_is_taken_back_like_a_node_and_fails_at_the_limit(
+    settings: Settings, session_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> None:
+    """A logprobs job runs as one piece: its frontier is one node, leased, taken back and counted alike."""
+    sent: list[str] = []
+    sweeper = make_sweeper(settings, session_factory, redis_client, sent)
+    with session_factory() as session:
+        job_id = str(jobs.create_job(session, kind="logprobs", prompt="p", model=MODEL, parameters={}).id)
+        assert jobs.mark_running(session, job_id, "a-worker")
+    assert sweeper.s.open_frontier(job_id, "first", lambda: [JOB_NODE]) is None
+    for attempt in range(3):
+        assert sweeper.frontier.lease(job_id, f"crash-{attempt}", 1, ttl_s=0.05).node_ids == [JOB_NODE]
+        assert sweeper.frontier.lease(job_id, "duplicate", 1, ttl_s=5).node_ids == []  # held: it waits
+        time.sleep(0.1)
+        redis_client.delete(job_key(job_id, "kick"))
+        sweep(sweeper)
+        assert sent.count(job_id) == min(attempt + 1, 2)  # sent again after each death but the last
+    with session_factory() as session:
+        job = jobs.get_job(session, job_id)
+        assert job is not None and job.status == "failed"
+        assert job.error is not None and job.error.startswith("the job was taken back from 3 workers")
+    assert not sweeper.frontier.ready(job_id)
 
 
 def test_a_job_nobody_works_on_gets_a_unit_but_not_a_flood(

@@ -8,13 +8,13 @@ import pytest
 
 from models.settings import Settings
 from workers.frontier import MemoryFrontier
-from workers.service import ModelRegistry, NoExpiryKeeper, Services
+from workers.service import ModelRegistry, Services
 from workers.settings import WorkerSettings
 
 
 def services(worker: WorkerSettings, settings: Settings) -> Services:
     return Services(config=worker, max_batch=settings.max_batch, session_factory=None,  # type: ignore[arg-type]
-                    frontier=MemoryFrontier(), models=ModelRegistry(settings), keeper=NoExpiryKeeper())
+                    frontier=MemoryFrontier(), models=ModelRegistry(settings))
 
 
 def test_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,6 +33,6 @@ def test_the_settings_follow_the_variables(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TOKENTREE_WORKER_HOLD_LIMIT", "0")
     monkeypatch.setenv("TOKENTREE_MAX_BATCH", "32")
     worker = WorkerSettings(name="w")
-    assert (worker.lease_ttl_s, worker.split_cooldown_s, worker.renew_every_s) == (3.0, 0.25, 0.75)
+    assert (worker.lease_ttl_s, worker.split_cooldown_s) == (3.0, 0.25)
     assert services(worker, Settings()).hold_limit == 128
     assert services(WorkerSettings(name="w", hold_limit=5), Settings()).hold_limit == 5

@@ -11,7 +11,7 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.node_writes import Limits, children_of
+from models.node_writes import Limits, load_nodes, open_node_ids
 from models.schema import Node
 from models.settings import Settings
 from tests.workers.test_node_writes import expansion, running_job
@@ -42,8 +42,9 @@ def test_a_step_written_from_the_writer_process(
     result = writer.submit(step_for(job_id, root, [4, 2, 7])).result()
     assert result.written.outcomes == ["applied"] and result.committed is not None
     with session_factory() as session:
-        kids = children_of(session, job_id, [root])[root]
-        assert [k.token_id for k in kids] == [4, 2, 7] and result.written.child_ids == [[k.id for k in kids]]
+        kids = open_node_ids(session, job_id, [root])
+        assert [load_nodes(session, job_id, kids)[k].token_id for k in kids] == [4, 2, 7]
+        assert result.written.child_ids == [kids]
         assert session.scalar(select(Node.expanded_by).where(Node.id == root)) == "w1"
     assert result.committed.open_count == 3  # the children are on the frontier, the root is not
     # Written again (a redone step): one effect, reported as such.

@@ -2,7 +2,7 @@
 -- and nodes recovered from a dead unit's written steps join the queue. A unit whose lease expired
 -- holds nothing: its children go to the queue.
 -- ARGV: unit, lease ttl_ms, key_ttl_ms, n_popped, n_children, n_recovered, idle_window_ms, worker, ids...
--- Returns {open count, queue length, idle peers, alive (1/0), children held elsewhere}.
+-- Returns {open count, idle peers, alive (1/0), children held elsewhere}.
 local unit = ARGV[1]
 local alive = redis.call('ZSCORE', units, unit)
 local np, nc, nr = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -35,4 +35,4 @@ local window = now - tonumber(ARGV[7])
 local idle_peers = redis.call('ZCOUNT', idle, window, '+inf')
 local mine = redis.call('ZSCORE', idle, ARGV[8])
 if mine and tonumber(mine) >= window then idle_peers = idle_peers - 1 end  -- never count oneself
-return {redis.call('SCARD', open), redis.call('LLEN', queue), idle_peers, alive and 1 or 0, not_held}
+return {redis.call('SCARD', open), idle_peers, alive and 1 or 0, not_held}

@@ -1,10 +1,10 @@
 -- Take back the nodes of units whose lease expired: to the head of the queue, oldest first, each
--- counting an attempt. ARGV: max_attempts, scan_all (1: check every holder, not only if a unit died).
+-- counting an attempt. ARGV: max_attempts.
 -- Returns {requeued ids, {id, attempts, ...} at the limit, live units}.
 local dead = redis.call('ZRANGEBYSCORE', units, '-inf', now)
 for _, u in ipairs(dead) do redis.call('ZREM', units, u) end
 local requeued, poisoned = {}, {}
-if #dead > 0 or ARGV[2] == '1' then
+if #dead > 0 then
   local alive = {}
   for _, u in ipairs(redis.call('ZRANGE', units, 0, -1)) do alive[u] = true end
   local all = redis.call('HGETALL', holder)
