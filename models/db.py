@@ -54,7 +54,16 @@ def api_engine(settings: Settings) -> Engine:
     is gone (the API answers 503 rather than holding the request)."""
     kwargs: dict[str, Any] = {"pool_timeout": settings.db_pool_timeout_s}
     if make_url(settings.sqlalchemy_url).get_backend_name() == "postgresql":
-        kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+        statement_ms = int(settings.db_statement_timeout_s * 1000)
+        lock_ms = int(settings.db_lock_timeout_s * 1000)
+        kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow, connect_args={
+            "connect_timeout": settings.db_connect_timeout_s,
+            "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}",
+            # libpq's TCP keepalive: a silent server (frozen, cut off) breaks the connection instead of
+            # holding a request until the operating system gives up, minutes later.
+            "keepalives": 1, "keepalives_idle": settings.db_keepalive_s,
+            "keepalives_interval": max(1, settings.db_keepalive_s // 2), "keepalives_count": 2,
+        })
     return engine_from_settings(settings, **kwargs)
 
 

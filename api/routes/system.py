@@ -30,10 +30,14 @@ def list_models(settings: SettingsDep) -> ModelsOut:
 @router.get("/healthz", tags=["health"], responses={503: {"model": HealthOut}})
 @releases_session
 def health(request: Request, session: SessionDep, settings: SettingsDep) -> JSONResponse:
-    """Whether the database and the broker answer."""
+    """Whether the database and the broker answer: the database by reading the jobs table within a
+    second (a locked or stalled table is unavailable, not "ok")."""
     database = broker = "ok"
     try:
-        session.execute(text("SELECT 1"))
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SET LOCAL statement_timeout = 1000"))
+            session.execute(text("SET LOCAL lock_timeout = 1000"))
+        session.execute(text("SELECT 1 FROM jobs LIMIT 1"))
     except Exception as exc:
         log.warning("health: database unreachable: %s", exc)
         database = "unreachable"
