@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import viewers
 from api.dispatch import CeleryDispatcher, Dispatcher
-from api.limits import RequestSizeLimit, make_rate_limiter
+from api.limits import RequestSizeLimit, StreamSlots, make_rate_limiter
 from api.metrics import Metrics
 from api.routes import jobs, system
 from api.tree_cache import RenderedTrees
@@ -35,7 +35,9 @@ from models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-BROKER_PING_TIMEOUT_S = 2
+# The API's own Redis calls (health, rate limits, live workers) answer in a millisecond; a Redis that
+# takes longer is hung, and every request would wait for it.
+BROKER_PING_TIMEOUT_S = 0.5
 DATABASE_RETRY_AFTER_S = 5
 DATABASE_UNAVAILABLE = {"detail": "database unavailable, retry later"}
 
@@ -118,6 +120,7 @@ def create_app(
     app.state.broker = broker
     app.state.rendered_trees = RenderedTrees(settings.tree_cache_bytes)
     app.state.rate_limiter = make_rate_limiter(settings, broker)
+    app.state.stream_slots = StreamSlots(settings.events_max_per_caller, settings.events_max_total)
     app.state.metrics = Metrics(settings, session_factory, broker)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for error in (OperationalError, InterfaceError, PoolTimeout, DBAPIError):

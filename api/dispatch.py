@@ -27,11 +27,13 @@ class CeleryDispatcher:
 
     def __init__(self, redis_url: str) -> None:
         self.celery = Celery("tokentree-api", broker=redis_url, set_as_current=False)
-        # Fail a request in seconds, not minutes, when the broker is down.
+        # Fail a request in seconds, not minutes, when the broker is down (refused connections) or hung
+        # (connections accepted, nothing answered: without a socket timeout a publish waits forever).
         self.celery.conf.update(
             broker_connection_timeout=5,
-            task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
-                                       "interval_max": 1},
+            broker_transport_options={"socket_timeout": 1, "socket_connect_timeout": 1},
+            task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.5,
+                                       "interval_max": 0.5},
         )
 
     def submit(self, job_id: str, model: str) -> None:

@@ -17,13 +17,15 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import redis
 from fastapi import HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import CallerDep
+from api.auth import Caller, CallerDep
 from models.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,40 +92,36 @@ class RateLimiter(Protocol):
         """Spend one request of `identity`'s bucket: 0 if allowed, else the seconds until it may retry."""
 
 
-# KEYS: the bucket.  ARGV: capacity, refill per ms.  Returns the ms to wait (0: allowed, one spent).
-_TAKE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local capacity = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or capacity
-local at = tonumber(state[2]) or now
-tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) / rate) end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate) + 1000)
-return wait
-"""
+STREAM_RETRY_S = 5
+
+_TAKE = Path(__file__).with_name("rate_limit.lua").read_text()
 
 
 class RedisRateLimiter:
     """Buckets in Redis, updated by one script (atomic across API processes, Redis' clock)."""
+
+    # After Redis failed to answer, requests go through unlimited for this long before it is asked again,
+    # so a hung Redis costs one request its timeout, not every request.
+    PAUSE_S = 5.0
 
     def __init__(self, client: redis.Redis, per_minute: int, burst: int) -> None:
         self.client = client
         self.capacity = burst
         self.per_ms = per_minute / 60_000
         self.script = client.register_script(_TAKE)
+        self._paused_until = 0.0
 
     def take(self, identity: str) -> float:
+        if time.monotonic() < self._paused_until:
+            return 0.0
         try:
             key = f"tokentree:ratelimit:{identity}"
             wait_ms = int(self.script(keys=[key], args=[self.capacity, self.per_ms]))
         except redis.RedisError as exc:
             # The limiter protects the service; it must not take it down. Jobs still need Redis to queue.
-            log.warning("rate limiter: Redis unreachable, letting the request through: %s", exc)
+            log.warning("rate limiter: Redis unreachable, letting requests through for %.0f s: %s",
+                        self.PAUSE_S, exc)
+            self._paused_until = time.monotonic() + self.PAUSE_S
             return 0.0
         return wait_ms / 1000
 
@@ -181,3 +179,41 @@ def enforce_rate_limit(request: Request, caller: CallerDep) -> None:
         raise too_many(f"rate limit exceeded: {settings.rate_limit_per_minute} requests per minute for {who} "
                        f"(bursts of {settings.rate_limit_burst}); retry in {max(1, math.ceil(wait))} s", wait)
 
+
+
+class StreamSlots:
+    """Event streams open in this API process, per caller and in all. Each open stream polls the database
+    from the request thread pool, so one caller's hundreds of streams would slow every other request:
+    past a cap, a new stream is a 429 until one closes."""
+
+    def __init__(self, per_caller: int, total: int) -> None:
+        self.per_caller, self.total = per_caller, total
+        self.open: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def take(self, caller: Caller) -> Callable[[], None]:
+        """A slot for one of `caller`'s streams (a 429 if none is free); the returned function frees it
+        (calling it again does nothing)."""
+        identity = caller.identity
+        with self.lock:
+            mine = self.open.get(identity, 0)
+            if mine >= self.per_caller or sum(self.open.values()) >= self.total:
+                who = "this API key" if caller.key_id else "this client"
+                limit = (f"{mine} event streams open for {who}, the most allowed ({self.per_caller})"
+                         if mine >= self.per_caller else f"the server's {self.total} event streams are open")
+                raise too_many(f"{limit}; close one, or poll GET /v1/jobs/{{id}} instead", STREAM_RETRY_S)
+            self.open[identity] = mine + 1
+        freed = threading.Event()
+
+        def free() -> None:
+            with self.lock:
+                if freed.is_set():
+                    return
+                freed.set()
+                left = self.open.get(identity, 1) - 1
+                if left > 0:
+                    self.open[identity] = left
+                else:
+                    self.open.pop(identity, None)
+
+        return free

@@ -60,13 +60,24 @@ def create_job(
     chat: bool = False,
     prefix: str | None = None,
     owner: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Job:
-    """Insert a queued job and commit it (its task may only be sent after this returns)."""
+    """Insert a queued job and commit it (its task may only be sent after this returns). An
+    `idempotency_key` (scoped: `idempotency_scope`) another job has raises IntegrityError."""
     job = Job(kind=kind, prompt=prompt, model=model, parameters=parameters, chat=chat, prefix=prefix,
-              owner=owner, status="queued", node_count=0, completed_paths=0)
+              owner=owner, idempotency_key=idempotency_key, status="queued", node_count=0, completed_paths=0)
     session.add(job)
     session.commit()
     return job
+
+
+def idempotency_scope(owner: str | None, key: str) -> str:
+    """A caller's Idempotency-Key as stored: keys are per owner (a key has no spaces; "-": no owner)."""
+    return f"{owner or '-'} {key}"
+
+
+def job_by_idempotency_key(session: Session, scoped_key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.idempotency_key == scoped_key))
 
 
 def get_job(session: Session, job_id: JobId) -> Job | None:

@@ -53,6 +53,7 @@ class Job(Base):
         Index("ix_jobs_created", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("uq_jobs_idempotency_key", "idempotency_key", unique=True),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -65,6 +66,9 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))  # the API key's id that submitted it
+    # The submission's Idempotency-Key, scoped to its owner (`models.jobs.idempotency_scope`): a retried
+    # submission finds this job instead of making a second one.
+    idempotency_key: Mapped[str | None] = mapped_column(String(400))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     # reconnect) so a forgotten tab does not hold a connection forever.
     events_interval_s: float = Field(default=0.5, gt=0)
     events_max_s: float = Field(default=3600.0, gt=0)
+    # Event streams open at once in one API process: per caller (API key, or client address), and in all.
+    events_max_per_caller: int = Field(default=8, ge=1)
+    events_max_total: int = Field(default=200, ge=1)
     # Memory for rendered trees of finished jobs (they never change); 0 turns the cache off.
     tree_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 

@@ -10,10 +10,11 @@ from typing import Annotated
 
 import anyio
 import redis
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.background import BackgroundTask
 
 from api.auth import Caller, CallerDep
 from api.deps import DispatcherDep, SessionDep, SettingsDep, releases_session
@@ -21,7 +22,7 @@ from api.limits import enforce_rate_limit, too_many
 from api.logs import bind_job
 from api.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
 from api.tree_cache import RenderedTrees
-from api.validation import reject, validate_job_request
+from api.validation import JobRequest, reject, validate_job_request
 from models import api_keys, jobs, node_reads, worker_registry
 from models.schema import TERMINAL_STATUSES, Job
 
@@ -37,6 +38,13 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(enfor
 MAX_ID = 2**62
 MAX_OFFSET = 10**9
 QUOTA_RETRY_S = 10
+# An Idempotency-Key: up to 255 visible ASCII characters (a UUID is the usual choice).
+IDEMPOTENCY_KEY = Header(
+    min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+    description="Submitting again with the same key (from the same API key) returns the job the first "
+                "submission made, with status 200 and `Idempotent-Replayed: true`, instead of a second "
+                "job: retry a submission whose answer was lost without risking a duplicate.",
+)
 
 
 def _job_or_404(session: Session, job_id: uuid.UUID, caller: Caller) -> Job:
@@ -94,11 +102,15 @@ def _require_kind(job: Job, kind: str) -> None:
 @router.post("", status_code=status.HTTP_201_CREATED)
 @releases_session
 def submit_job(
-    body: JobCreate, http: Request, session: SessionDep, settings: SettingsDep, dispatcher: DispatcherDep,
-    caller: CallerDep,
+    body: JobCreate, http: Request, response: Response, session: SessionDep, settings: SettingsDep,
+    dispatcher: DispatcherDep, caller: CallerDep,
+    idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
 ) -> JobOut:
     """Queue a token tree or a log-probability analysis."""
     request = validate_job_request(body, settings)
+    scoped_key = None if idempotency_key is None else jobs.idempotency_scope(caller.owner, idempotency_key)
+    if scoped_key is not None and (earlier := jobs.job_by_idempotency_key(session, scoped_key)) is not None:
+        return _replayed(session, earlier, request, response, http)
     if caller.owner is not None and settings.max_active_jobs_per_key:
         jobs.lock_owner(session, caller.owner)  # held until create_job commits
         active = jobs.count_open(session, caller.owner)
@@ -107,9 +119,16 @@ def submit_job(
             http.app.state.metrics.refused("quota")
             raise too_many(f"this API key has {active} queued or running jobs, the most allowed "
                            f"({settings.max_active_jobs_per_key}); retry when one ends", QUOTA_RETRY_S)
-    job = jobs.create_job(session, kind=request.kind, prompt=request.prompt, model=request.model,
-                          parameters=request.parameters, chat=request.chat, prefix=request.prefix,
-                          owner=caller.owner)
+    try:
+        job = jobs.create_job(session, kind=request.kind, prompt=request.prompt, model=request.model,
+                              parameters=request.parameters, chat=request.chat, prefix=request.prefix,
+                              owner=caller.owner, idempotency_key=scoped_key)
+    except IntegrityError:
+        session.rollback()  # the same key's other submission, at the same moment, made the job first
+        earlier = jobs.job_by_idempotency_key(session, scoped_key) if scoped_key is not None else None
+        if earlier is None:
+            raise
+        return _replayed(session, earlier, request, response, http)
     bind_job(job.id)
     log.info("job submitted: %s on %s", job.kind, job.model)
     try:
@@ -119,6 +138,18 @@ def submit_job(
         log.exception("could not queue job %s", job.id)
         jobs.finish_job(session, job.id, "failed", error=f"could not queue the job: {exc}")
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the job queue is unavailable") from exc
+    return _job_out(session, job, _warnings(http))
+
+
+def _replayed(session: Session, job: Job, request: JobRequest, response: Response, http: Request) -> JobOut:
+    """The job an earlier submission with the same Idempotency-Key made, if it asked for the same job."""
+    bind_job(job.id)
+    asked = (request.kind, request.prompt, request.model, request.parameters, request.chat, request.prefix)
+    if asked != (job.kind, job.prompt, job.model, dict(job.parameters), job.chat, job.prefix):
+        reject(("header", "idempotency-key"), f"was used for a different request (job {job.id}); "
+                                              "a new request needs a new key")
+    response.status_code = status.HTTP_200_OK
+    response.headers["Idempotent-Replayed"] = "true"
     return _job_out(session, job, _warnings(http))
 
 
@@ -291,8 +322,16 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
     factory: sessionmaker[Session] = request.app.state.session_factory
     with factory() as session:
         _job_or_404(session, job_id, caller)
+    free_slot = request.app.state.stream_slots.take(caller)
 
     async def stream() -> AsyncIterator[str]:
+        try:
+            async for event in _events():
+                yield event
+        finally:
+            free_slot()
+
+    async def _events() -> AsyncIterator[str]:
         last = None
         with anyio.move_on_after(settings.events_max_s):
             while not await request.is_disconnected():
@@ -316,5 +355,7 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
                     yield ": still running\n\n"  # keeps proxies from closing an idle stream
                 await anyio.sleep(settings.events_interval_s)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
+    # The slot is freed when the stream ends, and by the background task if it never started (a client
+    # gone before the first event).
+    return StreamingResponse(stream(), media_type="text/event-stream", background=BackgroundTask(free_slot),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

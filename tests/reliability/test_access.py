@@ -4,11 +4,15 @@ trust_remote_code; CORS closed unless origins are listed; production refuses to 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
@@ -197,3 +201,53 @@ def test_serve_refuses_production_without_keys(tmp_path: Path) -> None:
     done = run_cli("serve", TOKENTREE_ENVIRONMENT="production", XDG_DATA_HOME=str(tmp_path))
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "TOKENTREE_REQUIRE_API_KEY=true" in done.stderr
+
+
+def test_an_idempotency_key_is_per_api_key(clean_pg: Engine, postgres_url: str, redis_url: str) -> None:
+    """Two callers who pick the same Idempotency-Key get a job each; neither sees the other's."""
+    _, alice = new_token(clean_pg, "alice")
+    _, bob = new_token(clean_pg, "bob")
+    key = {"Idempotency-Key": "submission-1"}
+    with live_api_for(service_settings(postgres_url, redis_url, require_api_key=True)) as api:
+        mine = api.client.post("/v1/jobs", json=REQUEST, headers={**bearer(alice), **key})
+        theirs = api.client.post("/v1/jobs", json=REQUEST, headers={**bearer(bob), **key})
+        assert (mine.status_code, theirs.status_code) == (201, 201)
+        assert mine.json()["id"] != theirs.json()["id"]
+        again = api.client.post("/v1/jobs", json=REQUEST, headers={**bearer(bob), **key})
+        assert again.status_code == 200 and again.json()["id"] == theirs.json()["id"]
+
+
+def test_one_key_cannot_open_event_streams_without_end(clean_pg: Engine, postgres_url: str, redis_url: str
+                                                       ) -> None:
+    """Each stream polls the database from the request threads: past its cap a key's next stream is a
+    429; other keys still get theirs, and a closed stream frees its slot."""
+    _, alice = new_token(clean_pg, "alice")
+    _, bob = new_token(clean_pg, "bob")
+    settings = service_settings(postgres_url, redis_url, require_api_key=True, events_interval_s=0.1,
+                                events_max_per_caller=2, events_max_total=3)
+    lines: list[Iterator[str]] = []  # each open stream's reader, kept: a dropped one closes its stream
+    with live_api_for(settings) as api, contextlib.ExitStack() as open_streams:
+        mine = api.client.post("/v1/jobs", json=REQUEST, headers=bearer(alice)).json()["id"]
+        theirs = api.client.post("/v1/jobs", json=REQUEST, headers=bearer(bob)).json()["id"]
+
+        def open_stream(job_id: str, token: str) -> httpx.Response:
+            response = open_streams.enter_context(
+                api.client.stream("GET", f"/v1/jobs/{job_id}/events", headers=bearer(token)))
+            if response.status_code == 200:
+                lines.append(response.iter_lines())
+                assert next(lines[-1]) == "event: progress"
+            return response
+
+        first = open_stream(mine, alice)
+        assert open_stream(mine, alice).status_code == 200
+        refused = open_stream(mine, alice)
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        refused.read()
+        assert "2 event streams open for this API key" in refused.json()["detail"]
+        assert open_stream(theirs, bob).status_code == 200  # another key is not held up by alice's
+        assert open_stream(theirs, bob).status_code == 429  # but the server's 3 are taken
+        first.close()
+        deadline = time.monotonic() + 5
+        while (response := open_stream(mine, alice)).status_code != 200:  # freed once the server sees it
+            assert time.monotonic() < deadline, response.status_code
+            time.sleep(0.2)

@@ -82,6 +82,44 @@ def test_submit_commits_then_dispatches(live_api: LiveAPI) -> None:
     assert fetched == job
 
 
+def test_a_retried_submission_with_an_idempotency_key_returns_the_same_job(live_api: LiveAPI) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = live_api.client.post("/v1/jobs", json=TREE_REQUEST, headers=key)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    again = live_api.client.post("/v1/jobs", json=TREE_REQUEST, headers=key)
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    assert dispatched(live_api) == [(first.json()["id"], "demo")]  # queued once
+    # The same key for another request is refused, naming the header; a new key makes a new job.
+    other = live_api.client.post("/v1/jobs", json={**TREE_REQUEST, "prompt": "Another"}, headers=key)
+    assert other.status_code == 422 and other.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+    assert first.json()["id"] in other.json()["detail"][0]["msg"]
+    assert submit(live_api)["id"] != first.json()["id"]
+    for bad in ("", "has space", "x" * 256):
+        response = live_api.client.post("/v1/jobs", json=TREE_REQUEST, headers={"Idempotency-Key": bad})
+        assert response.status_code == 422, bad
+        assert response.json()["detail"][0]["loc"] == ["header", "idempotency-key"], bad
+    assert live_api.client.get("/v1/jobs").json()["total"] == 2
+
+
+@pytest.mark.services
+def test_simultaneous_submissions_with_one_key_make_one_job(
+    postgres_url: str, redis_url: str, pg_session: Session
+) -> None:
+    """Eight clients send the same submission with the same key at once: one job, one task, and every
+    client gets that job (the unique key settles the race in the database)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with live_api_for(postgres_settings(postgres_url, redis_url)) as api:
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: api.client.post("/v1/jobs", json=TREE_REQUEST, headers=key),
+                                      range(8)))
+        assert sorted(r.status_code for r in responses) == [200] * 7 + [201]
+        assert len({r.json()["id"] for r in responses}) == 1
+        assert len(dispatched(api)) == 1
+
+
 def test_submit_logprobs(live_api: LiveAPI) -> None:
     job = submit(live_api, kind="logprobs", parameters={"top_k": 3})
     assert job["parameters"] == {"max_new_tokens": 100, "top_k": 3}
