@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # to the maximum (so a unit resumes at most that long after they are back).
 OUTAGE_FIRST_DELAY_S = 0.5
 OUTAGE_MAX_DELAY_S = 5.0
+# Postgres connections of a worker process (its units, heartbeat and sweeper), beyond a few in a burst.
+DB_CONNECTIONS = 16
 # A connection that broke while both answer again (a blip): the unit runs again at once, this many times.
 BLIP_RETRIES = 5
 
@@ -178,8 +180,11 @@ class WorkerRuntime:
         self.config = worker or WorkerSettings()
         self.models = self.config.served_models(self.settings.models)
         self.redis = worker_redis(self.settings.redis_url)
-        # A connection for each unit running at once, and a few for the heartbeat and the sweeper.
-        self.engine = engine_from_settings(self.settings, pool_size=self.config.units + 4)
+        # A unit holds a connection only while it reads (its writes go through the writer process), one
+        # at a time: a bounded pool is enough however many units run, and in a burst they wait their turn
+        # rather than open a connection each (100 units on each of a few workers would exhaust Postgres).
+        self.engine = engine_from_settings(self.settings, pool_size=min(self.config.units, DB_CONNECTIONS),
+                                           max_overflow=4, pool_timeout=60)
         self.frontier = RedisFrontier(self.redis)
         self.heartbeat = Heartbeat(self, beat)
         # Steps are written from a process of their own (see workers/writer.py).
