@@ -45,7 +45,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 def engine_from_settings(settings: Settings, **kwargs: Any) -> Engine:
     """The settings' database; connecting to a Postgres gives up after `db_connect_timeout_s`."""
     if make_url(settings.sqlalchemy_url).get_backend_name() == "postgresql":
-        kwargs.setdefault("connect_args", {"connect_timeout": settings.db_connect_timeout_s})
+        given = kwargs.get("connect_args", {})
+        kwargs["connect_args"] = {"connect_timeout": settings.db_connect_timeout_s, **given}
     return make_engine(settings.sqlalchemy_url, **kwargs)
 
 
@@ -57,7 +58,6 @@ def api_engine(settings: Settings) -> Engine:
         statement_ms = int(settings.db_statement_timeout_s * 1000)
         lock_ms = int(settings.db_lock_timeout_s * 1000)
         kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow, connect_args={
-            "connect_timeout": settings.db_connect_timeout_s,
             "options": f"-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}",
             # libpq's TCP keepalive: a silent server (frozen, cut off) breaks the connection instead of
             # holding a request until the operating system gives up, minutes later.

@@ -57,6 +57,15 @@ def sweep(sweeper: Sweeper) -> None:
     sweeper.sweep()
 
 
+def crash_holding(sweeper: Sweeper, job_id: str, node: int, unit: str) -> None:
+    """A unit leases `node` and dies (its lease runs out); then a sweep (its last kick forgotten)."""
+    assert sweeper.frontier.lease(job_id, unit, 1, ttl_s=0.05).node_ids == [node]
+    assert sweeper.frontier.lease(job_id, "duplicate", 1, ttl_s=5).node_ids == []  # held: nobody else gets it
+    time.sleep(0.1)
+    sweeper.redis.delete(job_key(job_id, "kick"))
+    sweep(sweeper)
+
+
 def test_a_dead_units_nodes_are_requeued_and_a_unit_sent(
     settings: Settings, session_factory: sessionmaker[Session], redis_client: redis.Redis
 ) -> None:
@@ -81,10 +90,7 @@ def test_a_node_that_kills_every_worker_fails_its_job(
     frontier = RedisFrontier(redis_client)
     job_id, root = running_job(session_factory, frontier)
     for attempt in range(3):
-        assert frontier.lease(job_id, f"crash-{attempt}", 1, ttl_s=0.05).node_ids == [root]
-        time.sleep(0.1)
-        redis_client.delete(job_key(job_id, "kick"))
-        sweep(sweeper)
+        crash_holding(sweeper, job_id, root, f"crash-{attempt}")
     with session_factory() as session:
         job = jobs.get_job(session, job_id)
         assert job is not None and job.status == "failed"
@@ -103,11 +109,7 @@ def test_a_logprobs_job_is_taken_back_like_a_node_and_fails_at_the_limit(
         assert jobs.mark_running(session, job_id, "a-worker")
     assert sweeper.s.open_frontier(job_id, "first", lambda: [JOB_NODE]) is None
     for attempt in range(3):
-        assert sweeper.frontier.lease(job_id, f"crash-{attempt}", 1, ttl_s=0.05).node_ids == [JOB_NODE]
-        assert sweeper.frontier.lease(job_id, "duplicate", 1, ttl_s=5).node_ids == []  # held: it waits
-        time.sleep(0.1)
-        redis_client.delete(job_key(job_id, "kick"))
-        sweep(sweeper)
+        crash_holding(sweeper, job_id, JOB_NODE, f"crash-{attempt}")
         assert sent.count(job_id) == min(attempt + 1, 2)  # sent again after each death but the last
     with session_factory() as session:
         job = jobs.get_job(session, job_id)
