@@ -7,6 +7,7 @@ worker as the dispatcher, since the API never imports `workers/`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import redis
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -26,8 +28,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import viewers
 from api.dispatch import CeleryDispatcher, Dispatcher
-from api.limits import RequestSizeLimit, StreamSlots, make_rate_limiter
+from api.limits import RequestSizeLimit, make_rate_limiter, render_slots, stream_slots
 from api.metrics import Metrics
+from api.progress_feed import ProgressFeed
 from api.routes import jobs, system
 from api.tree_cache import RenderedTrees
 from models.db import api_engine, make_session_factory
@@ -98,9 +101,15 @@ def create_app(
         broker = redis.Redis.from_url(settings.redis_url, socket_timeout=BROKER_PING_TIMEOUT_S,
                                       socket_connect_timeout=BROKER_PING_TIMEOUT_S)
 
+    progress_feed = ProgressFeed(functools.partial(jobs.read_watched, session_factory, broker),
+                                 settings.events_interval_s)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(progress_feed.run)  # the one reader behind every event stream
+            yield
+            tasks.cancel_scope.cancel()
         if owned_dispatcher is not None:
             owned_dispatcher.close()
         if broker is not None:
@@ -120,7 +129,9 @@ def create_app(
     app.state.broker = broker
     app.state.rendered_trees = RenderedTrees(settings.tree_cache_bytes)
     app.state.rate_limiter = make_rate_limiter(settings, broker)
-    app.state.stream_slots = StreamSlots(settings.events_max_per_caller, settings.events_max_total)
+    app.state.stream_slots = stream_slots(settings)
+    app.state.render_slots = render_slots(settings)
+    app.state.progress_feed = progress_feed
     app.state.metrics = Metrics(settings, session_factory, broker)
     app.add_exception_handler(RequestValidationError, _validation_error)
     for error in (OperationalError, InterfaceError, PoolTimeout, DBAPIError):

@@ -4,7 +4,8 @@
 - requests per key: a token bucket per caller, in Redis when there is one (every API process shares
   it) or in this process (the embedded mode); an empty bucket is a 429 with Retry-After;
 - jobs per key: queued + running jobs are counted in the database when a job is submitted (see
-  api/routes/jobs.py), also a 429 with Retry-After.
+  api/routes/jobs.py), also a 429 with Retry-After;
+- event streams and tree renders held at once, per key and in all (`CallerSlots`), also 429s.
 
 The caps on a job's size (max_nodes, max_depth, max_new_tokens, prompt length) are in api/validation.py.
 """
@@ -93,6 +94,7 @@ class RateLimiter(Protocol):
 
 
 STREAM_RETRY_S = 5
+RENDER_RETRY_S = 2  # a large tree renders in a few seconds
 
 _TAKE = Path(__file__).with_name("rate_limit.lua").read_text()
 
@@ -180,28 +182,31 @@ def enforce_rate_limit(request: Request, caller: CallerDep) -> None:
                        f"(bursts of {settings.rate_limit_burst}); retry in {max(1, math.ceil(wait))} s", wait)
 
 
+class CallerSlots:
+    """Things of one kind that callers hold at once in this API process (event streams, tree renders),
+    counted per caller (API key, or client address without one) and in all: past either cap the next is a
+    429 with Retry-After, saying what to do instead, until one is freed."""
 
-class StreamSlots:
-    """Event streams open in this API process, per caller and in all. Each open stream polls the database
-    from the request thread pool, so one caller's hundreds of streams would slow every other request:
-    past a cap, a new stream is a 429 until one closes."""
-
-    def __init__(self, per_caller: int, total: int) -> None:
+    def __init__(self, per_caller: int, total: int, *, noun: str, state: str, advice: str,
+                 retry_after_s: float) -> None:
         self.per_caller, self.total = per_caller, total
+        self.noun, self.state, self.advice, self.retry_after_s = noun, state, advice, retry_after_s
         self.open: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def take(self, caller: Caller) -> Callable[[], None]:
-        """A slot for one of `caller`'s streams (a 429 if none is free); the returned function frees it
-        (calling it again does nothing)."""
+        """A slot for one of `caller`'s (a 429 if none is free); the returned function frees it (calling it
+        again does nothing)."""
         identity = caller.identity
         with self.lock:
             mine = self.open.get(identity, 0)
             if mine >= self.per_caller or sum(self.open.values()) >= self.total:
                 who = "this API key" if caller.key_id else "this client"
-                limit = (f"{mine} event streams open for {who}, the most allowed ({self.per_caller})"
-                         if mine >= self.per_caller else f"the server's {self.total} event streams are open")
-                raise too_many(f"{limit}; close one, or poll GET /v1/jobs/{{id}} instead", STREAM_RETRY_S)
+                if mine >= self.per_caller:
+                    limit = f"{mine} {self.noun} {self.state} for {who}, the most allowed ({self.per_caller})"
+                else:
+                    limit = f"the server's {self.total} {self.noun} are {self.state}"
+                raise too_many(f"{limit}; {self.advice}", self.retry_after_s)
             self.open[identity] = mine + 1
         freed = threading.Event()
 
@@ -217,3 +222,21 @@ class StreamSlots:
                     self.open.pop(identity, None)
 
         return free
+
+
+def stream_slots(settings: Settings) -> CallerSlots:
+    """Event streams open at once. Each holds a connection and a share of every reading of the progress
+    feed, so one caller's hundreds of streams would still cost everyone: past a cap, a 429 until one
+    closes."""
+    return CallerSlots(settings.events_max_per_caller, settings.events_max_total, noun="event streams",
+                       state="open", advice="close one, or poll GET /v1/jobs/{id} instead",
+                       retry_after_s=STREAM_RETRY_S)
+
+
+def render_slots(settings: Settings) -> CallerSlots:
+    """Tree renders running at once (a 100,000-node tree takes seconds of a core and a few hundred MB while
+    it renders). A finished tree served from memory, or one joining the same render in flight, takes none."""
+    return CallerSlots(settings.renders_max_per_caller, settings.renders_max_total, noun="tree renders",
+                       state="running",
+                       advice="retry when one ends, or ask for less of the tree (?root=, ?max_depth=)",
+                       retry_after_s=RENDER_RETRY_S)

@@ -98,9 +98,13 @@ class ModelsOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    status: Literal["ok", "unavailable"]
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="unavailable (503): the database or the broker does not answer; degraded (200): the API "
+                    "works, but some open jobs wait for a model no live worker serves")
     database: str
     broker: str
+    unserved_models: list[str] = Field(
+        default_factory=list, description="models of queued or running jobs that no live worker serves")
 
 
 class ErrorOut(BaseModel):

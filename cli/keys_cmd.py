@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from cli.common import Parser, check_schema, load_settings, reaching
 from cli.errors import UsageError
-from cli.main import Parser
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -34,14 +34,13 @@ def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
 
 @contextmanager
 def _session() -> Iterator[Session]:
-    from cli.service import _check_schema, _reaching, load_settings
     from models.db import engine_from_settings, make_session_factory
 
     settings = load_settings()
-    _check_schema(settings)  # migrates the embedded file; refuses a shared database that is behind
+    check_schema(settings)  # migrates the embedded file; refuses a shared database that is behind
     engine = engine_from_settings(settings)
     try:
-        with _reaching(settings.sqlalchemy_url), make_session_factory(engine)() as session:
+        with reaching(settings.sqlalchemy_url), make_session_factory(engine)() as session:
             yield session
     finally:
         engine.dispose()

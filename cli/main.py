@@ -1,75 +1,19 @@
 """`tokentree`: build token trees and log-probability analyses, and run the service.
 
-Bad input never ends in a traceback: one line on stderr and exit status 2.
+This module only assembles the commands (each in its own module, sharing cli/common.py) and reports their
+errors: bad input never ends in a traceback, but in one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
+from cli import keys_cmd, model_cmd, service, status_cmd, worker_cmd
+from cli.common import Parser
 from cli.errors import USAGE_ERROR, UsageError
-from engine.params import TREE_PARAMETER_HELP, LogprobsParams, ParameterError, TreeParams, check_prompt
-
-if TYPE_CHECKING:
-    from engine.loading import LoadedModel
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no usage dump) so scripts can read them."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_ERROR, f"tokentree: error: {message}\n")
-
-
-def _probability(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        default="demo",
-        help="'demo' (bundled), a local folder, or a Hugging Face Hub id (default: demo)",
-    )
-    group.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    group.add_argument(
-        "--quantize",
-        choices=["none", "4bit", "8bit"],
-        default="none",
-        help="load weights quantized with bitsandbytes (needs CUDA)",
-    )
-    group.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    group.add_argument("--prefix", default=None, help="force the response to start with this text")
-    group.add_argument(
-        "--stop-token",
-        type=int,
-        action="append",
-        default=[],
-        metavar="ID",
-        help="an extra token id that ends a path (repeatable)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-
-def add_tree_parameters(parser: argparse.ArgumentParser) -> None:
-    defaults = TreeParams()
-    group = parser.add_argument_group("branching rule")
-    for name, meaning in TREE_PARAMETER_HELP.items():
-        default = getattr(defaults, name)
-        count = isinstance(default, int)
-        group.add_argument("--" + name.replace("_", "-"), type=int if count else _probability,
-                           default=default, metavar="N" if count else "P",
-                           help=f"{meaning} (default {default})")
-    parser.add_argument("--max-batch", type=int, default=256, help="most nodes evaluated in one forward pass")
+from engine.params import ParameterError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,136 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tokentree", description="See how a language model decides: token trees and log-probs."
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    tree = commands.add_parser("tree", help="expand a token tree from a prompt (or many: --prompts)")
-    tree.add_argument("prompt", nargs="?")
-    tree.add_argument("-o", "--output", type=Path,
-                      help="write the tree JSON (the seed's layout) here; with --prompts, one tree a line")
-    tree.add_argument("--prompts", type=Path, metavar="FILE.jsonl",
-                      help="build many trees in shared batches: one JSON object a line, {\"prompt\": ..., "
-                           "\"parameters\": {...}, \"chat\": bool, \"prefix\": str}; flags are the defaults")
-    tree.add_argument("--top", type=int, default=10, help="completed paths to print (default 10)")
-    add_model_options(tree)
-    add_tree_parameters(tree)
-
-    logprobs = commands.add_parser("logprobs", help="greedy generation with per-token log-probabilities")
-    logprobs.add_argument("prompt")
-    logprobs.add_argument("-o", "--output", type=Path, help="append the JSONL record to this file")
-    logprobs.add_argument("--max-new-tokens", type=int, default=LogprobsParams().max_new_tokens)
-    logprobs.add_argument("--top-k", type=int, default=LogprobsParams().top_k)
-    add_model_options(logprobs)
-
-    commands.add_parser("demo-model", help="print the folder of the bundled demo checkpoint")
-
-    from cli import service
-
+    model_cmd.add_commands(commands)
     service.add_commands(commands)
+    keys_cmd.add_command(commands)
+    status_cmd.add_command(commands)
+    worker_cmd.add_command(commands)
     return parser
-
-
-def _load(args: argparse.Namespace) -> LoadedModel:
-    from transformers.utils import logging as transformers_logging
-
-    from engine.loading import ModelSpec, load_model
-
-    # stderr carries our progress bar and errors only, not the library's loading bars and notices.
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-
-    lm = load_model(
-        ModelSpec(name=args.model, dtype=args.dtype, device=args.device, quantization=args.quantize)
-    )
-    return lm.with_stop_ids(args.stop_token) if args.stop_token else lm
-
-
-def run_tree(args: argparse.Namespace) -> int:
-    from cli.progress import TreeProgressBar
-    from engine.analysis import TreeRequest, build_trees
-
-    params = TreeParams(**{name: getattr(args, name) for name in TreeParams.__dataclass_fields__})
-    if args.max_batch < 1:
-        raise ParameterError("max_batch", f"must be at least 1, got {args.max_batch}")
-    if (args.prompt is None) == (args.prompts is None):
-        raise UsageError("give a prompt or --prompts FILE.jsonl (one of them)")
-    flags = TreeRequest(args.prompt or "", params, chat=args.chat, prefix=args.prefix)
-    if args.prompts is not None:
-        from cli.prompts_file import read_requests
-
-        if args.output is None:
-            raise UsageError("--prompts needs -o OUT.jsonl for the trees")
-        requests = read_requests(args.prompts, flags)
-    else:
-        check_prompt(args.prompt)
-        requests = [flags]
-    lm = _load(args)
-    with TreeProgressBar(disable=args.quiet, trees=len(requests)) as bar:
-        results = build_trees(lm, requests, max_batch=args.max_batch, on_progress=bar.update)
-    if args.prompts is not None:
-        with args.output.open("w", encoding="utf-8") as out:
-            for result in results:
-                out.write(result.json_text() + "\n")
-        nodes = sum(r.metadata["stats"]["nodes"] for r in results)
-        completed = sum(r.metadata["stats"]["completed_paths"] for r in results)
-        seconds = max(r.metadata["stats"]["seconds"] for r in results)
-        print(f"trees {len(results)}  nodes {nodes}  completed paths {completed}  time {seconds:.2f}s")
-        print(f"trees written to {args.output}, one a line, in input order")
-        return 0
-    result = results[0]
-    if args.output is not None:
-        args.output.write_text(result.json_text(), encoding="utf-8")
-    stats = result.metadata["stats"]
-    print(
-        f"nodes {stats['nodes']}  expanded {stats['expanded']}  levels {stats['levels']}  "
-        f"forward passes {stats['forward_passes']}  completed paths {stats['completed_paths']}  "
-        f"time {stats['seconds']:.2f}s"
-    )
-    paths = result.completed_paths[: args.top]
-    if paths:
-        print(f"completed paths, most probable first ({len(result.completed_paths)} in all):")
-        for rank, path in enumerate(paths, 1):
-            print(f"{rank:3d}. p={path.cumulative_prob:.6f}  {args.prompt}{path.text}")
-    else:
-        print("no path reached a stop token (raise --max-depth or --max-nodes to let paths finish)")
-    if args.output is not None:
-        print(f"tree written to {args.output}")
-    return 0
-
-
-def run_logprobs(args: argparse.Namespace) -> int:
-    from engine.analysis import analyze_logprobs
-
-    params = LogprobsParams(max_new_tokens=args.max_new_tokens, top_k=args.top_k)
-    check_prompt(args.prompt)
-    lm = _load(args)
-    record = analyze_logprobs(lm, args.prompt, params, chat=args.chat, prefix=args.prefix)
-    for step in record["data"]:
-        rivals = "  ".join(f"{o['token']!r} {o['prob']:.1f}%" for o in step["other_tokens"][1:])
-        print(f"{step['token']!r:>20} {step['prob']:6.2f}%  {step['logprob']:8.4f}   {rivals}")
-    print(f"response: {record['response']}")
-    if args.output is not None:
-        with args.output.open("a", encoding="utf-8") as out:
-            out.write(json.dumps(record) + "\n")
-        print(f"record appended to {args.output}")
-    return 0
-
-
-def run_demo_model(args: argparse.Namespace) -> int:
-    from engine import DEMO_MODEL_DIR
-
-    print(DEMO_MODEL_DIR)
-    return 0
-
-
-COMMANDS = {"tree": run_tree, "logprobs": run_logprobs, "demo-model": run_demo_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from engine.errors import ModelLoadError
 
-    handler = COMMANDS.get(args.command) or args.handler
     try:
-        return int(handler(args) or 0)
+        return int(args.handler(args) or 0)
     except (ParameterError, ModelLoadError, UsageError) as exc:
         print(f"tokentree: error: {exc}", file=sys.stderr)
         return USAGE_ERROR

@@ -1,5 +1,5 @@
-"""Service commands: `serve`, `db upgrade|downgrade|current`, `models`, `keys` (cli/keys_cmd.py),
-`status` (cli/status_cmd.py) and `worker` (cli/worker_cmd.py).
+"""Service commands: `serve`, `db upgrade|downgrade|current` and `models` (`keys`, `status` and `worker`
+have modules of their own).
 
 `tokentree serve` with no TOKENTREE_DATABASE_URL / TOKENTREE_REDIS_URL is the whole product in one
 process: SQLite under the data folder (migrated on start) and an in-process worker. With them set it
@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
-from cli import keys_cmd, status_cmd
-from cli.main import Parser, UsageError
-
-if TYPE_CHECKING:
-    from models.settings import Settings
+from cli.common import Parser, check_schema, load_settings, reaching, redacted
+from cli.errors import UsageError
 
 
 def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
@@ -33,7 +26,7 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     db = commands.add_parser("db", help="database schema migrations (TOKENTREE_DATABASE_URL)")
     steps = db.add_subparsers(dest="db_command", required=True, parser_class=Parser)
     upgrade = steps.add_parser("upgrade", help="apply migrations (to the newest by default)")
-    upgrade.add_argument("--to", default="head", metavar="REVISION")
+    upgrade.add_argument("--to", default="head", metavar="REVISION", help="the revision to reach")
     upgrade.set_defaults(handler=run_db_upgrade)
     downgrade = steps.add_parser("downgrade", help="undo migrations; `--to base` empties the database")
     downgrade.add_argument("--to", required=True, metavar="REVISION", help="a revision, -1, or base")
@@ -44,57 +37,14 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     models = commands.add_parser("models", help="list the models jobs may name (TOKENTREE_MODELS)")
     models.set_defaults(handler=run_models)
 
-    keys_cmd.add_command(commands)
-    status_cmd.add_command(commands)
-
-    try:
-        worker_cmd = importlib.import_module("cli.worker_cmd")
-    except ModuleNotFoundError as exc:
-        if exc.name != "cli.worker_cmd":
-            raise
-    else:
-        worker_cmd.add_command(commands)
-
-
-def load_settings() -> Settings:
-    """The settings, or a one-line usage error naming the variable that is wrong."""
-    from pydantic import ValidationError
-
-    from models.settings import get_settings
-
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = "TOKENTREE_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
-        raise UsageError(f"{where}: {error['msg']}") from None
-
-
-def _redacted(url: str) -> str:
-    from sqlalchemy import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-@contextmanager
-def _reaching(url: str) -> Iterator[None]:
-    """An unreachable database is the user's to fix: one line naming it (password hidden)."""
-    from sqlalchemy.exc import OperationalError
-
-    try:
-        yield
-    except OperationalError as exc:
-        reason = str(exc.orig or exc).strip().splitlines()[0]
-        raise UsageError(f"cannot use the database {_redacted(url)}: {reason}") from None
-
 
 def run_db_upgrade(args: argparse.Namespace) -> int:
     from migrations import current_revision, upgrade_database
 
     url = load_settings().sqlalchemy_url
-    with _reaching(url):
+    with reaching(url):
         upgrade_database(url, args.to)
-        print(f"{_redacted(url)} is at revision {current_revision(url)}")
+        print(f"{redacted(url)} is at revision {current_revision(url)}")
     return 0
 
 
@@ -102,9 +52,9 @@ def run_db_downgrade(args: argparse.Namespace) -> int:
     from migrations import current_revision, downgrade_database
 
     url = load_settings().sqlalchemy_url
-    with _reaching(url):
+    with reaching(url):
         downgrade_database(url, args.to)
-        print(f"{_redacted(url)} is at revision {current_revision(url) or 'base (empty)'}")
+        print(f"{redacted(url)} is at revision {current_revision(url) or 'base (empty)'}")
     return 0
 
 
@@ -112,9 +62,9 @@ def run_db_current(args: argparse.Namespace) -> int:
     from migrations import current_revision, head_revision
 
     url = load_settings().sqlalchemy_url
-    with _reaching(url):
+    with reaching(url):
         current = current_revision(url) or "base (empty)"
-    print(f"{_redacted(url)}: revision {current}; newest {head_revision()}")
+    print(f"{redacted(url)}: revision {current}; newest {head_revision()}")
     return 0
 
 
@@ -128,25 +78,11 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_schema(settings: Settings) -> None:
-    """Migrate the embedded SQLite file; refuse to serve a shared database that is behind."""
-    from migrations import current_revision, head_revision, upgrade_database
-
-    url = settings.sqlalchemy_url
-    with _reaching(url):
-        if settings.database_url is None:
-            upgrade_database(url)
-            return
-        current, head = current_revision(url), head_revision()
-    if current != head:
-        raise UsageError(f"the database is at revision {current or 'base (empty)'}, this code needs {head}: "
-                         "run `tokentree db upgrade`")
-
-
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.http_protocol import with_head_timeout
     from api.logs import configure_logging
     from models.db import api_engine, make_session_factory
 
@@ -156,7 +92,7 @@ def run_serve(args: argparse.Namespace) -> int:
     port = settings.port if args.port is None else args.port
     if not 1 <= port <= 65535:
         raise UsageError(f"--port must be between 1 and 65535, got {port}")
-    _check_schema(settings)
+    check_schema(settings)
     engine = api_engine(settings)
     session_factory = make_session_factory(engine)
     worker = None
@@ -171,7 +107,7 @@ def run_serve(args: argparse.Namespace) -> int:
         worker.start()
     mode = "embedded: SQLite and an in-process worker" if settings.database_url is None else (
         "with an in-process worker" if settings.embedded else "API only; jobs go to `tokentree worker`")
-    database = _redacted(settings.sqlalchemy_url)
+    database = redacted(settings.sqlalchemy_url)
     logging.getLogger("tokentree.serve").info("tokentree: serving on http://%s:%s/ (%s); database %s",
                                               host, port, mode, database)
     try:
@@ -181,6 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
         gc.freeze()
         # log_config=None: uvicorn's loggers go through configure_logging's handler (text or JSON).
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None,
+                    http=with_head_timeout(settings.head_timeout_s),
                     proxy_headers=bool(settings.trusted_proxies),
                     forwarded_allow_ips=settings.trusted_proxies or None)
     finally:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from cli.common import Parser, check_schema, load_settings, reaching, redacted
 from cli.errors import UsageError
-from cli.main import Parser
 
 
 def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
@@ -19,19 +19,18 @@ def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from cli.service import _check_schema, _reaching, _redacted, load_settings
     from models import jobs
     from models.db import engine_from_settings, make_session_factory
 
     settings = load_settings()
-    _check_schema(settings)  # creates the embedded file if need be; a shared database must be current
+    check_schema(settings)  # creates the embedded file if need be; a shared database must be current
     engine = engine_from_settings(settings)
     try:
-        with _reaching(settings.sqlalchemy_url), make_session_factory(engine)() as session:
+        with reaching(settings.sqlalchemy_url), make_session_factory(engine)() as session:
             counts = jobs.count_by_status(session)
     finally:
         engine.dispose()
-    print(f"database {_redacted(settings.sqlalchemy_url)}")
+    print(f"database {redacted(settings.sqlalchemy_url)}")
     print("jobs: " + ", ".join(f"{status} {count}" for status, count in counts.items()))
     if settings.redis_url is None:
         print("mode: embedded (jobs run inside `tokentree serve`; no queues and no separate workers)")

@@ -14,30 +14,21 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any
 
+from cli.common import Parser, load_settings
 from cli.errors import UsageError
 
 
-def _allow_list() -> list[str] | None:
-    """The allow-list's names, for `--model`'s choices; None when the settings cannot be read yet (the
-    command then reports the settings' error itself)."""
-    try:
-        from models.settings import get_settings
-
-        return list(get_settings().models)
-    except Exception:
-        return None
-
-
-def add_command(commands: Any) -> None:
+def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
     """Register `tokentree worker` on the CLI's subcommands."""
     parser = commands.add_parser(
         "worker", help="run workers that expand the jobs of their models (needs Postgres and Redis)",
         description="Run Celery workers for the distributed mode "
                     "(TOKENTREE_DATABASE_URL, TOKENTREE_REDIS_URL).",
     )
-    parser.add_argument("--model", action="append", choices=_allow_list(), metavar="NAME",
+    # Checked against the allow-list when the command runs, not as argparse choices: reading the settings
+    # while the parser is built would cost every command, `tree` and `--help` too, the settings' imports.
+    parser.add_argument("--model", action="append", metavar="NAME",
                         help="a model of the allow-list to serve (repeatable; default: every model)")
     parser.add_argument("--name", help="the worker's name in job progress and status, unique among live "
                         "workers (default: TOKENTREE_WORKER_NAME, else HOST-PID; processes add -1, -2...)")
@@ -46,7 +37,8 @@ def add_command(commands: Any) -> None:
     parser.add_argument("--gpus", help="comma-separated CUDA device ids: one process per device")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads per process (default: the CPU cores shared among processes)")
-    parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"],
+                        help="the workers' log level")
     parser.add_argument("--check", action="store_true",
                         help="start nothing: exit 0 if the workers this command runs on this host are alive "
                              "(their heartbeats in Redis; a container's healthcheck), else 1")
@@ -163,9 +155,11 @@ def celery_argv(env: dict[str, str], models: list[str], loglevel: str) -> list[s
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from cli.service import load_settings
-
     settings = load_settings()
+    unknown = [name for name in args.model or [] if name not in settings.models]
+    if unknown:
+        raise UsageError(f"--model {unknown[0]}: not in the allow-list (TOKENTREE_MODELS): "
+                         + ", ".join(settings.models))
     if settings.redis_url is None or settings.database_url is None:
         raise UsageError("tokentree worker needs TOKENTREE_REDIS_URL and TOKENTREE_DATABASE_URL (Postgres); "
                          "without them `tokentree serve` runs jobs in its own process")

@@ -48,6 +48,7 @@ def model_metadata(lm: LoadedModel) -> dict[str, Any]:
         "model": lm.spec.name,
         "source": lm.source,
         "dtype": lm.dtype,
+        "model_fingerprint": lm.fingerprint,
         "device": str(lm.model.device),
         "stop_token_ids": sorted(lm.stop_ids),
         "versions": versions(),

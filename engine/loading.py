@@ -6,9 +6,14 @@ user can get wrong raises `ModelLoadError` or `ParameterError` with a one-line m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import importlib.util
+import json
 import socket
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -51,6 +56,9 @@ class LoadedModel:
     stop_ids: frozenset[int]
     context_length: int | None
     source: str
+    # What the model computes, named: equal for two loads exactly when their trees can be equal (see
+    # `model_fingerprint`). A job records it, and a worker whose model differs refuses the job's nodes.
+    fingerprint: str
     _decoded: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -99,11 +107,37 @@ def hub_reachable(timeout_s: float = 2.0) -> bool:
         return False
     endpoint = urlparse(hub_constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    reached: list[bool] = []
+    over = threading.Event()
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s).close()
+            reached.append(True)
+        except OSError:
+            pass
+        finally:
+            over.set()
+
+    # In a thread we stop waiting for: the connection's timeout does not cover resolving the name, and a
+    # DNS server that does not answer holds a lookup for its own retries (5 s a try, several tries).
+    threading.Thread(target=attempt, name="hub-check", daemon=True).start()
+    over.wait(timeout_s)
+    return bool(reached)
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """huggingface_hub's offline mode for one load from the cache. `local_files_only` alone still lets it
+    ask the Hub for its agent registry (for the user-agent header) first: seconds more behind a firewall
+    that drops packets, and a wait of the resolver's making behind one that does not answer. Restored
+    afterwards, so that a long-lived worker is not left offline by a passing outage."""
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
     try:
-        socket.create_connection((endpoint.hostname or "", port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
 
 
 def pick_device(device: Device) -> str:
@@ -170,8 +204,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     offline = not Path(source).is_dir() and not hub_reachable()
     try:
         # A Hub id with the Hub unreachable: the local cache only, so a missing model fails at once.
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
+        with _hub_offline() if offline else contextlib.nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         why = (f"the Hugging Face Hub has no such model ({first_line})" if not offline else
@@ -194,6 +229,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         stop_ids=stop_ids,
         context_length=int(context) if context else None,
         source=source,
+        fingerprint=model_fingerprint(model, tokenizer),
     )
 
 
@@ -220,3 +256,34 @@ def encode_prompt(lm: LoadedModel, prompt: str, chat: bool = False, prefix: str 
             "prompt", f"is {len(ids)} tokens long; the model's context holds {lm.context_length}"
         )
     return ids
+
+
+# Elements read from each weight tensor for the fingerprint: enough that two different checkpoints (or one
+# at two dtypes) differ in practice, few enough that a 70B model is fingerprinted in well under a second.
+FINGERPRINT_SAMPLES = 1024
+
+
+@torch.no_grad()
+def model_fingerprint(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short hash of what decides a tree: the architecture's config (less where it was loaded from),
+    the tokenizer's vocabulary and chat template, and every weight tensor's name, dtype, shape and the
+    raw bytes of evenly spaced elements. Two workers that load one checkpoint the same way agree on any
+    host; a different checkpoint, dtype or quantization gives another fingerprint. Reads no files, so a
+    Hub model, a folder and the demo are treated alike."""
+    digest = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items()
+              if not k.startswith("_") and k != "transformers_version"}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        if tensor.device.type == "meta" or tensor.numel() == 0:  # offloaded by accelerate: no data here
+            continue
+        flat = tensor.detach().reshape(-1)
+        count = min(flat.numel(), FINGERPRINT_SAMPLES)
+        # Integer arithmetic, so the same elements are read on any device (a float linspace rounds).
+        picks = torch.arange(count, dtype=torch.int64) * (flat.numel() - 1) // max(1, count - 1)
+        sample = flat[picks.to(flat.device)].contiguous().cpu()
+        digest.update(sample.view(torch.uint8).numpy().tobytes())  # raw bytes: bf16 has no numpy dtype
+    return digest.hexdigest()[:16]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from models.schema import ApiKey, utcnow
+from models.schema import ApiKey, db_now
 
 TOKEN_PREFIX = "tt_"
 DISPLAY_CHARS = 10  # "tt_" and 7 characters of the secret: enough to tell keys apart, useless to guess
@@ -51,10 +52,19 @@ def find_active(session: Session, token: str) -> ApiKey | None:
     return session.scalar(select(ApiKey).where(ApiKey.hash == hash_token(token), ApiKey.revoked_at.is_(None)))
 
 
-def is_active(session: Session, key_id: uuid.UUID | str) -> bool:
-    """Whether the key exists and is not revoked (a long request checks again as it goes)."""
-    key = get_key(session, key_id)
-    return key is not None and key.revoked_at is None
+def active_ids(session: Session, key_ids: Iterable[uuid.UUID | str]) -> set[str]:
+    """Those of the keys that exist and are not revoked, in one query (every open event stream's key is
+    checked at once, as they go)."""
+    keys = set()
+    for key_id in key_ids:
+        try:
+            keys.add(key_id if isinstance(key_id, uuid.UUID) else uuid.UUID(str(key_id)))
+        except ValueError:
+            continue  # not a key id: not an active key
+    if not keys:
+        return set()
+    found = session.scalars(select(ApiKey.id).where(ApiKey.id.in_(keys), ApiKey.revoked_at.is_(None)))
+    return {str(key) for key in found}
 
 
 def list_keys(session: Session) -> list[ApiKey]:
@@ -75,7 +85,7 @@ def revoke_key(session: Session, key_id: uuid.UUID) -> bool:
     result = session.execute(
         update(ApiKey)
         .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=db_now())
         .execution_options(synchronize_session=False)
     )
     session.commit()

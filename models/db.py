@@ -7,6 +7,7 @@ in-process worker, so it runs in WAL mode (readers never block the writer) with 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Postgres' `clock_timestamp()`, which `models.schema.db_now` reads: in the one-process mode the
+    # database's clock is the process's, written as SQLAlchemy writes a datetime (SQLite's has ms only).
+    dbapi_connection.create_function(
+        "clock_timestamp", 0, lambda: datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"))
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, Node, utcnow
+from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, Node, db_now
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,22 @@ def get_job(session: Session, job_id: JobId) -> Job | None:
     return session.get(Job, as_job_id(job_id), populate_existing=True)
 
 
+def get_jobs(session: Session, job_ids: Iterable[JobId]) -> dict[uuid.UUID, Job]:
+    """Those of the jobs that exist, by id, read in one query (fresh, as `get_job`)."""
+    keys = {as_job_id(job_id) for job_id in job_ids}
+    if not keys:
+        return {}
+    found = session.scalars(select(Job).where(Job.id.in_(keys)).execution_options(populate_existing=True))
+    return {job.id: job for job in found}
+
+
+def seconds_since_start(session: Session, job_id: JobId) -> float | None:
+    """How long ago the job first started, on the database's clock (which recorded the start); None when it
+    never started or is gone."""
+    row = session.execute(select(JOBS.c.started_at, db_now()).where(JOBS.c.id == as_job_id(job_id))).first()
+    return None if row is None or row[0] is None else (row[1] - row[0]).total_seconds()
+
+
 def list_jobs(
     session: Session, *, status: str | None = None, limit: int = 50, offset: int = 0,
     owner: str | None = None,
@@ -132,6 +149,11 @@ def lock_owner(session: Session, owner: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tokentree.owner:" + owner))))
 
 
+def open_models(session: Session) -> list[str]:
+    """The models that queued or running jobs name, sorted."""
+    return sorted(session.scalars(select(Job.model).where(Job.status.in_(OPEN_STATUSES)).distinct()))
+
+
 # -- transitions ------------------------------------------------------------------------------------
 
 
@@ -141,17 +163,31 @@ def mark_running(session: Session, job_id: JobId, worker: str) -> bool:
     Several workers may join one job: `started_at` keeps the first one's time. Returns False when the
     job is finished, cancelled or gone, in which case the worker must not touch it. Commits.
     """
-    now = utcnow()
     result = session.execute(
         update(Job)
         .where(Job.id == as_job_id(job_id), Job.status.in_(OPEN_STATUSES))
-        .values(status="running", started_at=func.coalesce(Job.started_at, now))
+        .values(status="running", started_at=func.coalesce(Job.started_at, db_now()))
         .execution_options(synchronize_session=False)
     )
     session.commit()
     joined = _rowcount(result) == 1
     log.info("job %s %s worker %s", job_id, "running on" if joined else "is closed to", worker)
     return joined
+
+
+def claim_model(session: Session, job_id: JobId, fingerprint: str) -> str | None:
+    """The fingerprint of the model the job is built with: `fingerprint` if this is the job's first
+    worker (it is recorded), else the first worker's. None when the job is gone. Commits.
+
+    One statement, so two first workers at once agree on whichever committed first."""
+    recorded = session.scalar(
+        update(JOBS)
+        .where(JOBS.c.id == as_job_id(job_id))
+        .values(model_fingerprint=func.coalesce(JOBS.c.model_fingerprint, fingerprint))
+        .returning(JOBS.c.model_fingerprint)
+    )
+    session.commit()
+    return recorded
 
 
 def finish_job(
@@ -170,7 +206,7 @@ def finish_job(
     """
     if status not in TERMINAL_STATUSES:
         raise ValueError(f"not a terminal status: {status!r}")
-    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": _clip_error(error)}
+    values: dict[str, Any] = {"status": status, "finished_at": db_now(), "error": _clip_error(error)}
     if result is not None:
         values["result"] = result
     outcome = session.execute(

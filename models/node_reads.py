@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import typing
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,27 +188,37 @@ def completed_paths(session: Session, job_id: JobId, limit: int) -> list[Complet
 def job_progress(session: Session, job_id: JobId) -> Progress:
     """Counted from the nodes themselves in one pass over the job's rows (so it is right even while
     workers are between updates of the job's counters)."""
+    key = as_job_id(job_id)
+    return jobs_progress(session, [key])[key]
+
+
+def jobs_progress(session: Session, job_ids: Iterable[JobId]) -> dict[uuid.UUID, Progress]:
+    """`job_progress` of several jobs in one query (event streams read every watched job at once); a job
+    without nodes is all zeros."""
+    keys = {as_job_id(job_id) for job_id in job_ids}
+    if not keys:
+        return {}
+    counts: dict[uuid.UUID, tuple[int, int, int, dict[str, int]]] = {key: (0, 0, 0, {}) for key in keys}
     is_open = and_(Node.is_finished.is_(False), Node.threshold.is_(None))
     rows = session.execute(
         select(
+            Node.job_id,
             Node.expanded_by,
             func.count(),
             func.sum(case((is_open, 1), else_=0)),
             func.sum(case((Node.finish_reason == "stop", 1), else_=0)),
         )
-        .where(Node.job_id == as_job_id(job_id))
-        .group_by(Node.expanded_by)
+        .where(Node.job_id.in_(keys))
+        .group_by(Node.job_id, Node.expanded_by)
     )
-    nodes = frontier = completed = 0
-    workers: dict[str, int] = {}
-    for worker, count, open_count, stopped in rows:
-        nodes += count
-        frontier += open_count or 0
-        completed += stopped or 0
+    for job_id, worker, count, open_count, stopped in rows:
+        nodes, frontier, completed, workers = counts[job_id]
         if worker is not None:
             workers[worker] = count
-    return Progress(nodes=nodes, frontier=frontier, completed_paths=completed,
-                    workers=dict(sorted(workers.items())))
+        counts[job_id] = (nodes + count, frontier + (open_count or 0), completed + (stopped or 0), workers)
+    return {key: Progress(nodes=nodes, frontier=frontier, completed_paths=completed,
+                          workers=dict(sorted(workers.items())))
+            for key, (nodes, frontier, completed, workers) in counts.items()}
 
 
 def counted_progress(job: Job) -> Progress:

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.jobs import JOBS, OPEN_STATUSES, JobId, add_counts, as_job_id
-from models.schema import Job, Node, utcnow
+from models.schema import Job, Node, db_now
 
 NODES = cast(Table, Node.__table__)
 
@@ -170,7 +170,7 @@ def start_tree(session: Session, job_id: JobId, prompt: str) -> TreeStart | None
     row = session.execute(
         update(JOBS)
         .where(job.id == key, job.status.in_(OPEN_STATUSES))
-        .values(status="running", started_at=func.coalesce(job.started_at, utcnow()))
+        .values(status="running", started_at=func.coalesce(job.started_at, db_now()))
         .returning(job.node_count, job.completed_paths, job.started_at)
     ).one_or_none()
     if row is None:
@@ -182,7 +182,7 @@ def start_tree(session: Session, job_id: JobId, prompt: str) -> TreeStart | None
         root_id = session.scalar(
             insert(NODES)
             .values(job_id=key, parent_id=None, token_id=None, text=prompt, depth=0, prob=1.0, logprob=0.0,
-                    cumulative_prob=1.0, is_finished=False, created_at=utcnow())
+                    cumulative_prob=1.0, is_finished=False)
             .returning(NODES.c.id)
         )
         add_counts(session, key, nodes=1)
@@ -319,13 +319,13 @@ def _write_together(session: Session, steps: Sequence[StepToWrite]) -> list[Step
                 "INSERT INTO nodes (job_id, parent_id, token_id, text, depth, prob, logprob, "
                 "cumulative_prob, is_finished, created_at) "
                 "SELECT u.job_id, u.parent_id, u.token_id, u.text, u.depth, u.prob, u.logprob, "
-                "u.cumulative_prob, false, :now "
+                "u.cumulative_prob, false, clock_timestamp() "
                 "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(job_id uuid, parent_id bigint, "
                 "token_id int, text text, depth int, prob float8, logprob float8, cumulative_prob float8) "
                 "ON CONFLICT (job_id, parent_id, token_id) DO NOTHING "
                 "RETURNING id, job_id, parent_id, token_id"
             ),
-            {"now": utcnow(), "rows": _json(rows)},
+            {"rows": _json(rows)},
         )
         inserted = {(job, parent, token): node_id for node_id, job, parent, token in returned}
     if len(inserted) != len(rows):
@@ -584,14 +584,13 @@ def _insert_children(session: Session, job_id: uuid.UUID, rows: list[dict[str, A
                 "INSERT INTO nodes (job_id, parent_id, token_id, text, depth, prob, logprob, "
                 "cumulative_prob, is_finished, created_at) "
                 "SELECT :job_id, u.parent_id, u.token_id, u.text, u.depth, u.prob, u.logprob, "
-                "u.cumulative_prob, false, :now "
+                "u.cumulative_prob, false, clock_timestamp() "
                 "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(parent_id bigint, token_id int, "
                 "text text, depth int, prob float8, logprob float8, cumulative_prob float8) "
                 "ON CONFLICT (job_id, parent_id, token_id) DO NOTHING "
                 "RETURNING id, parent_id, token_id"
             ),
-            {"job_id": job_id, "now": utcnow(),
-             "rows": _json([{name: r[name] for name in _CHILD_COLUMNS} for r in rows])},
+            {"job_id": job_id, "rows": _json([{name: r[name] for name in _CHILD_COLUMNS} for r in rows])},
         ).all()
         by_key = {(parent, token): node_id for node_id, parent, token in returned}
     else:
@@ -609,9 +608,8 @@ def _insert_children(session: Session, job_id: uuid.UUID, rows: list[dict[str, A
 def _insert_children_sqlite(
     session: Session, job_id: uuid.UUID, rows: list[dict[str, Any]]
 ) -> dict[Any, int]:
-    now = utcnow()
-    values = [{**{name: r[name] for name in _CHILD_COLUMNS}, "job_id": job_id, "is_finished": False,
-               "created_at": now} for r in rows]
+    values = [{**{name: r[name] for name in _CHILD_COLUMNS}, "job_id": job_id, "is_finished": False}
+              for r in rows]
     try:
         with session.begin_nested():
             ids = session.scalars(insert(Node).returning(Node.id, sort_by_parameter_order=True), values).all()

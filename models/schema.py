@@ -23,10 +23,12 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import ColumnElement
 
 JOB_KINDS = ("tree", "logprobs")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -39,6 +41,14 @@ NodeId = BigInteger().with_variant(Integer(), "sqlite")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def db_now() -> ColumnElement[datetime]:
+    """The database's clock, read as the statement runs: every time written to a job or a node, and every
+    age the sweeper compares, is on this one clock, whatever the clock of the host writing it says.
+    `clock_timestamp()`, not `now()` (its transaction's start): a step's transaction may have waited for
+    the job's row lock. SQLite, the one-process mode, has the function from `models.db`."""
+    return func.clock_timestamp(type_=DateTime(timezone=True))
 
 
 class Base(DeclarativeBase):
@@ -69,7 +79,10 @@ class Job(Base):
     # The submission's Idempotency-Key, scoped to its owner (`models.jobs.idempotency_scope`): a retried
     # submission finds this job instead of making a second one.
     idempotency_key: Mapped[str | None] = mapped_column(String(400))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The fingerprint of the model the first worker built it with (`engine.loading.model_fingerprint`):
+    # a worker whose model differs refuses the job's nodes, so a tree is never built by two models.
+    model_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=db_now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Counts kept with the job so listing jobs never scans nodes.
@@ -110,7 +123,7 @@ class Node(Base):
     queue_depth: Mapped[int | None] = mapped_column(Integer)
     entropy: Mapped[float | None] = mapped_column(Double)
     expanded_by: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=db_now())
 
 
 class ApiKey(Base):
@@ -124,5 +137,5 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(16))
     hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=db_now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

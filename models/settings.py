@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     # Event streams open at once in one API process: per caller (API key, or client address), and in all.
     events_max_per_caller: int = Field(default=8, ge=1)
     events_max_total: int = Field(default=200, ge=1)
+    # Tree renders running at once in one API process, per caller and in all: a 100,000-node tree takes
+    # seconds of a core and a few hundred MB while it renders. A tree served from memory takes none.
+    renders_max_per_caller: int = Field(default=2, ge=1)
+    renders_max_total: int = Field(default=4, ge=1)
     # Memory for rendered trees of finished jobs (they never change); 0 turns the cache off.
     tree_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
@@ -170,6 +174,9 @@ class Settings(BaseSettings):
     # Reverse proxies whose X-Forwarded-For / -Proto headers are believed (comma-separated addresses, as
     # uvicorn's --forwarded-allow-ips); empty: none, so no client can pick the address it is limited by.
     trusted_proxies: str = ""
+    # A connection must send a request's line and headers within this long of opening (or of its last
+    # response), or it is closed: half-sent requests cannot pile up (api/http_protocol.py).
+    head_timeout_s: float = Field(default=10.0, gt=0, le=300)
     # An unreachable database is a quick 503, not a hung request: bounds on connecting to it and on
     # waiting for a pooled connection.
     db_connect_timeout_s: int = Field(default=2, ge=1, le=60)

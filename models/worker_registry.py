@@ -3,8 +3,8 @@
 Every worker process keeps one key, `tokentree:worker:<name>`, holding what it is (name, models, host,
 pid, state, last beat) and expiring `heartbeat_ttl_s` after its last beat. Claiming that key (SET NX)
 is how a worker takes its name: a second worker with a live worker's name is refused. A sorted set,
-`tokentree:workers`, indexes the names by last beat, so readers (`tokentree status`, /metrics, job
-progress) find the live ones without scanning Redis; a name whose key has expired is not live.
+`tokentree:workers`, indexes the names by last beat (on Redis' clock), so readers (`tokentree status`,
+/metrics, job progress) find the live ones without scanning Redis; a name whose key has expired is not live.
 
 The API, the CLI and the workers all read these keys: the names are here, in one place, and nothing
 here imports the workers (the API may not).
@@ -35,6 +35,13 @@ if held and cjson.decode(held)['token'] ~= ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 """
+# Index a name by its last beat on Redis' clock, and forget names silent for ARGV[2] s: every worker's beats
+# compare on one clock (a worker whose clock was an hour behind vanished from the index at its peers' beats).
+_INDEX = """
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+return redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+"""
 # Delete the key only if it is still ours.
 _RELEASE = """
 local held = redis.call('GET', KEYS[1])
@@ -60,6 +67,9 @@ class WorkerBeat:
     started: float = field(default_factory=time.time)
     beat: float = field(default_factory=time.time)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells this process's key from another's
+    # model -> its fingerprint (`engine.loading.model_fingerprint`), once loaded: a job started on another
+    # fingerprint is refused by this worker.
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "models": list(self.models)})
@@ -69,11 +79,13 @@ class WorkerBeat:
         data: dict[str, Any] = json.loads(raw)
         return cls(name=str(data["name"]), models=tuple(data.get("models") or ()), host=str(data["host"]),
                    pid=int(data["pid"]), state=str(data.get("state", "")), started=float(data["started"]),
-                   beat=float(data["beat"]), token=str(data["token"]))
+                   beat=float(data["beat"]), token=str(data["token"]),
+                   fingerprints={str(k): str(v) for k, v in (data.get("fingerprints") or {}).items()})
 
-    def now(self, state: str | None = None) -> WorkerBeat:
-        """This beat again, at this instant (and in `state`)."""
-        return replace(self, beat=time.time(), state=state or self.state)
+    def now(self, state: str | None = None, fingerprints: dict[str, str] | None = None) -> WorkerBeat:
+        """This beat again, at this instant (and in `state`, with the loaded models' `fingerprints`)."""
+        return replace(self, beat=time.time(), state=state or self.state,
+                       fingerprints=self.fingerprints if fingerprints is None else fingerprints)
 
     def describe(self, now: float | None = None) -> str:
         """`gpu-1-412: demo, small (busy; host gpu-1, pid 412, last beat 0.4 s ago)`."""
@@ -168,10 +180,7 @@ def release(client: redis.Redis, beat: WorkerBeat) -> None:
 
 
 def _index(client: redis.Redis, beat: WorkerBeat) -> None:
-    pipe = client.pipeline(transaction=False)
-    pipe.zadd(INDEX_KEY, {beat.name: beat.beat})
-    pipe.zremrangebyscore(INDEX_KEY, "-inf", beat.beat - INDEX_KEEP_S)
-    pipe.execute()
+    client.eval(_INDEX, 1, INDEX_KEY, beat.name, str(INDEX_KEEP_S))
 
 
 def live_workers(client: redis.Redis) -> list[WorkerBeat]:
@@ -200,6 +209,16 @@ def name_taken(holder: WorkerBeat) -> str:
             f"{holder.state}); give this one another --name")
 
 
-def no_worker_warning(model: str) -> str:
-    """What a queued or running job of a model nobody serves says in its progress."""
-    return f"no live worker serves model {model}"
+def no_worker_warning(model: str, fingerprint: str | None, workers: Iterable[WorkerBeat]) -> str | None:
+    """What a queued or running job says in its progress when no live worker can take it: none serves its
+    model, or those that do have another model under that name than the one the job was started with
+    (they refuse its nodes). None when some worker can (or may: one still loading the model)."""
+    serving = [w for w in workers if model in w.models]
+    if not serving:
+        return f"no live worker serves model {model}"
+    theirs = {w.fingerprints.get(model) for w in serving}
+    if fingerprint is None or fingerprint in theirs or None in theirs:
+        return None
+    others = ", ".join(sorted(str(f) for f in theirs))
+    return (f"no live worker has the model this job was started with ({model} fingerprinted {fingerprint}); "
+            f"the workers serving {model} have {others} and refuse its nodes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -9,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -247,15 +250,118 @@ def test_an_unreachable_hub_fails_at_once_and_says_what_to_do() -> None:
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize("args", [["--help"], ["models"], ["demo-model"], ["tree", "--help"]])
-def test_commands_that_run_no_model_import_no_torch(args: list[str]) -> None:
-    """They answer in well under a second: torch and transformers alone take seconds to import."""
-    check = ("import sys\nfrom cli.main import main\n"
-             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-             "loaded = {'torch', 'transformers'} & set(sys.modules)\nassert not loaded, loaded\n")
-    done = subprocess.run([sys.executable, "-c", check, *args], cwd=ROOT, capture_output=True, text=True,
+def test_a_resolver_that_never_answers_does_not_hold_an_unknown_model(tmp_path: Path) -> None:
+    """Offline behind a DNS server that does not answer, the Hub's name never resolves, and a connection's
+    timeout does not cover the lookup: the Hub check still gives up in seconds (one line, exit 2)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import socket, time\n"
+        "def getaddrinfo(*args, **kwargs):\n"
+        "    time.sleep(300)  # a resolver that never answers\n"
+        "    raise socket.gaierror(socket.EAI_AGAIN, 'Temporary failure in name resolution')\n"
+        "socket.getaddrinfo = getaddrinfo\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")}
+    env["PYTHONPATH"] = str(tmp_path)
+    started = time.monotonic()
+    done = subprocess.run([str(Path(sys.executable).parent / "tokentree"), "tree", "hi", "--model",
+                           "nobody/no-such-model"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
+    assert done.returncode == 2
+    assert "cannot be reached" in done.stderr and "local model folder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 60
+
+
+def test_the_hub_check_answers_when_the_connection_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It waits in a thread (see the test above), but only as long as the connection takes: a refusal is
+    an answer at once, not a wait of the whole timeout."""
+    from engine import loading
+
+    monkeypatch.setattr(loading.hub_constants, "HF_HUB_OFFLINE", False)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(loading.hub_constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        assert loading.hub_reachable(timeout_s=60)
+    started = time.monotonic()
+    assert not loading.hub_reachable(timeout_s=60)  # nothing listens there now: refused
+    assert time.monotonic() - started < 30
+
+
+def modules_after(args: list[str], tmp_path: Path, status: int = 0) -> set[str]:
+    """The modules `tokentree ARGS` has imported when it returns (with exit status `status`), run in a
+    fresh interpreter with the embedded mode's database under `tmp_path`."""
+    check = ("import json, sys\nfrom cli.main import main\n"
+             "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as exc:\n    status = exc.code\n"
+             "print(json.dumps([status, sorted(sys.modules)]))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
+    env["TOKENTREE_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", check, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    returned, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert returned == status, done.stderr
+    return set(modules)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models"], ["demo-model"], ["tree", "--help"], ["status"],
+                                  ["keys", "list"], ["db", "current"], ["worker", "--help"]])
+def test_commands_that_run_no_model_import_no_torch(args: list[str], tmp_path: Path) -> None:
+    """They answer in well under a second: torch and transformers alone take seconds to import."""
+    loaded = {"torch", "transformers"} & modules_after(args, tmp_path)
+    assert not loaded
+
+
+@pytest.mark.parametrize("args", [["--help"], ["tree", "--help"], ["demo-model"]])
+def test_parsing_the_command_line_reads_no_settings(args: list[str], tmp_path: Path) -> None:
+    """The settings and the storage they import (pydantic-settings, SQLAlchemy: a few tenths of a second)
+    are the service commands' to load, not every command's: not `tree`'s startup, nor `--help`'s."""
+    loaded = {"models.settings", "pydantic_settings", "sqlalchemy"} & modules_after(args, tmp_path)
+    assert not loaded
+
+
+@pytest.mark.parametrize("args", [["tree", "hi", "--max-depth", "0"], ["tree"], ["tree", "  "],
+                                  ["tree", "--prompts", "p.jsonl"], ["logprobs", "hi", "--top-k", "0"]])
+def test_bad_flags_are_refused_before_torch_is_imported(args: list[str], tmp_path: Path) -> None:
+    """A mistake in the flags is told at once, not after the seconds torch and transformers take."""
+    loaded = {"torch", "transformers"} & modules_after(args, tmp_path, status=2)
+    assert not loaded
+
+
+def test_the_worker_refuses_a_model_outside_the_allow_list(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
+    env["TOKENTREE_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run([str(Path(sys.executable).parent / "tokentree"), "worker", "--model", "nope"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "tokentree: error: --model nope: not in the allow-list (TOKENTREE_MODELS): demo")
+
+
+def _options(parser: argparse.ArgumentParser, path: str = "tokentree") -> Iterator[tuple[str, str, str, Any]]:
+    """(command, option, the help argparse shows for it, the option's default) for every argument of
+    every command and subcommand."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            shown = parser._get_formatter()._expand_help(action) if action.help else ""
+            yield path, "/".join(action.option_strings) or action.dest, shown, action.default
+
+
+def test_every_flag_has_help_and_shows_its_default() -> None:
+    from cli.main import build_parser
+
+    options = list(_options(build_parser()))
+    assert len(options) > 40
+    for command, option, shown, default in options:
+        assert shown, f"{command} {option}: no help"
+        if default not in (None, False, [], argparse.SUPPRESS):
+            assert "default" in shown, f"{command} {option}: its default {default!r} is not shown"
+            if command.split()[-1] in ("tree", "logprobs"):
+                assert f"(default {default})" in shown, f"{command} {option}: {shown!r}"
 
 
 def test_tree_help_explains_every_rule_flag_with_its_default() -> None:

@@ -8,9 +8,11 @@ Postgres holds the tree; the frontier only says which open node is where. Per jo
   pushed twice) are skipped when leased, so the list never needs to be exact.
 - `holder`: a HASH node -> unit, for the nodes a unit of work holds (leased, or created by it).
 - `units`: a ZSET unit -> lease expiry (Redis server time, ms). A unit's heartbeat renews its expiry;
-  a unit that stops renewing loses every node it holds to the queue within seconds (`expire`), and
-  each node taken back that way counts an attempt (`attempts` HASH) so a node that kills every worker
-  that touches it fails its job instead of looping forever.
+  a unit that stops renewing loses every node it holds to the queue within seconds (`expire`).
+- `in_flight`: a HASH node -> unit, for the held nodes whose step is in flight (the model about to run
+  on them, until the step is committed or they are given back). A node taken back from a dead unit counts
+  an attempt (`attempts` HASH) only if it was in flight, so a node that kills every worker that steps it
+  fails its job instead of looping forever, and a worker killed for another reason costs nothing.
 - `ready`: set once the frontier was loaded from Postgres, so a lost Redis state (a restart) is
   noticed and rebuilt from the nodes table (nodes neither expanded nor finished).
 
@@ -65,6 +67,7 @@ class FrontierCommit:
     recovered: list[int]
     ttl_s: float
     model: str = "-"
+    children_in_flight: int = 0  # the first children, which the unit's next step runs on (`in_flight`)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ IDLE_WINDOW_MS = 3_000
 
 # The keys every script gets, in this order (workers/lua/prelude.lua names them): the job's own keys,
 # and its model's idle workers.
-SCRIPT_KEYS = ("queue", "open", "holder", "units", "attempts", "ready", "init")
+SCRIPT_KEYS = ("queue", "open", "holder", "units", "attempts", "ready", "init", "in_flight")
 _LUA = Path(__file__).with_name("lua")
 
 
@@ -132,6 +135,11 @@ class RedisFrontier:
         keys = [*(job_key(job_id, name) for name in SCRIPT_KEYS), idle_key(model)]
         return self._scripts[script](keys=keys, args=args, client=client)
 
+    def now_ms(self) -> int:
+        """Redis' clock (ms), the scripts' `now`: idle marks stamped with it compare alike on every host."""
+        seconds, micros = self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def ready(self, job_id: JobId) -> bool:
         return bool(self.redis.exists(job_key(job_id, "ready")))
 
@@ -153,12 +161,20 @@ class RedisFrontier:
         for c in commits:
             worker = c.unit.rsplit(":", 1)[0]  # units are named worker:random
             args: list[str | int] = [c.unit, _ms(c.ttl_s), KEY_TTL_MS, len(c.popped), len(c.children),
-                                     len(c.recovered), IDLE_WINDOW_MS, worker, *c.popped, *c.children,
-                                     *c.recovered]
+                                     len(c.recovered), IDLE_WINDOW_MS, worker, c.children_in_flight,
+                                     *c.popped, *c.children, *c.recovered]
             self._run("commit", c.job_id, args, c.model, client=pipe)
         return [Committed(int(open_count), idle_peers=int(idle), alive=bool(alive),
                           not_held=[int(i) for i in not_held])
                 for open_count, idle, alive, not_held in pipe.execute()]
+
+    def mark_in_flight(self, job_id: JobId, unit: str, node_ids: Sequence[int]) -> None:
+        """Mark held nodes as stepped now (the model is about to run on them), until their step is
+        committed or they are given back: if the unit dies meanwhile, they count an attempt."""
+        key, pipe = job_key(job_id, "in_flight"), self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={str(node): unit for node in node_ids})
+        pipe.pexpire(key, KEY_TTL_MS)
+        pipe.execute()
 
     def release(self, job_id: JobId, unit: str, node_ids: list[int], *, end_unit: bool = False,
                 failed: bool = False) -> int:
@@ -262,6 +278,9 @@ class MemoryFrontier:
                 job.open.add(node)
                 job.queue.append(node)
         return Committed(len(job.open), 0, True, not_held)
+
+    def mark_in_flight(self, job_id: JobId, unit: str, node_ids: Sequence[int]) -> None:
+        """Nothing expires in one process: only a failed unit counts attempts."""
 
     def release(self, job_id: JobId, unit: str, node_ids: list[int], *, end_unit: bool = False,
                 failed: bool = False) -> int:

@@ -93,6 +93,11 @@ class HeldTree:
         """Count other units' completed paths and nodes toward the job's limits."""
         self.builder.sync(self.builder.completed + completed, self.builder.node_count + node_count)
 
+    def next_batch(self, max_batch: int) -> list[int | None]:
+        """The database ids of the nodes the next step may run the model on (the head of the queue, as
+        `step` schedules it); None for children of a step not written yet."""
+        return [self.db_ids[local] for local in self.builder.schedule(max_batch)]
+
     def step(self, max_batch: int, external_queue_depth: int) -> Step:
         """Evaluate one batch and apply the rule to it (`external_queue_depth`: open nodes held elsewhere)."""
         before = list(self.builder.frontier)

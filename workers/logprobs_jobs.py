@@ -28,6 +28,8 @@ def run_logprobs_unit(s: Services, job: Job) -> Outcome:
     except (ParameterError, ModelLoadError) as exc:
         s.fail(job_id, str(exc))
         return Outcome.DONE
+    if s.refuses(job_id, lm):
+        return Outcome.IDLE
     with s.session_factory() as session:
         if not mark_running(session, job_id, s.config.name):
             return Outcome.DONE
@@ -36,6 +38,7 @@ def run_logprobs_unit(s: Services, job: Job) -> Outcome:
     if not s.frontier.lease(job_id, unit, 1, s.config.lease_ttl_s).node_ids:
         return Outcome.IDLE  # a live unit has it
     with s.hold(job_id, unit):
+        s.frontier.mark_in_flight(job_id, unit, [JOB_NODE])  # the model runs on it from now on
         try:
             record = analyze_logprobs(lm, job.prompt, params, chat=job.chat, prefix=job.prefix)
         except ParameterError as exc:

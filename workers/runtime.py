@@ -53,6 +53,7 @@ class Heartbeat:
         # This worker's heartbeat key (models/worker_registry.py): claimed when the process starts
         # (workers/tasks.py, before Celery takes work), else by `WorkerRuntime.start`.
         self.beat = beat
+        self.fingerprints: dict[str, str] = {}  # the loaded models' (set once they are), told in each beat
         self._name_lost = False
         self._holdings: dict[str, HeldLease] = {}
         self._lock = threading.Lock()
@@ -104,7 +105,7 @@ class Heartbeat:
         r = self.runtime.redis
         name = self.runtime.services.config.name
         pipe = r.pipeline(transaction=False)
-        now_ms = int(time.time() * 1000)
+        now_ms = self.runtime.frontier.now_ms()  # the clock commit.lua reads the marks by, not this host's
         for model in self.runtime.models:
             if self._units or not self.runtime.ready:
                 pipe.zrem(idle_key(model), name)
@@ -135,7 +136,7 @@ class Heartbeat:
         """Renew this worker's heartbeat key: it is alive (busy or not) for `heartbeat_ttl_s` more."""
         if self.beat is None:
             return
-        self.beat = self.beat.now(state)
+        self.beat = self.beat.now(state, self.fingerprints)
         if worker_registry.renew(self.runtime.redis, self.beat, self.runtime.config.heartbeat_ttl_s):
             self._name_lost = False
         elif not self._name_lost:
@@ -222,10 +223,14 @@ class WorkerRuntime:
         self.heartbeat.start()
 
     def preload(self) -> None:
+        """Load the models, and say in the heartbeat which each is (its fingerprint)."""
+        fingerprints = {}
         for model in self.models:
             started = time.perf_counter()
-            self.services.models.get(model)
-            log.info("model %s loaded in %.1fs", model, time.perf_counter() - started)
+            fingerprints[model] = self.services.models.get(model).fingerprint
+            log.info("model %s loaded in %.1fs (fingerprint %s)", model, time.perf_counter() - started,
+                     fingerprints[model])
+        self.heartbeat.fingerprints = fingerprints  # the heartbeat thread's next beat says so
 
     def mark_ready(self) -> None:
         self.ready = True
@@ -240,7 +245,7 @@ class WorkerRuntime:
         """Send units of work on the job to up to `count` idle peers, each on its own queue (this
         worker's free threads would otherwise take its hand-offs back); to the model's queue if none
         idles."""
-        since_ms = int(time.time() * 1000) - IDLE_WINDOW_MS
+        since_ms = self.frontier.now_ms() - IDLE_WINDOW_MS
         idle = [n.decode() for n in self.redis.zrangebyscore(idle_key(model), since_ms, "+inf")]  # type: ignore[union-attr]
         peers = [name for name in idle if name != self.services.config.name][:count]
         for peer in peers:

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
 from engine.runner import ModelRunner
 from engine.scheduler import MAX_CANDIDATES
-from models.jobs import JobId, finish_job
+from models.jobs import JobId, claim_model, finish_job
 from models.settings import Settings
 from workers.frontier import Expired, Frontier, HeldLease
 from workers.settings import WorkerSettings
@@ -134,13 +134,27 @@ class Services:
             return expired
         node, attempts = next(iter(expired.poisoned.items()))
         what = "the job" if node == JOB_NODE else f"node {node}"
-        self.fail(job_id, f"{what} was taken back from {attempts} workers that stopped before finishing it "
+        self.fail(job_id, f"{what} was taken back from {attempts} workers that stopped while stepping it "
                           f"(it may crash the worker, out of memory?); given up after {attempts} attempts")
         return None
 
     def new_unit(self) -> str:
         """A name for a unit of work: this worker's name and a random part (`worker:random`)."""
         return f"{self.config.name}:{uuid.uuid4().hex[:10]}"
+
+    def refuses(self, job_id: JobId, lm: LoadedModel) -> bool:
+        """Whether this worker must leave the job alone because the job is built with another model than
+        `lm` (an allow-list entry pointing elsewhere, another dtype or quantization: a rolling upgrade
+        does this). Said loudly, since the job waits for a worker with its model. The first worker to ask
+        records its model's fingerprint with the job."""
+        with self.session_factory() as session:
+            recorded = claim_model(session, job_id, lm.fingerprint)
+        if recorded is None or recorded == lm.fingerprint:
+            return False
+        log.error("job %s refused: it is built with model %s fingerprinted %s, and this worker's %s is %s "
+                  "(another checkpoint, dtype or quantization); its nodes are left to a worker with the "
+                  "job's model", job_id, lm.spec.name, recorded, lm.spec.name, lm.fingerprint)
+        return True
 
     def fail(self, job_id: JobId, error: str) -> bool:
         """Fail the job (once) and forget its frontier."""

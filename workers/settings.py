@@ -33,7 +33,7 @@ class WorkerSettings(BaseSettings):
     hold_limit: int = Field(default=0, ge=0)  # 0: 4 x max_batch (`Services.hold_limit`)
     unit_seconds: float = Field(default=20.0, gt=0)  # a unit's wall-clock bound
     lease_ttl_s: float = Field(default=8.0, gt=0)  # a silent unit's nodes go back to the queue after this
-    max_attempts: int = Field(default=3, ge=1)  # a node taken back from this many dead units fails its job
+    max_attempts: int = Field(default=3, ge=1)  # a node in flight in this many dead units fails its job
     split_min: int = Field(default=16, ge=1)  # never hand an idle peer fewer nodes than this
     split_cooldown_s: float = Field(default=1.0, ge=0)  # after a hand-off, let the peer pick it up
     sweep_interval_s: float = Field(default=2.0, gt=0)

@@ -5,7 +5,7 @@ It runs in each worker's heartbeat thread; one worker per model sweeps at a time
 each queued or running job it
 
 - takes back the nodes of units whose leases expired (a killed worker) and sends a unit for them at
-  once, failing the job if a node was taken back `max_attempts` times (a poison node);
+  once, failing the job if a node was in flight in `max_attempts` dead units (a poison node);
 - sends a unit when nothing works on a job that has work (its message was lost, or its frontier was
   lost with a Redis restart and must be rebuilt from Postgres), unless one was sent recently.
 
@@ -18,10 +18,10 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from models.jobs import OPEN_STATUSES
-from models.schema import Job, utcnow
+from models.schema import Job, db_now
 from workers.frontier import RedisFrontier, Snapshot, job_key
 from workers.service import Services
 
@@ -45,18 +45,17 @@ class Sweeper:
                 if self.redis.set(f"tokentree:sweep:{m}", self.s.config.name, nx=True, px=turn_ms)]
         if not mine:
             return
+        # A job's first unit may simply not have got to it yet: only an old one is suspect. Its age is
+        # read off the database's clock, which wrote its times (this worker's clock may be off).
+        old = func.coalesce(Job.started_at, Job.created_at) < db_now() - timedelta(seconds=self.stale_after_s)
         with self.s.session_factory() as session:
             jobs = session.execute(
-                select(Job.id, Job.model, Job.created_at, Job.started_at)
-                .where(Job.status.in_(OPEN_STATUSES), Job.model.in_(mine))
+                select(Job.id, Job.model, old).where(Job.status.in_(OPEN_STATUSES), Job.model.in_(mine))
             ).all()
         snapshots = self.frontier.snapshot([row[0] for row in jobs])
-        for (job_id, model, created_at, started_at), snap in zip(jobs, snapshots, strict=True):
+        for (job_id, model, is_old), snap in zip(jobs, snapshots, strict=True):
             try:
-                # A job's first unit may simply not have got to it yet: only an old one is suspect.
-                since = started_at or created_at
-                old = since is not None and utcnow() - since > timedelta(seconds=self.stale_after_s)
-                self._sweep_job(str(job_id), model, old, snap)
+                self._sweep_job(str(job_id), model, bool(is_old), snap)
             except Exception:
                 log.exception("sweeping job %s failed", job_id)
 

@@ -7,7 +7,8 @@ One unit, step by step:
    transaction). A fresh job's root is held by this unit at once; otherwise lease up to `hold_limit`
    nodes from the shared queue (the frontier is loaded from Postgres first if Redis does not have it)
    and read them and their token paths from Postgres;
-2. step the engine over them; the queue depth for the threshold is the unit's own frontier plus
+2. step the engine over them (marked in flight until the step is committed: a node counts an
+   attempt only if its unit dies then); the queue depth for the threshold is the unit's own frontier plus
    `external` = open nodes anywhere else (the frontier's SCARD at the last commit minus what this unit
    held then). A unit that holds the whole frontier sees external = 0 and builds the CLI's tree;
 3. write each step (`models.node_writes.write_steps`, with the other units' steps waiting: idempotent,
@@ -31,14 +32,13 @@ import time
 import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import datetime
 
 import redis
 
 from engine.analysis import model_metadata
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
 from engine.params import ParameterError, TreeParams
-from models.jobs import finish_job, job_counts
+from models.jobs import finish_job, job_counts, seconds_since_start
 from models.node_writes import (
     Finish,
     Limits,
@@ -50,7 +50,7 @@ from models.node_writes import (
     path_tokens,
     start_tree,
 )
-from models.schema import Job, utcnow
+from models.schema import Job
 from workers.errors import is_connection_loss
 from workers.frontier import FrontierCommit, HeldLease
 from workers.held import HeldTree, Step
@@ -70,7 +70,6 @@ class _Plan:
     lm: LoadedModel
     prompt_ids: list[int]
     depth_limit: int | None
-    started_at: datetime | None  # the job's first start
 
     @property
     def limits(self) -> Limits:
@@ -87,13 +86,15 @@ def run_tree_unit(s: Services, job: Job) -> Outcome:
     except (ParameterError, ModelLoadError) as exc:
         s.fail(job_id, str(exc))
         return Outcome.DONE
+    if s.refuses(job_id, lm):
+        return Outcome.IDLE
     with s.session_factory() as session:
         start = start_tree(session, job_id, job.prompt)
         if start is None:
             return Outcome.DONE
         log.info("job %s running on worker %s", job_id, s.config.name)
         depth_limit = None if lm.context_length is None else lm.context_length - len(prompt_ids)
-        plan = _Plan(job_id, job.model, params, lm, prompt_ids, depth_limit, start.started_at)
+        plan = _Plan(job_id, job.model, params, lm, prompt_ids, depth_limit)
         if start.node_count >= params.max_nodes or start.completed_paths >= params.max_completed_paths:
             finish_tree(s, plan)
             return Outcome.DONE
@@ -111,7 +112,7 @@ def finish_tree(s: Services, plan: _Plan) -> bool:
     """Finalize a finished tree job: succeeded, with its statistics. Exactly once (the first caller)."""
     with s.session_factory() as session:
         nodes, expanded, completed = node_totals(session, plan.job_id)
-        seconds = None if plan.started_at is None else round((utcnow() - plan.started_at).total_seconds(), 4)
+        seconds = None if (ran := seconds_since_start(session, plan.job_id)) is None else round(ran, 4)
         stats = {"nodes": nodes, "expanded": expanded, "completed_paths": completed, "seconds": seconds}
         # The tree's metadata, less the model's name (the job keeps its allow-list name).
         result = {k: v for k, v in model_metadata(plan.lm).items() if k != "model"}
@@ -222,6 +223,10 @@ class _TreeUnit:
                 if not self._take():
                     return self._finish() if self.view.open_count == 0 else Outcome.IDLE
                 continue
+            # The nodes the model runs on are in flight until their step is committed: if the worker dies
+            # meanwhile, only they count an attempt. Those with no id yet are marked by the pending commit.
+            if stepped := [i for i in self.held.next_batch(self.s.max_batch) if i is not None]:
+                self.s.frontier.mark_in_flight(self.job_id, self.lease.unit, stepped)
             started = time.monotonic()
             step = self.held.step(self.s.max_batch, self.view.external)
             self.stats["model_s"] += time.monotonic() - started
@@ -291,7 +296,8 @@ class _TreeUnit:
         pops = self.held.pops(step)
         write = StepWrite(job_id=self.job_id, unit=self.lease.unit, worker=self.s.config.name,
                           model=self.plan.model, pops=pops, limits=self.plan.limits,
-                          lease_ttl_s=self.s.config.lease_ttl_s)
+                          lease_ttl_s=self.s.config.lease_ttl_s,
+                          children_in_flight=self.held.next_batch(self.s.max_batch).count(None))
         return _Pending(step, pops, self.writer.submit(write))
 
     def _settle(self, pending: _Pending) -> Outcome | None:

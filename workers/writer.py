@@ -45,6 +45,7 @@ class StepWrite:
     pops: list[Pop]
     limits: Limits
     lease_ttl_s: float
+    children_in_flight: int = 0  # its first children, which the unit's next step runs on
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def write_and_commit(session: Session, frontier: Frontier, steps: list[StepWrite
             popped=[p.node_id for p, o in outcomes if o != "skipped" and p.node_id is not None],
             children=[i for ids in w.child_ids for i in ids if i not in w.finished_children],
             recovered=open_node_ids(session, step.job_id, done), ttl_s=step.lease_ttl_s, model=step.model,
+            children_in_flight=step.children_in_flight,
         ))
     session.commit()  # ends the reads' transaction
     committed = iter(frontier.commit(commits))

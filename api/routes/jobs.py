@@ -12,14 +12,15 @@ import anyio
 import redis
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
 from api.auth import Caller, CallerDep
 from api.deps import DispatcherDep, SessionDep, SettingsDep, releases_session
-from api.limits import enforce_rate_limit, too_many
+from api.limits import CallerSlots, enforce_rate_limit, too_many
 from api.logs import bind_job
+from api.progress_feed import ProgressFeed, Reading
 from api.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
 from api.tree_cache import RenderedTrees
 from api.validation import JobRequest, reject, validate_job_request
@@ -55,35 +56,36 @@ def _job_or_404(session: Session, job_id: uuid.UUID, caller: Caller) -> Job:
     return job
 
 
-def _served_models(broker: redis.Redis | None) -> set[str] | None:
-    """The models some live worker serves (their heartbeats in Redis); None when that is not known: the
-    embedded mode (its worker serves every model) or Redis unreachable."""
+def _live_workers(broker: redis.Redis | None) -> list[worker_registry.WorkerBeat] | None:
+    """The live workers (their heartbeats in Redis); None when that is not known: the embedded mode (its
+    worker serves every model) or Redis unreachable."""
     if broker is None:
         return None
     try:
-        return worker_registry.served_models(worker_registry.live_workers(broker))
+        return worker_registry.live_workers(broker)
     except redis.RedisError as exc:
         log.warning("cannot read the live workers: %s", exc)
         return None
 
 
 class Warnings:
-    """A job's warning: an open job whose model no live worker serves says so. Redis is read once per
-    request, and only when an open job asks."""
+    """A job's warning: an open job that no live worker can take says so (none serves its model, or
+    none has the model it was started with). Redis is read once per request, and only when an open job
+    asks."""
 
     def __init__(self, broker: redis.Redis | None) -> None:
         self.broker = broker
-        self._served: set[str] | None = None
+        self._workers: list[worker_registry.WorkerBeat] | None = None
         self._read = False
 
     def of(self, job: Job) -> str | None:
         if self.broker is None or job.status in TERMINAL_STATUSES:
             return None
         if not self._read:
-            self._served, self._read = _served_models(self.broker), True
-        if self._served is None or job.model in self._served:
+            self._workers, self._read = _live_workers(self.broker), True
+        if self._workers is None:
             return None
-        return worker_registry.no_worker_warning(job.model)
+        return worker_registry.no_worker_warning(job.model, job.model_fingerprint, self._workers)
 
 
 def _warnings(request: Request) -> Warnings:
@@ -228,22 +230,27 @@ def get_tree(
     max_depth: Annotated[int | None, Query(ge=0, le=MAX_ID,
                                            description="levels below the root to include")] = None,
 ) -> Response:
-    """The job's token tree (partial while it runs), whole or a subtree, to a depth."""
+    """The job's token tree (partial while it runs), whole or a subtree, to a depth. Renders running at
+    once are capped per caller and in all (429 beyond); a finished job's tree, once rendered, is served
+    from memory without counting, and requests for a render already running wait for it."""
     job = _job_or_404(session, job_id, caller)
     _require_kind(job, "tree")
-    if job.status not in TERMINAL_STATUSES:
-        return Response(content=_render_tree(session, job, root, max_depth), media_type="application/json",
-                        headers={"Cache-Control": "no-store"})
-    # A finished job's tree is final: a validator lets browsers keep it, the server keeps it rendered.
-    etag = f'"{job.id}-{job.finished_at.timestamp() if job.finished_at else 0}-{root}-{max_depth}"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    final = job.status in TERMINAL_STATUSES
+    headers = {"Cache-Control": "no-store"}
+    if final:
+        # A finished job's tree is final: a validator lets browsers keep it, the server keeps it rendered.
+        etag = f'"{job.id}-{job.finished_at.timestamp() if job.finished_at else 0}-{root}-{max_depth}"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    # The connection goes back while this request may wait for the same render in flight (the session
+    # takes one again if this request renders); the job read stays loaded.
+    session.close()
     cache: RenderedTrees = request.app.state.rendered_trees
-    document = cache.get((job.id, root, max_depth))
-    if document is None:
-        document = _render_tree(session, job, root, max_depth)
-        cache.put((job.id, root, max_depth), document)
+    slots: CallerSlots = request.app.state.render_slots
+    document = cache.document((job.id, root, max_depth), final=final,
+                              render=lambda: _render_tree(session, job, root, max_depth),
+                              admit=lambda: slots.take(caller))
     return Response(content=document, media_type="application/json", headers=headers)
 
 
@@ -293,14 +300,18 @@ def get_logprobs_record(job_id: uuid.UUID, session: SessionDep, caller: CallerDe
                     headers={"Content-Disposition": f'inline; filename="{job_id}.jsonl"'})
 
 
-def _read_job(factory: sessionmaker[Session], job_id: uuid.UUID, broker: redis.Redis | None,
-              key_id: str | None) -> JobOut | str:
-    """The job as a stream shows it, or why the stream must end: its job deleted, its key revoked."""
+def read_watched(factory: sessionmaker[Session], broker: redis.Redis | None, job_ids: set[uuid.UUID],
+                 key_ids: set[str]) -> Reading:
+    """The watched jobs as their streams show them, and which watching keys are still active: three
+    queries and at most one Redis read for every open stream of this process (see api/progress_feed.py)."""
     with factory() as session:
-        if key_id is not None and not api_keys.is_active(session, key_id):
-            return "the API key was revoked"
-        job = jobs.get_job(session, job_id)
-        return "the job was deleted" if job is None else _job_out(session, job, Warnings(broker))
+        active = api_keys.active_ids(session, key_ids) if key_ids else set()
+        found = jobs.get_jobs(session, job_ids)
+        progress = node_reads.jobs_progress(session, found)
+        warnings = Warnings(broker)
+        return Reading(jobs={job_id: JobOut.of(job, progress[job_id], warnings.of(job))
+                             for job_id, job in found.items()},
+                       active_keys=frozenset(active))
 
 
 def _event(name: str, job: JobOut) -> str:
@@ -323,6 +334,7 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
     with factory() as session:
         _job_or_404(session, job_id, caller)
     free_slot = request.app.state.stream_slots.take(caller)
+    feed: ProgressFeed = request.app.state.progress_feed
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -333,15 +345,10 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
 
     async def _events() -> AsyncIterator[str]:
         last = None
-        with anyio.move_on_after(settings.events_max_s):
+        # The feed reads for every stream at once, every events_interval_s; this one waits for its share.
+        with anyio.move_on_after(settings.events_max_s), feed.watch(job_id, caller.key_id) as watch:
             while not await request.is_disconnected():
-                try:
-                    job = await anyio.to_thread.run_sync(_read_job, factory, job_id, request.app.state.broker,
-                                                         caller.key_id)
-                except SQLAlchemyError as exc:  # the headers are sent: end the stream, saying why
-                    log.warning("events: database unavailable: %s", exc, extra={"job_id": str(job_id)})
-                    yield 'event: error\ndata: {"detail": "database unavailable, retry later"}\n\n'
-                    return
+                job = await watch.next()
                 if isinstance(job, str):  # the stream must still say how it ended
                     yield f"event: error\ndata: {json.dumps({'detail': job})}\n\n"
                     return
@@ -353,7 +360,6 @@ def job_events(job_id: uuid.UUID, request: Request, settings: SettingsDep, calle
                     last = job
                 else:
                     yield ": still running\n\n"  # keeps proxies from closing an idle stream
-                await anyio.sleep(settings.events_interval_s)
 
     # The slot is freed when the stream ends, and by the background task if it never started (a client
     # gone before the first event).

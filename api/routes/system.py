@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,6 +14,7 @@ from api.deps import SessionDep, SettingsDep, releases_session
 from api.limits import enforce_rate_limit
 from api.metrics import Metrics
 from api.schemas import ErrorOut, HealthOut, ModelOut, ModelsOut
+from models import jobs, worker_registry
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +35,30 @@ def health(request: Request, session: SessionDep, settings: SettingsDep) -> JSON
     """Whether the database and the broker answer: the database by reading the jobs table within a
     second (a locked or stalled table is unavailable, not "ok")."""
     database = broker = "ok"
+    open_models: list[str] = []
     try:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("SET LOCAL statement_timeout = 1000"))
             session.execute(text("SET LOCAL lock_timeout = 1000"))
-        session.execute(text("SELECT 1 FROM jobs LIMIT 1"))
+        open_models = jobs.open_models(session)
     except Exception as exc:
         log.warning("health: database unreachable: %s", exc)
         database = "unreachable"
+    unserved: list[str] = []
     if settings.embedded:
-        broker = "embedded"
+        broker = "embedded"  # its worker serves every model
     else:
         try:
-            request.app.state.broker.ping()
+            live = worker_registry.live_workers(request.app.state.broker)  # and so the broker answers
+            unserved = worker_registry.unserved(open_models, live)
         except Exception as exc:
             log.warning("health: broker unreachable: %s", exc)
             broker = "unreachable"
-    healthy = database == "ok" and broker != "unreachable"
-    body = HealthOut(status="ok" if healthy else "unavailable", database=database, broker=broker)
-    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)
+    status: Literal["ok", "degraded", "unavailable"] = "degraded" if unserved else "ok"
+    if database != "ok" or broker == "unreachable":
+        status = "unavailable"
+    body = HealthOut(status=status, database=database, broker=broker, unserved_models=unserved)
+    return JSONResponse(body.model_dump(), status_code=503 if status == "unavailable" else 200)
 
 
 @router.get(

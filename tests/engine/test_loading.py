@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import shutil
+from pathlib import Path
 
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from engine import DEMO_MODEL_DIR
 from engine.loading import ModelLoadError, ModelSpec, encode_prompt, load_model, resolve_source
 from engine.params import ParameterError
 
@@ -54,3 +60,20 @@ def test_extra_stop_ids_never_reach_the_shared_model() -> None:
     mine = shared.with_stop_ids([extra])
     assert extra in mine.stop_ids and mine.model is shared.model
     assert extra not in load_model(ModelSpec(name="demo")).stop_ids and shared.stop_ids == before
+
+
+def test_a_models_fingerprint_names_what_it_computes(tmp_path: Path) -> None:
+    """Equal for the same weights loaded from anywhere; different for other weights or another dtype."""
+    demo = load_model(ModelSpec(name="demo"))
+    copy = tmp_path / "demo-copy"
+    shutil.copytree(DEMO_MODEL_DIR, copy)
+    assert load_model(ModelSpec(name=str(copy))).fingerprint == demo.fingerprint  # where it was loaded from
+    assert load_model(ModelSpec(name="demo", dtype="bf16")).fingerprint != demo.fingerprint
+    changed = tmp_path / "demo-changed"
+    shutil.copytree(DEMO_MODEL_DIR, changed)
+    model = AutoModelForCausalLM.from_pretrained(changed)
+    with torch.no_grad():
+        first = next(iter(model.parameters()))
+        first.view(-1)[0] += 1.0  # one element of the first tensor sampled
+    model.save_pretrained(changed)
+    assert load_model(ModelSpec(name=str(changed))).fingerprint != demo.fingerprint

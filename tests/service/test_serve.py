@@ -96,7 +96,8 @@ def test_serve_with_postgres_and_redis_is_the_api_alone(tmp_path: Path, postgres
                                                         redis_url: str) -> None:
     services = {"TOKENTREE_DATABASE_URL": postgres_url, "TOKENTREE_REDIS_URL": redis_url}
     with tokentree_serve(tmp_path, **services) as client:
-        assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "broker": "ok"}
+        assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "broker": "ok",
+                                                  "unserved_models": []}
         job = client.post("/v1/jobs", json={"prompt": "hello"}).json()
         assert job["status"] == "queued"
     queued = redis.Redis.from_url(redis_url).lrange(model_queue("demo"), 0, -1)
@@ -128,3 +129,42 @@ def test_forwarded_addresses_are_believed_only_from_trusted_proxies(tmp_path: Pa
         assert statuses(client) == [200] * 3 + [429] * 3
     with tokentree_serve(tmp_path / "proxied", TOKENTREE_TRUSTED_PROXIES="127.0.0.1", **limits) as client:
         assert statuses(client) == [200] * 6
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole response to a request for /healthz (a JSON object) read from the socket."""
+    data = b""
+    while not data.endswith(b"}"):
+        data += sock.recv(4096)
+    return data
+
+
+def test_half_sent_requests_are_closed_after_the_head_timeout(tmp_path: Path) -> None:
+    """A client that opens connections and sends a few bytes of a request each, and never the rest, used to
+    hold them open for ever. Now each is closed `TOKENTREE_HEAD_TIMEOUT_S` after it opened, or after its
+    last response on a kept-alive connection; a slow but whole request is still served."""
+    with tokentree_serve(tmp_path, TOKENTREE_HEAD_TIMEOUT_S="1.5") as client:
+        port = int(str(client.base_url).rsplit(":", 1)[1].strip("/"))
+        half_sent = []
+        for _ in range(50):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the headers never end
+            half_sent.append(sock)
+        kept_alive = socket.create_connection(("127.0.0.1", port))
+        kept_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _response(kept_alive).startswith(b"HTTP/1.1 200")
+        kept_alive.sendall(b"GET /healthz HTTP/1.1\r\n")  # the next request's head, half sent
+        opened = time.monotonic()
+        slow = socket.create_connection(("127.0.0.1", port))
+        for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):  # whole, within the deadline
+            slow.sendall(piece)
+            time.sleep(0.3)
+        assert _response(slow).startswith(b"HTTP/1.1 200")
+        for sock in [*half_sent, kept_alive]:
+            sock.settimeout(10)
+            assert sock.recv(4096) == b"", "a half-sent request's connection was left open"
+            sock.close()
+        closed_after = time.monotonic() - opened
+        assert closed_after < 6, closed_after
+        slow.close()
+        assert client.get("/healthz").status_code == 200

@@ -147,9 +147,13 @@ class Workers:
     tmp: Path
     started: list[WorkerProcess] = field(default_factory=list)
 
-    def start(self, name: str, *, wait: bool = True, **knobs: str) -> WorkerProcess:
-        """`tokentree worker --model demo --name NAME` as a subprocess; waits until it takes work."""
+    def start(self, name: str, *, wait: bool = True, models: str | None = None,
+              **knobs: str) -> WorkerProcess:
+        """`tokentree worker --model demo --name NAME` as a subprocess; waits until it takes work. `models`:
+        its own allow-list (TOKENTREE_MODELS), else the demo's entry."""
         env = service_env(self.settings, **{f"TOKENTREE_WORKER_{k.upper()}": v for k, v in knobs.items()})
+        if models is not None:
+            env["TOKENTREE_MODELS"] = models
         env.setdefault("TOKENTREE_WORKER_LEASE_TTL_S", "3")
         env.setdefault("TOKENTREE_WORKER_SWEEP_INTERVAL_S", "0.5")
         env.setdefault("TOKENTREE_WORKER_STALE_AFTER_S", "4")

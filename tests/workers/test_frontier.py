@@ -105,6 +105,7 @@ def test_a_node_that_outlives_its_workers_is_poison(rfrontier: RedisFrontier, jo
     rfrontier.load(job, [7])
     for attempt in (1, 2, 3):
         assert rfrontier.lease(job, f"crash-{attempt}", 1, ttl_s=0.05).node_ids == [7]
+        rfrontier.mark_in_flight(job, f"crash-{attempt}", [7])  # the worker dies stepping it
         time.sleep(0.1)
         expired = rfrontier.expire(job, max_attempts=3)
         assert expired.requeued == [7]
@@ -120,6 +121,20 @@ def test_a_unit_whose_lease_expired_holds_nothing_it_creates(rfrontier: RedisFro
     committed = commit(rfrontier, job, "slow", popped=[1], children=[2, 3], recovered=[])
     assert not committed.alive and committed.not_held == [2, 3]
     assert rfrontier.lease(job, "other", 10, ttl_s=5).node_ids == [2, 3]
+
+
+def test_a_commit_marks_in_flight_the_children_its_unit_steps_next(
+    rfrontier: RedisFrontier, redis_client: redis.Redis, job: str
+) -> None:
+    rfrontier.load(job, [1])
+    rfrontier.lease(job, "u", 1, ttl_s=0.2)
+    rfrontier.mark_in_flight(job, "u", [1])
+    rfrontier.commit([FrontierCommit(job, "u", [1], [2, 3, 4], [], ttl_s=0.2, children_in_flight=2)])
+    # The popped node's step is done; the unit's next step runs on 2 and 3 (before they had ids).
+    assert redis_client.hgetall(f"tokentree:job:{job}:in_flight") == {b"2": b"u", b"3": b"u"}
+    time.sleep(0.25)  # the unit dies
+    expired = rfrontier.expire(job, max_attempts=1)
+    assert expired.requeued == [2, 3, 4] and expired.poisoned == {2: 1, 3: 1}
 
 
 def test_idle_peers_come_back_with_a_commit(

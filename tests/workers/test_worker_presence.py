@@ -165,6 +165,9 @@ def test_busy_workers_are_alive_and_unserved_models_say_so(
         unserved = api.post("/v1/jobs",
                             json={"prompt": PROMPT, "model": UNSERVED, "parameters": small}).json()
         assert unserved["warning"] == f"no live worker serves model {UNSERVED}"
+        health = api.get("/healthz")  # the API works, and says which model's jobs wait for nobody
+        assert health.status_code == 200
+        assert health.json()["status"] == "degraded" and health.json()["unserved_models"] == [UNSERVED]
         wait_for(api, big, lambda j: j["status"] == "running" and j["progress"]["nodes"] >= 200,
                  workers=workers)
 

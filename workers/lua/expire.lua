@@ -1,5 +1,5 @@
--- Take back the nodes of units whose lease expired: to the head of the queue, oldest first, each
--- counting an attempt. ARGV: max_attempts.
+-- Take back the nodes of units whose lease expired: to the head of the queue, oldest first. Those whose
+-- step was in flight count an attempt; those merely held do not. ARGV: max_attempts.
 -- Returns {requeued ids, {id, attempts, ...} at the limit, live units}.
 local dead = redis.call('ZRANGEBYSCORE', units, '-inf', now)
 for _, u in ipairs(dead) do redis.call('ZREM', units, u) end
@@ -11,11 +11,13 @@ if #dead > 0 then
   for i = 1, #all, 2 do
     local id, owner = all[i], all[i + 1]
     if not alive[owner] then
+      local stepped = redis.call('HGET', in_flight, id) == owner
       redis.call('HDEL', holder, id)
+      redis.call('HDEL', in_flight, id)
       if redis.call('SISMEMBER', open, id) == 1 then
-        local n = redis.call('HINCRBY', attempts, id, 1)
-        redis.call('PEXPIRE', attempts, 86400000)
         table.insert(requeued, tonumber(id))
+        local n = stepped and redis.call('HINCRBY', attempts, id, 1) or 0
+        redis.call('PEXPIRE', attempts, 86400000)
         if n >= tonumber(ARGV[1]) then
           table.insert(poisoned, id); table.insert(poisoned, n)
         end

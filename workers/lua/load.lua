@@ -2,7 +2,7 @@
 -- given, or all held by one unit (a unit that started a fresh job holds its root at once).
 -- ARGV: holder unit ('' for none), lease ttl_ms, key_ttl_ms, node ids...
 local unit = ARGV[1]
-redis.call('DEL', queue, open, holder, units, init)
+redis.call('DEL', queue, open, holder, units, init, in_flight)
 for i = 4, #ARGV do
   redis.call('SADD', open, ARGV[i])
   if unit == '' then redis.call('RPUSH', queue, ARGV[i]) else redis.call('HSET', holder, ARGV[i], unit) end

@@ -6,6 +6,7 @@ local unit = ARGV[1]
 local most = 0
 local function give_back(id)
   redis.call('HDEL', holder, id)
+  redis.call('HDEL', in_flight, id)
   if redis.call('SISMEMBER', open, id) == 1 then
     redis.call('RPUSH', queue, id)
     if ARGV[3] == '1' then
