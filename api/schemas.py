@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
-from engine.params import TREE_PARAMETER_HELP
-from models.node_reads import Progress
+from engine.params import LOGPROBS_PARAMETERS, TREE_PARAMETERS
+from models.node_reads import JobProgress
 from models.schema import Job
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]  # models.schema.JOB_STATUSES
@@ -25,8 +25,10 @@ class JobCreate(BaseModel):
     kind: Literal["tree", "logprobs"] = "tree"
     parameters: dict[str, Any] = Field(
         default_factory=dict,
-        description="tree: " + "; ".join(f"{name} ({what})" for name, what in TREE_PARAMETER_HELP.items())
-                    + "; logprobs: max_new_tokens, top_k",
+        description="; ".join(
+            f"{kind}: " + "; ".join(f"{name} ({b.meaning})" for name, b in table.items())
+            for kind, table in (("tree", TREE_PARAMETERS), ("logprobs", LOGPROBS_PARAMETERS))
+        ) + ". GET /v1/parameters gives each one's default and range on this server",
     )
     chat: StrictBool = Field(default=False, description="wrap the prompt in the model's chat template")
     prefix: StrictStr | None = Field(default=None, description="force the response to start with this text")
@@ -65,7 +67,7 @@ class JobOut(BaseModel):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     @classmethod
-    def of(cls, job: Job, progress: Progress, warning: str | None = None) -> JobOut:
+    def of(cls, job: Job, progress: JobProgress, warning: str | None = None) -> JobOut:
         return cls(id=job.id, kind=job.kind, prompt=job.prompt, model=job.model, parameters=job.parameters,
                    chat=job.chat, prefix=job.prefix, status=job.status, error=job.error,  # type: ignore[arg-type]
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
@@ -95,6 +97,22 @@ class ModelOut(BaseModel):
 
 class ModelsOut(BaseModel):
     models: list[ModelOut]
+
+
+class ParameterOut(BaseModel):
+    name: str
+    type: Literal["integer", "number"]
+    default: float | int = Field(description="what a request that leaves it out gets on this server")
+    minimum: float | int
+    maximum: float | int = Field(description="the engine's limit, or this server's cap if lower")
+    description: str
+
+
+class ParametersOut(BaseModel):
+    """Each job kind's parameters, in the engine's order."""
+
+    tree: list[ParameterOut]
+    logprobs: list[ParameterOut]
 
 
 class HealthOut(BaseModel):

@@ -59,18 +59,33 @@ def _capped_defaults(values: dict[str, Any], defaults: Any, caps: dict[str, int]
     return filled
 
 
+def server_caps(kind: str, settings: Settings) -> dict[str, int]:
+    """The operator's caps on a job kind's sizes (TOKENTREE_MAX_NODES, ...), below the engine's."""
+    if kind == "tree":
+        return {"max_nodes": settings.max_nodes, "max_depth": settings.max_depth}
+    return {"max_new_tokens": settings.max_new_tokens}
+
+
+def describe_parameters(kind: str, settings: Settings) -> list[dict[str, Any]]:
+    """The kind's parameters as this server applies them: the engine's, with the caps' lower defaults
+    and maxima."""
+    caps = server_caps(kind, settings)
+    described = (TreeParams if kind == "tree" else LogprobsParams).describe()
+    for parameter in described:
+        if (cap := caps.get(parameter["name"])) is not None:
+            parameter["default"] = min(parameter["default"], cap)
+            parameter["maximum"] = min(parameter["maximum"], cap)
+    return described
+
+
 def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    caps = server_caps(kind, settings)
     try:
-        if kind == "tree":
-            tree = TreeParams.from_dict(_capped_defaults(values, TreeParams(), {
-                "max_nodes": settings.max_nodes, "max_depth": settings.max_depth}))
-            _cap("max_nodes", tree.max_nodes, settings.max_nodes)
-            _cap("max_depth", tree.max_depth, settings.max_depth)
-            return tree.to_dict()
-        logprobs = LogprobsParams.from_dict(_capped_defaults(values, LogprobsParams(),
-                                                             {"max_new_tokens": settings.max_new_tokens}))
-        _cap("max_new_tokens", logprobs.max_new_tokens, settings.max_new_tokens)
-        return logprobs.to_dict()
+        params_type = TreeParams if kind == "tree" else LogprobsParams
+        params = params_type.from_dict(_capped_defaults(values, params_type(), caps))
+        for name, limit in caps.items():
+            _cap(name, getattr(params, name), limit)
+        return params.to_dict()
     except ParameterError as exc:
         reject(("body", "parameters", exc.field), exc.message, values.get(exc.field))
 

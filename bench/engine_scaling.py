@@ -71,7 +71,7 @@ def _prompt_case(model_dir: str, words: int, threads: int, repeats: int, queue) 
 
 
 def part_prompt_length(threads: int, repeats: int) -> None:
-    from tests.utils.tiny_models import make_tiny_model
+    from bench.tiny_models import make_tiny_model
 
     folder = Path(tempfile.mkdtemp()) / "gemma2-256x4"
     make_tiny_model(folder, "gemma2", width=256, layers=4, context=4096)

@@ -34,15 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis
 from celery import Celery
 
+from bench.common import CLI, ROOT, cli_env
+from bench.postgres import fresh_database
+from bench.tiny_models import make_tiny_model
+from bench.trees import assert_same_tree
 from engine.params import TreeParams
 from models import jobs
 from models.db import make_engine, make_session_factory
 from models.node_reads import tree_json
-from tests.utils.databases import fresh_database
-from tests.utils.tiny_models import make_tiny_model
-from tests.workers.trees import assert_same_tree
 
-ROOT = Path(__file__).resolve().parents[1]
 # The engine bench's wide tree (bench/engine_speed.py): a low threshold the queue barely raises.
 SAME_TREE = TreeParams(
     min_branch_threshold=0.05,
@@ -54,7 +54,6 @@ SAME_TREE = TreeParams(
 )
 PROMPT = "Once upon a time"
 LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "warning")  # the workers' (info: a line per unit)
-CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
 
 
 class Service:
@@ -67,8 +66,7 @@ class Service:
         self.sessions = make_session_factory(self.engine)
         self.redis = redis.Redis.from_url(redis_url)
         self.celery = Celery(broker=redis_url, set_as_current=False)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
-        self.env.update(
+        self.env = cli_env(
             TOKENTREE_DATABASE_URL=database_url,
             TOKENTREE_REDIS_URL=redis_url,
             TOKENTREE_MODELS=f"bench={model}",
@@ -211,12 +209,12 @@ def cpu_seconds() -> dict[str, float]:
 def _expanded_by(session: Any, job_id: str) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from models.schema import Node
+    from models.schema import NodeRow
 
     rows = session.execute(
-        select(Node.expanded_by, func.count())
-        .where(Node.job_id == jobs.as_job_id(job_id), Node.expanded_by.is_not(None))
-        .group_by(Node.expanded_by)
+        select(NodeRow.expanded_by, func.count())
+        .where(NodeRow.job_id == jobs.as_job_id(job_id), NodeRow.expanded_by.is_not(None))
+        .group_by(NodeRow.expanded_by)
     )
     return {name: count for name, count in rows}
 

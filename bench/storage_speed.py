@@ -16,7 +16,6 @@ import argparse
 import gc
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,9 @@ import uvicorn
 from sqlalchemy.orm import Session
 
 from api.app import create_app
+from bench.common import free_port
+from bench.factories import RecordingDispatcher, insert_tree, make_job, synthetic_tree
+from bench.postgres import fresh_database
 from engine.tree import Node as TreeNode
 from engine.tree import candidates_json
 from migrations import upgrade_database
@@ -40,8 +42,6 @@ from models import jobs
 from models.db import make_engine, make_session_factory
 from models.node_writes import Expansion, Finish, Limits, NewChild, Pop, start_tree, write_step
 from models.settings import Settings
-from tests.utils.databases import fresh_database
-from tests.utils.factories import RecordingDispatcher, insert_tree, make_job, synthetic_tree
 
 WORKER_BATCH = 256  # nodes popped per step: the workers' default max_batch
 
@@ -104,9 +104,7 @@ def replay_writes(session: Session, nodes: list[TreeNode]) -> tuple[int, float]:
 @contextmanager
 def api_process(url: str, cache: bool) -> Iterator[str]:
     """The API on `url` in a process of its own (a client in the same process would share its GIL)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, __file__, "--serve", url, "--port", str(port), *([] if cache else ["--no-cache"])]
     )

@@ -18,7 +18,6 @@ import asyncio
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,18 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import redis
 
+from bench.common import CLI, ROOT, cli_env, free_port
+from bench.postgres import fresh_database
 from models.queues import model_queue
-from tests.utils.databases import fresh_database
 
-ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def one_round(url: str, submissions: int) -> tuple[list[float], float]:
@@ -80,11 +72,10 @@ def main() -> None:
     client.flushdb()
     logs = Path(tempfile.mkdtemp(prefix="tokentree-submit-"))
     with fresh_database("tokentree_bench_submit", args.postgres) as database_url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
-        env.update(TOKENTREE_DATABASE_URL=database_url, TOKENTREE_REDIS_URL=args.redis,
-                   TOKENTREE_MODELS="demo", TOKENTREE_RATE_LIMIT_PER_MINUTE="0",
-                   TOKENTREE_MAX_ACTIVE_JOBS_PER_KEY="0",
-                   TOKENTREE_LOG_LEVEL="WARNING", HF_HUB_OFFLINE="1")
+        env = cli_env(TOKENTREE_DATABASE_URL=database_url, TOKENTREE_REDIS_URL=args.redis,
+                      TOKENTREE_MODELS="demo", TOKENTREE_RATE_LIMIT_PER_MINUTE="0",
+                      TOKENTREE_MAX_ACTIVE_JOBS_PER_KEY="0",
+                      TOKENTREE_LOG_LEVEL="WARNING", HF_HUB_OFFLINE="1")
         port = free_port()
         processes = [subprocess.Popen([*CLI, "serve", "--port", str(port)], env=env, cwd=ROOT,
                                       stdout=(logs / "serve.log").open("wb"), stderr=subprocess.STDOUT)]

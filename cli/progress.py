@@ -6,7 +6,7 @@ from types import TracebackType
 
 from tqdm import tqdm
 
-from engine.expand import Progress
+from engine.expand import BatchProgress
 
 
 class TreeProgressBar:
@@ -17,7 +17,7 @@ class TreeProgressBar:
         self._bar = tqdm(unit=" nodes", desc="expanding", disable=disable, leave=False, dynamic_ncols=True)
         self._trees = trees
 
-    def update(self, progress: Progress) -> None:
+    def update(self, progress: BatchProgress) -> None:
         self._bar.update(progress.nodes - self._bar.n)
         threshold = "-" if progress.threshold is None else f"{progress.threshold:.3f}"
         trees = f"trees {progress.trees_done}/{self._trees}, " if self._trees > 1 else ""

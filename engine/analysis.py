@@ -15,7 +15,14 @@ from typing import Any
 import torch
 import transformers
 
-from engine.expand import DEFAULT_MAX_BATCH, Expander, ExpansionStats, ProgressCallback, run_trees, top_k_for
+from engine.expand import (
+    DEFAULT_MAX_BATCH,
+    BatchProgressCallback,
+    Expander,
+    ExpansionStats,
+    run_trees,
+    top_k_for,
+)
 from engine.loading import LoadedModel, encode_prompt
 from engine.params import LogprobsParams, TreeParams
 from engine.runner import ModelRunner, Row
@@ -90,7 +97,7 @@ def build_tree(
     chat: bool = False,
     prefix: str | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
-    on_progress: ProgressCallback | None = None,
+    on_progress: BatchProgressCallback | None = None,
 ) -> TreeResult:
     """Expand the token tree of `prompt` by the branching rule."""
     return build_trees(lm, [TreeRequest(prompt, params, chat, prefix)], max_batch=max_batch,
@@ -102,7 +109,7 @@ def build_trees(
     requests: Sequence[TreeRequest],
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
-    on_progress: ProgressCallback | None = None,
+    on_progress: BatchProgressCallback | None = None,
 ) -> list[TreeResult]:
     """Expand many trees together, their levels sharing forward passes (and their prompts' KV where the
     prompts are equal); each tree is the one `build_tree` gives. Every prompt is encoded (and checked)

@@ -29,7 +29,7 @@ DEFAULT_MAX_BATCH = 256
 
 
 @dataclass
-class Progress:
+class BatchProgress:
     """What a progress bar shows after each batch."""
 
     nodes: int
@@ -54,7 +54,7 @@ class StepResult:
     created: list[int]  # the children the rule gave them
 
 
-ProgressCallback = Callable[[Progress], None]
+BatchProgressCallback = Callable[[BatchProgress], None]
 
 
 def top_k_for(params: TreeParams) -> int:
@@ -142,7 +142,7 @@ class Expander:
         assert result is not None  # alone, a tree always has the whole batch
         return result
 
-    def run(self, max_batch: int = DEFAULT_MAX_BATCH, on_progress: ProgressCallback | None = None
+    def run(self, max_batch: int = DEFAULT_MAX_BATCH, on_progress: BatchProgressCallback | None = None
             ) -> ExpansionStats:
         """Step until the rule says stop."""
         run_trees([self], max_batch, on_progress)
@@ -195,7 +195,7 @@ def step_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH) ->
 
 
 def run_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH,
-              on_progress: ProgressCallback | None = None) -> None:
+              on_progress: BatchProgressCallback | None = None) -> None:
     """Step many trees together until each one's rule says stop; finished trees leave the batch (and
     free their KV). `on_progress` sees the totals over all trees."""
     started = time.perf_counter()
@@ -207,7 +207,7 @@ def run_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH,
             for tree, result in zip(active, results, strict=True):
                 if result is not None and result.evaluated:
                     last = tree.builder.nodes[result.evaluated[-1]]
-            on_progress(Progress(
+            on_progress(BatchProgress(
                 nodes=sum(t.builder.node_count for t in trees),
                 frontier=sum(len(t.builder.frontier) for t in trees),
                 completed_paths=sum(t.builder.completed for t in trees),
@@ -231,7 +231,7 @@ def expand(
     runner: ModelRunner,
     prompt_ids: Sequence[int],
     max_batch: int = DEFAULT_MAX_BATCH,
-    on_progress: ProgressCallback | None = None,
+    on_progress: BatchProgressCallback | None = None,
 ) -> ExpansionStats:
     """Grow a fresh builder's tree from its root (the prompt) until the rule says stop."""
     return Expander(builder, runner, prompt_ids).run(max_batch, on_progress)

@@ -7,7 +7,7 @@ so the CLI and the API report the same one-line message for the same mistake.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 # Hard ceilings on what a user can ask for; operators may lower them further (see settings).
 MAX_NODES_LIMIT = 1_000_000
@@ -39,20 +39,54 @@ def _check_probability(name: str, value: Any) -> None:
         raise ParameterError(name, f"must be between 0 and 1, got {value}")
 
 
-# What each of TreeParams' fields means (the README's table; the CLI's help and the API's schema).
-TREE_PARAMETER_HELP = {
-    "min_branch_threshold": "branching threshold T with an empty queue",
-    "max_branch_threshold": "T once the queue holds soft_queue_limit paths",
-    "soft_queue_limit": "queue length at which T reaches its maximum",
-    "candidate_threshold": "lowest probability recorded as a candidate",
-    "max_depth": "longest path, in tokens",
-    "max_completed_paths": "stop after this many paths reach a stop token",
-    "max_nodes": "safety cap on the tree's size",
+@dataclass(frozen=True)
+class Bounds:
+    """What one parameter means and the range it must lie in (inclusive)."""
+
+    meaning: str
+    low: float
+    high: float
+
+
+# Each parameter, once: its checks, the CLI's help, the API's `GET /v1/parameters` (and through it the
+# web form) and the README's table (a test compares them) all read these.
+TREE_PARAMETERS = {
+    "min_branch_threshold": Bounds("branching threshold T with an empty queue", 0.0, 1.0),
+    "max_branch_threshold": Bounds("T once the queue holds soft_queue_limit paths", 0.0, 1.0),
+    "soft_queue_limit": Bounds("queue length at which T reaches its maximum", 1, MAX_NODES_LIMIT),
+    "candidate_threshold": Bounds("lowest probability recorded as a candidate", 0.0, 1.0),
+    "max_depth": Bounds("longest path, in tokens", 1, MAX_DEPTH_LIMIT),
+    "max_completed_paths": Bounds("stop after this many paths reach a stop token", 1, MAX_NODES_LIMIT),
+    "max_nodes": Bounds("safety cap on the tree's size", 1, MAX_NODES_LIMIT),
 }
+LOGPROBS_PARAMETERS = {
+    "max_new_tokens": Bounds("tokens generated greedily after the prompt", 1, MAX_NEW_TOKENS_LIMIT),
+    "top_k": Bounds("alternatives recorded for each token", 1, MAX_TOP_K),
+}
+TREE_PARAMETER_HELP = {name: bounds.meaning for name, bounds in TREE_PARAMETERS.items()}
 
 
 class _Params:
-    """What both kinds of parameters share: a dict in and out."""
+    """What both kinds of parameters share: a dict in and out, checks against their `BOUNDS`, and a
+    description of each field for clients."""
+
+    BOUNDS: ClassVar[dict[str, Bounds]]
+
+    def _check_bounds(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            bounds, value = self.BOUNDS[f.name], getattr(self, f.name)
+            if f.type == "int":
+                _check_int(f.name, value, int(bounds.low), int(bounds.high))
+            else:
+                _check_probability(f.name, value)  # every float parameter is a probability
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """Each parameter with its JSON type, default, range and meaning, in field order."""
+        return [{"name": f.name, "type": "integer" if f.type == "int" else "number", "default": f.default,
+                 "minimum": cls.BOUNDS[f.name].low, "maximum": cls.BOUNDS[f.name].high,
+                 "description": cls.BOUNDS[f.name].meaning}
+                for f in fields(cls)]  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
@@ -79,20 +113,16 @@ class TreeParams(_Params):
     max_completed_paths: int = 5
     max_nodes: int = 100_000
 
+    BOUNDS = TREE_PARAMETERS
+
     def __post_init__(self) -> None:
-        _check_probability("min_branch_threshold", self.min_branch_threshold)
-        _check_probability("max_branch_threshold", self.max_branch_threshold)
-        _check_probability("candidate_threshold", self.candidate_threshold)
+        self._check_bounds()
         if self.min_branch_threshold > self.max_branch_threshold:
             raise ParameterError(
                 "min_branch_threshold",
                 f"must not exceed max_branch_threshold ({self.min_branch_threshold} > "
                 f"{self.max_branch_threshold})",
             )
-        _check_int("soft_queue_limit", self.soft_queue_limit, 1, MAX_NODES_LIMIT)
-        _check_int("max_depth", self.max_depth, 1, MAX_DEPTH_LIMIT)
-        _check_int("max_completed_paths", self.max_completed_paths, 1, MAX_NODES_LIMIT)
-        _check_int("max_nodes", self.max_nodes, 1, MAX_NODES_LIMIT)
 
     def most_children(self) -> int:
         """An upper bound on children per node: fewer than 1/T tokens can each have probability > T."""
@@ -105,12 +135,13 @@ class TreeParams(_Params):
 class LogprobsParams(_Params):
     """Greedy generation with per-token log-probabilities (the seed's Experiment 1)."""
 
+    BOUNDS = LOGPROBS_PARAMETERS
+
     max_new_tokens: int = 100
     top_k: int = 5
 
     def __post_init__(self) -> None:
-        _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
-        _check_int("top_k", self.top_k, 1, MAX_TOP_K)
+        self._check_bounds()
 
 
 def check_prompt(prompt: str) -> None:

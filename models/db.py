@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.deadline import StatementDeadline
 from models.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -69,6 +70,9 @@ def api_engine(settings: Settings) -> Engine:
             "keepalives": 1, "keepalives_idle": settings.db_keepalive_s,
             "keepalives_interval": max(1, settings.db_keepalive_s // 2), "keepalives_count": 2,
         })
+        engine = engine_from_settings(settings, **kwargs)
+        StatementDeadline(engine, settings.db_read_timeout_s)  # a frozen server: keepalive cannot tell
+        return engine
     return engine_from_settings(settings, **kwargs)
 
 

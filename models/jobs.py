@@ -19,7 +19,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, Node, db_now
+from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, NodeRow, db_now
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def delete_job(session: Session, job_id: JobId) -> bool:
     """
     key = as_job_id(job_id)
     # Explicitly, not through ON DELETE CASCADE alone: one statement over an index, on every backend.
-    session.execute(delete(Node).where(Node.job_id == key).execution_options(synchronize_session=False))
+    session.execute(delete(NodeRow).where(NodeRow.job_id == key).execution_options(synchronize_session=False))
     outcome = session.execute(delete(Job).where(Job.id == key).execution_options(synchronize_session=False))
     session.commit()
     return _rowcount(outcome) == 1

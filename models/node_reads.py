@@ -20,14 +20,14 @@ from sqlalchemy.orm import Session
 from engine.tree import CompletedPath, FinishReason, tree_json_text
 from engine.tree import Node as TreeNode
 from models.jobs import JobId, as_job_id
-from models.schema import Job, Node
+from models.schema import Job, NodeRow
 
 # What the JSON shows of a node, in one select. Candidates are stored as the JSON text the tree shows
 # and passed through as they are.
 TREE_COLUMNS = (
-    Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth, Node.prob, Node.logprob,
-    Node.cumulative_prob, Node.is_finished, Node.finish_reason, Node.candidates, Node.threshold,
-    Node.queue_depth, Node.entropy,
+    NodeRow.id, NodeRow.parent_id, NodeRow.token_id, NodeRow.text, NodeRow.depth, NodeRow.prob,
+    NodeRow.logprob, NodeRow.cumulative_prob, NodeRow.is_finished, NodeRow.finish_reason, NodeRow.candidates,
+    NodeRow.threshold, NodeRow.queue_depth, NodeRow.entropy,
 )
 
 
@@ -36,7 +36,7 @@ class NodeNotFound(LookupError):
 
 
 @dataclass(frozen=True)
-class Progress:
+class JobProgress:
     """How far a job has got: nodes written, open nodes not yet expanded, paths completed, and how many
     nodes each worker expanded."""
 
@@ -55,17 +55,18 @@ class Progress:
 
 def root_node_id(session: Session, job_id: JobId) -> int | None:
     """The database id of the job's root node (the prompt), or None before the first write."""
-    return session.scalar(select(Node.id).where(Node.job_id == as_job_id(job_id), Node.parent_id.is_(None)))
+    return session.scalar(
+        select(NodeRow.id).where(NodeRow.job_id == as_job_id(job_id), NodeRow.parent_id.is_(None)))
 
 
 def _subtree_query(job_id: uuid.UUID, root_id: int, deepest: int | None) -> Select:
     """The rows of the subtree at `root_id`, down to depth `deepest` at most, parents first."""
-    below = select(Node.id).where(Node.job_id == job_id, Node.id == root_id).cte(recursive=True)
-    child = select(Node.id).join(below, and_(Node.job_id == job_id, Node.parent_id == below.c.id))
+    below = select(NodeRow.id).where(NodeRow.job_id == job_id, NodeRow.id == root_id).cte(recursive=True)
+    child = select(NodeRow.id).join(below, and_(NodeRow.job_id == job_id, NodeRow.parent_id == below.c.id))
     if deepest is not None:
-        child = child.where(Node.depth <= deepest)
+        child = child.where(NodeRow.depth <= deepest)
     below = below.union_all(child)
-    return select(*TREE_COLUMNS).join(below, Node.id == below.c.id).order_by(Node.id)
+    return select(*TREE_COLUMNS).join(below, NodeRow.id == below.c.id).order_by(NodeRow.id)
 
 
 def load_tree_nodes(
@@ -86,15 +87,15 @@ def load_tree_nodes(
             return []
         root_depth = 0
     else:
-        found = session.scalar(select(Node.depth).where(Node.job_id == key, Node.id == root_id))
+        found = session.scalar(select(NodeRow.depth).where(NodeRow.job_id == key, NodeRow.id == root_id))
         if found is None:
             raise NodeNotFound(f"node {root_id} is not in job {key}")
         root_depth = found
     deepest = None if max_depth is None else root_depth + max_depth + 1
     if whole_tree:
-        query = select(*TREE_COLUMNS).where(Node.job_id == key).order_by(Node.id)
+        query = select(*TREE_COLUMNS).where(NodeRow.job_id == key).order_by(NodeRow.id)
         if deepest is not None:
-            query = query.where(Node.depth <= deepest)
+            query = query.where(NodeRow.depth <= deepest)
     else:
         query = _subtree_query(key, root_id, deepest)
 
@@ -149,22 +150,23 @@ def completed_paths(session: Session, job_id: JobId, limit: int) -> list[Complet
     """The `limit` most probable paths that reached a stop token (ties: the earlier node first)."""
     key = as_job_id(job_id)
     leaves = session.execute(
-        select(Node.id, Node.cumulative_prob)
-        .where(Node.job_id == key, Node.finish_reason == "stop")
-        .order_by(Node.cumulative_prob.desc(), Node.id)
+        select(NodeRow.id, NodeRow.cumulative_prob)
+        .where(NodeRow.job_id == key, NodeRow.finish_reason == "stop")
+        .order_by(NodeRow.cumulative_prob.desc(), NodeRow.id)
         .limit(limit)
     ).all()
     if not leaves:
         return []
     # Every leaf's ancestors, in one recursive query: depth x paths rows, never the whole tree.
     chain = (
-        select(Node.id.label("leaf"), Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth)
-        .where(Node.job_id == key, Node.id.in_([leaf_id for leaf_id, _ in leaves]))
+        select(NodeRow.id.label("leaf"), NodeRow.id, NodeRow.parent_id, NodeRow.token_id, NodeRow.text,
+               NodeRow.depth)
+        .where(NodeRow.job_id == key, NodeRow.id.in_([leaf_id for leaf_id, _ in leaves]))
         .cte(recursive=True)
     )
     chain = chain.union_all(
-        select(chain.c.leaf, Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth)
-        .join(chain, and_(Node.job_id == key, Node.id == chain.c.parent_id))
+        select(chain.c.leaf, NodeRow.id, NodeRow.parent_id, NodeRow.token_id, NodeRow.text, NodeRow.depth)
+        .join(chain, and_(NodeRow.job_id == key, NodeRow.id == chain.c.parent_id))
     )
     steps: dict[int, list[tuple[int | None, str]]] = {leaf_id: [] for leaf_id, _ in leaves}
     rows = session.execute(
@@ -185,44 +187,44 @@ def completed_paths(session: Session, job_id: JobId, limit: int) -> list[Complet
 # -- progress ---------------------------------------------------------------------------------------
 
 
-def job_progress(session: Session, job_id: JobId) -> Progress:
+def job_progress(session: Session, job_id: JobId) -> JobProgress:
     """Counted from the nodes themselves in one pass over the job's rows (so it is right even while
     workers are between updates of the job's counters)."""
     key = as_job_id(job_id)
     return jobs_progress(session, [key])[key]
 
 
-def jobs_progress(session: Session, job_ids: Iterable[JobId]) -> dict[uuid.UUID, Progress]:
+def jobs_progress(session: Session, job_ids: Iterable[JobId]) -> dict[uuid.UUID, JobProgress]:
     """`job_progress` of several jobs in one query (event streams read every watched job at once); a job
     without nodes is all zeros."""
     keys = {as_job_id(job_id) for job_id in job_ids}
     if not keys:
         return {}
     counts: dict[uuid.UUID, tuple[int, int, int, dict[str, int]]] = {key: (0, 0, 0, {}) for key in keys}
-    is_open = and_(Node.is_finished.is_(False), Node.threshold.is_(None))
+    is_open = and_(NodeRow.is_finished.is_(False), NodeRow.threshold.is_(None))
     rows = session.execute(
         select(
-            Node.job_id,
-            Node.expanded_by,
+            NodeRow.job_id,
+            NodeRow.expanded_by,
             func.count(),
             func.sum(case((is_open, 1), else_=0)),
-            func.sum(case((Node.finish_reason == "stop", 1), else_=0)),
+            func.sum(case((NodeRow.finish_reason == "stop", 1), else_=0)),
         )
-        .where(Node.job_id.in_(keys))
-        .group_by(Node.job_id, Node.expanded_by)
+        .where(NodeRow.job_id.in_(keys))
+        .group_by(NodeRow.job_id, NodeRow.expanded_by)
     )
     for job_id, worker, count, open_count, stopped in rows:
         nodes, frontier, completed, workers = counts[job_id]
         if worker is not None:
             workers[worker] = count
         counts[job_id] = (nodes + count, frontier + (open_count or 0), completed + (stopped or 0), workers)
-    return {key: Progress(nodes=nodes, frontier=frontier, completed_paths=completed,
+    return {key: JobProgress(nodes=nodes, frontier=frontier, completed_paths=completed,
                           workers=dict(sorted(workers.items())))
             for key, (nodes, frontier, completed, workers) in counts.items()}
 
 
-def counted_progress(job: Job) -> Progress:
+def counted_progress(job: Job) -> JobProgress:
     """Progress from the counters kept with the job, without reading nodes (for job lists): the
     frontier and the per-worker counts need the nodes, so they are None (unknown here)."""
-    return Progress(nodes=job.node_count, frontier=None, completed_paths=job.completed_paths, workers=None)
+    return JobProgress(nodes=job.node_count, frontier=None, completed_paths=job.completed_paths, workers=None)
 

@@ -32,9 +32,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.jobs import JOBS, OPEN_STATUSES, JobId, add_counts, as_job_id
-from models.schema import Job, Node, db_now
+from models.schema import Job, NodeRow, db_now
 
-NODES = cast(Table, Node.__table__)
+NODES = cast(Table, NodeRow.__table__)
 
 
 @dataclass(frozen=True)
@@ -491,8 +491,8 @@ def _open_among(session: Session, job_id: uuid.UUID, node_ids: Sequence[int]) ->
     if not node_ids:
         return set()
     found = session.scalars(
-        select(Node.id).where(Node.job_id == job_id, Node.id.in_(node_ids), Node.threshold.is_(None),
-                              Node.is_finished.is_(False))
+        select(NodeRow.id).where(NodeRow.job_id == job_id, NodeRow.id.in_(node_ids),
+                                 NodeRow.threshold.is_(None), NodeRow.is_finished.is_(False))
     )
     return set(found)
 
@@ -598,8 +598,8 @@ def _insert_children(session: Session, job_id: uuid.UUID, rows: list[dict[str, A
     missing = [(r["parent_id"], r["token_id"]) for r in rows if (r["parent_id"], r["token_id"]) not in by_key]
     if missing:  # written before (a redone step): the existing rows are the children
         found = session.execute(
-            select(Node.id, Node.parent_id, Node.token_id)
-            .where(Node.job_id == job_id, tuple_(Node.parent_id, Node.token_id).in_(missing))
+            select(NodeRow.id, NodeRow.parent_id, NodeRow.token_id)
+            .where(NodeRow.job_id == job_id, tuple_(NodeRow.parent_id, NodeRow.token_id).in_(missing))
         )
         by_key.update({(parent, token): node_id for node_id, parent, token in found})
     return [by_key[(r["parent_id"], r["token_id"])] for r in rows]
@@ -612,7 +612,8 @@ def _insert_children_sqlite(
               for r in rows]
     try:
         with session.begin_nested():
-            ids = session.scalars(insert(Node).returning(Node.id, sort_by_parameter_order=True), values).all()
+            inserted = insert(NodeRow).returning(NodeRow.id, sort_by_parameter_order=True)
+            ids = session.scalars(inserted, values).all()
         return {(r["parent_id"], r["token_id"]): node_id for r, node_id in zip(rows, ids, strict=True)}
     except IntegrityError:
         pass  # some rows exist already: insert the others one by one
@@ -620,7 +621,7 @@ def _insert_children_sqlite(
     for value in values:
         try:
             with session.begin_nested():
-                node_id = session.scalar(insert(Node).values(**value).returning(Node.id))
+                node_id = session.scalar(insert(NodeRow).values(**value).returning(NodeRow.id))
         except IntegrityError:
             continue
         assert node_id is not None
@@ -634,13 +635,13 @@ def _insert_children_sqlite(
 def open_node_ids(session: Session, job_id: JobId, parents: Sequence[int] | None = None) -> list[int]:
     """The job's open nodes (neither expanded nor finished), or those among the children of `parents`, in
     queue order: by depth, then by id."""
-    query = select(Node.id).where(Node.job_id == as_job_id(job_id), Node.threshold.is_(None),
-                                  Node.is_finished.is_(False))
+    query = select(NodeRow.id).where(NodeRow.job_id == as_job_id(job_id), NodeRow.threshold.is_(None),
+                                  NodeRow.is_finished.is_(False))
     if parents is not None:
         if not parents:
             return []
-        query = query.where(Node.parent_id.in_(parents))
-    return list(session.scalars(query.order_by(Node.depth, Node.id)))
+        query = query.where(NodeRow.parent_id.in_(parents))
+    return list(session.scalars(query.order_by(NodeRow.depth, NodeRow.id)))
 
 
 def load_nodes(session: Session, job_id: JobId, node_ids: Sequence[int]) -> dict[int, OpenNode]:
@@ -648,9 +649,9 @@ def load_nodes(session: Session, job_id: JobId, node_ids: Sequence[int]) -> dict
     if not node_ids:
         return {}
     rows = session.execute(
-        select(Node.id, Node.parent_id, Node.token_id, Node.text, Node.depth, Node.prob, Node.logprob,
-               Node.cumulative_prob, Node.is_finished, Node.threshold.is_not(None))
-        .where(Node.job_id == as_job_id(job_id), Node.id.in_(node_ids))
+        select(NodeRow.id, NodeRow.parent_id, NodeRow.token_id, NodeRow.text, NodeRow.depth, NodeRow.prob,
+               NodeRow.logprob, NodeRow.cumulative_prob, NodeRow.is_finished, NodeRow.threshold.is_not(None))
+        .where(NodeRow.job_id == as_job_id(job_id), NodeRow.id.in_(node_ids))
     )
     return {row[0]: _open_node(row) for row in rows}
 
@@ -662,13 +663,13 @@ def path_tokens(session: Session, job_id: JobId, node_ids: Sequence[int]) -> dic
         return {}
     key = as_job_id(job_id)
     chain = (
-        select(Node.id.label("start"), Node.parent_id, Node.token_id, Node.depth)
-        .where(Node.job_id == key, Node.id.in_(node_ids))
+        select(NodeRow.id.label("start"), NodeRow.parent_id, NodeRow.token_id, NodeRow.depth)
+        .where(NodeRow.job_id == key, NodeRow.id.in_(node_ids))
         .cte(recursive=True)
     )
     chain = chain.union_all(
-        select(chain.c.start, Node.parent_id, Node.token_id, Node.depth)
-        .join(chain, Node.id == chain.c.parent_id)  # by primary key: a parent is always of the same job
+        select(chain.c.start, NodeRow.parent_id, NodeRow.token_id, NodeRow.depth)
+        .join(chain, NodeRow.id == chain.c.parent_id)  # by primary key: a parent is always of the same job
     )
     paths: dict[int, list[int]] = {node_id: [] for node_id in node_ids}
     rows = session.execute(
@@ -689,8 +690,8 @@ def _open_node(row: Any) -> OpenNode:
 def node_totals(session: Session, job_id: JobId) -> tuple[int, int, int]:
     """Counted from the rows: (nodes, expanded nodes, completed paths)."""
     row = session.execute(
-        select(func.count(), func.coalesce(func.sum(case((Node.threshold.is_not(None), 1), else_=0)), 0),
-               func.coalesce(func.sum(case((Node.finish_reason == "stop", 1), else_=0)), 0))
-        .where(Node.job_id == as_job_id(job_id))
+        select(func.count(), func.coalesce(func.sum(case((NodeRow.threshold.is_not(None), 1), else_=0)), 0),
+               func.coalesce(func.sum(case((NodeRow.finish_reason == "stop", 1), else_=0)), 0))
+        .where(NodeRow.job_id == as_job_id(job_id))
     ).one()
     return int(row[0]), int(row[1]), int(row[2])

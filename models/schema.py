@@ -92,7 +92,7 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
 
 
-class Node(Base):
+class NodeRow(Base):
     __tablename__ = "nodes"
     __table_args__ = (
         Index("uq_nodes_job_parent_token", "job_id", "parent_id", "token_id", unique=True),

@@ -183,10 +183,12 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(default=2.0, gt=0, le=60)
     # ... and a database that answers nothing, or a table locked by someone else: the API's statements give
     # up after these (a 503), so one stuck table cannot hold every request thread. A pooled connection
-    # whose server went silent is found dead by TCP keepalive within about `db_keepalive_s` x 2.
+    # whose host went away is found dead by TCP keepalive within about `db_keepalive_s` x 2; a statement
+    # a frozen server never answers has its connection closed after `db_read_timeout_s` (models/deadline.py).
     db_statement_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     db_lock_timeout_s: float = Field(default=3.0, gt=0, le=3600)
     db_keepalive_s: int = Field(default=10, ge=1, le=3600)
+    db_read_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     # The API's connections: as many as its thread pool runs requests at once (40), so a burst waits
     # for a thread, not for a connection (and the short pool timeout does not turn it into 503s).
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -63,7 +63,9 @@ class WorkerBeat:
     models: tuple[str, ...]
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
-    state: str = "starting"  # starting (loading models), idle, busy (running a unit), stopping
+    # starting (loading models), idle, busy (running a unit), waiting (a unit waits for an unreachable
+    # Postgres or Redis to answer again), stopping
+    state: str = "starting"
     started: float = field(default_factory=time.time)
     beat: float = field(default_factory=time.time)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells this process's key from another's

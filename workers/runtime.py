@@ -58,6 +58,7 @@ class Heartbeat:
         self._holdings: dict[str, HeldLease] = {}
         self._lock = threading.Lock()
         self._units = 0  # units running now (Celery's threads)
+        self._waiting = 0  # units waiting out an outage (`WorkerRuntime.wait_out_outage`)
         self._idle_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tokentree-heartbeat", daemon=True)
@@ -98,6 +99,20 @@ class Heartbeat:
             self._units = max(0, self._units - 1)
             if self._units == 0:
                 self._mark_idle()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """A unit waits out an outage: it holds no nodes (it gave them back), so peers may hand this worker
+        work meanwhile; its beats say "waiting" (readable in its heartbeat key, and `tokentree status`)."""
+        self.unit_ended()
+        with self._idle_lock:
+            self._waiting += 1
+        try:
+            yield
+        finally:
+            with self._idle_lock:
+                self._waiting -= 1
+            self.unit_started()
 
     def _mark_idle(self) -> None:
         """Tell peers whether this worker waits for work. Under the lock: a heartbeat must never mark
@@ -151,6 +166,8 @@ class Heartbeat:
             return "stopping"
         if not self.runtime.ready:
             return "starting"
+        if self._waiting:
+            return "waiting"
         return "busy" if self._units else "idle"
 
     def _beat(self) -> None:
@@ -316,9 +333,7 @@ class WorkerRuntime:
         started = time.monotonic()
         delay = OUTAGE_FIRST_DELAY_S
         log.warning("job %s: %s; the unit waits for it", job_id, down)
-        # A waiting unit holds no nodes (it gave them back): peers may hand this worker work meanwhile.
-        self.heartbeat.unit_ended()
-        try:
+        with self.heartbeat.waiting():
             while down is not None:
                 waited = time.monotonic() - started
                 if waited + delay > self.config.outage_wait_s:
@@ -329,8 +344,6 @@ class WorkerRuntime:
                     return False
                 delay = min(2 * delay, OUTAGE_MAX_DELAY_S)
                 down = self.unreachable()
-        finally:
-            self.heartbeat.unit_started()
         log.warning("job %s: Postgres and Redis answer again after %.1f s; the unit runs again", job_id,
                     time.monotonic() - started)
         return True

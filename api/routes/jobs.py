@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
 from api.auth import Caller, CallerDep
-from api.deps import DispatcherDep, SessionDep, SettingsDep, releases_session
+from api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
 from api.limits import CallerSlots, enforce_rate_limit, too_many
 from api.logs import bind_job
 from api.progress_feed import ProgressFeed, Reading
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 REFUSALS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorOut} for code in (401, 404, 409, 413, 429, 503)
 }
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(enforce_rate_limit)],
-                   responses=REFUSALS)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=ReleasesSession,
+                   dependencies=[Depends(enforce_rate_limit)], responses=REFUSALS)
 # Large enough for any real id, small enough for a 64-bit column: bigger ones are 422s, not 500s.
 MAX_ID = 2**62
 MAX_OFFSET = 10**9
@@ -102,7 +102,6 @@ def _require_kind(job: Job, kind: str) -> None:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-@releases_session
 def submit_job(
     body: JobCreate, http: Request, response: Response, session: SessionDep, settings: SettingsDep,
     dispatcher: DispatcherDep, caller: CallerDep,
@@ -156,7 +155,6 @@ def _replayed(session: Session, job: Job, request: JobRequest, response: Respons
 
 
 @router.get("")
-@releases_session
 def list_jobs(
     request: Request,
     session: SessionDep,
@@ -177,7 +175,6 @@ def list_jobs(
 
 
 @router.get("/{job_id}")
-@releases_session
 def get_job(job_id: uuid.UUID, request: Request, session: SessionDep, caller: CallerDep) -> JobOut:
     """One job with its progress: nodes, frontier, completed paths, nodes expanded per worker; and a
     warning while no live worker serves its model."""
@@ -185,7 +182,6 @@ def get_job(job_id: uuid.UUID, request: Request, session: SessionDep, caller: Ca
 
 
 @router.post("/{job_id}/cancel")
-@releases_session
 def cancel_job(
     job_id: uuid.UUID, request: Request, session: SessionDep, dispatcher: DispatcherDep, caller: CallerDep
 ) -> JobOut:
@@ -200,7 +196,6 @@ def cancel_job(
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_204_NO_CONTENT)
-@releases_session
 def delete_job(
     job_id: uuid.UUID, request: Request, session: SessionDep, dispatcher: DispatcherDep, caller: CallerDep
 ) -> Response:
@@ -219,7 +214,6 @@ def delete_job(
     responses={200: {"content": {"application/json": {}},
                      "description": "the tree JSON, in the layout `tokentree tree -o` writes"}},
 )
-@releases_session
 def get_tree(
     job_id: uuid.UUID,
     request: Request,
@@ -265,7 +259,6 @@ def _render_tree(session: Session, job: Job, root: int | None, max_depth: int | 
 
 
 @router.get("/{job_id}/paths")
-@releases_session
 def get_paths(
     job_id: uuid.UUID,
     session: SessionDep,
@@ -288,7 +281,6 @@ def get_paths(
     responses={200: {"content": {"application/x-ndjson": {}},
                      "description": "one JSONL record, the layout `tokentree logprobs -o` writes"}},
 )
-@releases_session
 def get_logprobs_record(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> Response:
     """A finished logprobs job's record, as one JSONL line."""
     job = _job_or_404(session, job_id, caller)

@@ -10,15 +10,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.deps import SessionDep, SettingsDep, releases_session
+from api.deps import ReleasesSession, SessionDep, SettingsDep
 from api.limits import enforce_rate_limit
 from api.metrics import Metrics
-from api.schemas import ErrorOut, HealthOut, ModelOut, ModelsOut
+from api.schemas import ErrorOut, HealthOut, ModelOut, ModelsOut, ParameterOut, ParametersOut
+from api.validation import describe_parameters
 from models import jobs, worker_registry
 
 log = logging.getLogger(__name__)
 
-router = APIRouter()
+router = APIRouter(route_class=ReleasesSession)
 
 
 @router.get("/v1/models", tags=["models"], dependencies=[Depends(enforce_rate_limit)],
@@ -29,8 +30,15 @@ def list_models(settings: SettingsDep) -> ModelsOut:
                              for name in settings.models])
 
 
+@router.get("/v1/parameters", tags=["models"], dependencies=[Depends(enforce_rate_limit)],
+            responses={401: {"model": ErrorOut}, 429: {"model": ErrorOut}})
+def list_parameters(settings: SettingsDep) -> ParametersOut:
+    """The parameters each job kind takes, with this server's defaults and limits (the web form's fields)."""
+    return ParametersOut(**{kind: [ParameterOut(**p) for p in describe_parameters(kind, settings)]
+                            for kind in ("tree", "logprobs")})
+
+
 @router.get("/healthz", tags=["health"], responses={503: {"model": HealthOut}})
-@releases_session
 def health(request: Request, session: SessionDep, settings: SettingsDep) -> JSONResponse:
     """Whether the database and the broker answer: the database by reading the jobs table within a
     second (a locked or stalled table is unavailable, not "ok")."""
@@ -38,6 +46,7 @@ def health(request: Request, session: SessionDep, settings: SettingsDep) -> JSON
     open_models: list[str] = []
     try:
         if session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"deadline_s": 1.5})  # a frozen server (models/deadline.py)
             session.execute(text("SET LOCAL statement_timeout = 1000"))
             session.execute(text("SET LOCAL lock_timeout = 1000"))
         open_models = jobs.open_models(session)

@@ -1,26 +1,23 @@
-"""Fixtures for the browser tests: a stand-in service, a headless Chromium, screenshots.
+"""Fixtures for the browser tests: the real service, a headless Chromium, screenshots.
 
-The app is assembled from `api.viewers` (pages + static files) plus small test-only routes that
-mimic the API's contract (`/v1/jobs...`) from seed files and synthetic trees, served by uvicorn in
-a background thread on a free loopback port. Tests against the real service can reuse
-`browser`, `browser_page` and `screenshot` and override `base_url`.
+The pages talk to the real API (`api.app.create_app`, embedded mode: SQLite in a temporary folder) served
+by uvicorn in a thread on a free loopback port, with the real routes, status codes and messages. Its jobs
+are seeded through the API and the repository functions (tests/browser/service.py); nothing runs them
+unless a test plays the worker. Tests against another service can reuse `browser`, `browser_page` and
+`screenshot` and override `base_url`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
-import threading
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .service import BrowserService, file_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("TOKENTREE_SEED_DIR", Path(__file__).resolve().parent / "data"))
@@ -39,235 +36,50 @@ CHROMIUM_ARGS = [
 
 SEED_TREE = DATA_DIR / "india_capital_tree.json"
 SEED_LOGPROBS = DATA_DIR / "logprobs_sample.jsonl"
+# The job list's model menu comes from /v1/models: a second model shows that it does.
+MODELS = {"demo": "demo", "tiny-gemma": "tiny-gemma"}
 
 
-# --------------------------------------------------------------------------- stand-in service
+# --------------------------------------------------------------------------- the service
 
 
-@dataclass
-class FakeJob:
-    job: dict[str, Any]
-    tree_text: str | None = None
-    logprobs_text: str | None = None
-    # Live jobs: the tree at each stage; the event stream advances through them.
-    stages: list[str] = field(default_factory=list)
-    stage: int = 0
-    stage_delay: float = 0.4
-
-
-def make_job(
-    job_id: str,
-    *,
-    kind: str = "tree",
-    prompt: str = "",
-    status: str = "succeeded",
-    model: str = "demo",
-    parameters: dict | None = None,
-    nodes: int = 0,
-    completed: int = 0,
-    error: str | None = None,
-) -> dict[str, Any]:
-    now = "2025-01-01T12:00:00Z"
-    return {
-        "id": job_id,
-        "kind": kind,
-        "prompt": prompt,
-        "model": model,
-        "parameters": parameters or {},
-        "chat": False,
-        "prefix": None,
-        "status": status,
-        "error": error,
-        "created_at": now,
-        "started_at": now if status != "queued" else None,
-        "finished_at": now if status in {"succeeded", "failed", "cancelled"} else None,
-        "progress": {"nodes": nodes, "frontier": 0, "completed_paths": completed, "workers": {}},
-    }
-
-
-class FakeService:
-    """In-memory jobs and files behind the contract's routes. Tests register what they need."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, FakeJob] = {}
-        self.files: dict[str, tuple[str, str]] = {}
-        self.submitted: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def add_job(self, fake: FakeJob) -> str:
-        with self.lock:
-            self.jobs[fake.job["id"]] = fake
-        return fake.job["id"]
-
-    def add_file(self, name: str, text: str, media_type: str = "application/json") -> str:
-        with self.lock:
-            self.files[name] = (text, media_type)
-        return f"/test-files/{name}"
-
-
-def build_app(service: FakeService) -> FastAPI:
-    from api import viewers
-
-    app = FastAPI()
-    app.include_router(viewers.router)
-    viewers.mount_static(app)
-
-    def get(job_id: str) -> FakeJob:
-        fake = service.jobs.get(job_id)
-        if fake is None:
-            raise HTTPException(404, detail=f"job {job_id} not found")
-        return fake
-
-    @app.get("/v1/models")
-    def models():
-        return {"models": [{"name": "demo"}, {"name": "tiny-gemma"}]}
-
-    @app.get("/v1/jobs")
-    def list_jobs(limit: int = 20, offset: int = 0, status: str | None = None):
-        items = [f.job for f in service.jobs.values() if status is None or f.job["status"] == status]
-        items = list(reversed(items))
-        return {"items": items[offset : offset + limit], "total": len(items)}
-
-    @app.post("/v1/jobs", status_code=201)
-    async def submit(request: Request):
-        body = await request.json()
-        errors = []
-        if not str(body.get("prompt", "")).strip():
-            errors.append(
-                {"loc": ["body", "prompt"], "msg": "prompt must not be empty", "type": "value_error"}
-            )
-        params = body.get("parameters") or {}
-        for name, value in params.items():
-            if isinstance(value, int | float) and value < 0:
-                errors.append(
-                    {"loc": ["body", "parameters", name], "msg": "must be >= 0", "type": "value_error"}
-                )
-        if errors:
-            return JSONResponse({"detail": errors}, status_code=422)
-        job_id = f"sub-{len(service.submitted) + 1}"
-        service.submitted.append(body)
-        tree_text = service.files.get("__next_tree__", (None, ""))[0]
-        job = make_job(
-            job_id,
-            kind=body.get("kind", "tree"),
-            prompt=body["prompt"],
-            status="succeeded",
-            parameters=params,
-        )
-        job["chat"] = bool(body.get("chat"))
-        job["prefix"] = body.get("prefix")
-        service.add_job(FakeJob(job=job, tree_text=tree_text))
-        return job
-
-    @app.get("/v1/jobs/{job_id}")
-    def job(job_id: str):
-        return get(job_id).job
-
-    @app.get("/v1/jobs/{job_id}/tree")
-    def tree(job_id: str):
-        fake = get(job_id)
-        text = fake.stages[fake.stage] if fake.stages else fake.tree_text
-        if text is None:
-            raise HTTPException(404, detail="this job has no tree yet")
-        return Response(text, media_type="application/json")
-
-    @app.get("/v1/jobs/{job_id}/logprobs.jsonl")
-    def logprobs(job_id: str):
-        fake = get(job_id)
-        if fake.logprobs_text is None:
-            raise HTTPException(404, detail="this job has no log-probabilities")
-        return Response(fake.logprobs_text, media_type="application/x-ndjson")
-
-    @app.get("/v1/jobs/{job_id}/events")
-    async def events(job_id: str):
-        fake = get(job_id)
-
-        async def stream():
-            while fake.stages and fake.stage < len(fake.stages) - 1:
-                yield f"event: progress\ndata: {json.dumps(fake.job)}\n\n"
-                await asyncio.sleep(fake.stage_delay)
-                fake.stage += 1
-                fake.job["progress"]["nodes"] += 1
-            fake.job["status"] = "succeeded"
-            yield f"event: end\ndata: {json.dumps(fake.job)}\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
-    @app.get("/test-files/{name}")
-    def test_file(name: str):
-        if name not in service.files:
-            raise HTTPException(404, detail="no such test file")
-        text, media_type = service.files[name]
-        return Response(text, media_type=media_type)
-
-    return app
-
-
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+def seed_records() -> list[dict]:
+    lines = SEED_LOGPROBS.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 @pytest.fixture(scope="session")
-def fake_service() -> FakeService:
-    service = FakeService()
-    seed_tree = SEED_TREE.read_text(encoding="utf-8")
-    seed_doc = json.loads(seed_tree)
-    service.add_job(
-        FakeJob(
-            job=make_job(
-                "india",
-                prompt=seed_doc["metadata"]["prompt"],
-                parameters=seed_doc["metadata"]["parameters"],
-                nodes=174,
-                completed=6,
-            ),
-            tree_text=seed_tree,
-        )
-    )
-    service.add_job(
-        FakeJob(
-            job=make_job("lp", kind="logprobs", prompt="Who was the first President of India?", nodes=0),
-            logprobs_text=SEED_LOGPROBS.read_text(encoding="utf-8"),
-        )
-    )
-    service.add_file("india_capital_tree.json", seed_tree)
-    service.add_file(
-        "logprobs_sample.jsonl", SEED_LOGPROBS.read_text(encoding="utf-8"), "application/x-ndjson"
-    )
-    return service
+def files_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the file origin serves: the seed files, and what tests add."""
+    folder = tmp_path_factory.mktemp("files")
+    for seed in (SEED_TREE, SEED_LOGPROBS):
+        (folder / seed.name).write_bytes(seed.read_bytes())
+    return folder
 
 
 @pytest.fixture(scope="session")
-def live_server(fake_service: FakeService):
-    import uvicorn
+def service(tmp_path_factory: pytest.TempPathFactory, files_dir: Path) -> Iterator[BrowserService]:
+    """The real API on a free port, with a finished tree job "india" (the seed tree) and a finished
+    log-probability job "lp" (the seed's first record)."""
+    from bench.factories import RecordingDispatcher
+    from migrations import upgrade_database
+    from tests.utils.servers import embedded_settings, live_api_for
 
-    app = build_app(fake_service)
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1, access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    # No rate limit: pages load in bursts here (the limits have their own tests).
+    settings = embedded_settings(tmp_path_factory.mktemp("tokentree"), models=MODELS, rate_limit_per_minute=0)
+    upgrade_database(settings.sqlalchemy_url)
+    with file_server(files_dir) as files_url, live_api_for(settings, RecordingDispatcher()) as api:
+        service = BrowserService(url=api.url, client=api.client, session_factory=api.session_factory,
+                                 dispatcher=api.dispatcher, files_dir=files_dir, files_url=files_url)
+        service.add_tree_job("india", json.loads(SEED_TREE.read_text(encoding="utf-8")))
+        service.add_logprobs_job("lp", seed_records()[0])
+        yield service
 
 
 @pytest.fixture(scope="session")
-def base_url(live_server: str) -> str:
-    """Where the pages are served. Override to point the same tests at the real service."""
-    return live_server
+def base_url(service: BrowserService) -> str:
+    """Where the pages are served. Override to point the same tests at another service."""
+    return service.url
 
 
 # --------------------------------------------------------------------------- browser
@@ -400,3 +212,15 @@ def big_tree_text() -> str:
     from .synthetic import dumps_deep, synthetic_tree
 
     return dumps_deep(synthetic_tree(10_000))
+
+
+@pytest.fixture(scope="session")
+def india(service: BrowserService) -> str:
+    """The id of the finished job holding the seed tree ("The capital of India is")."""
+    return service.job("india")
+
+
+@pytest.fixture(scope="session")
+def lp(service: BrowserService) -> str:
+    """The id of the finished log-probability job holding the seed's first record."""
+    return service.job("lp")

@@ -73,6 +73,15 @@ def write_perf(name: str, values: dict) -> None:
     out.write_text(json.dumps(data, indent=2))
 
 
+def most_probable_path(node: dict) -> list[dict]:
+    """The nodes after `node` along its most probable children (the first on ties, as the viewers)."""
+    path = []
+    while node["children"]:
+        node = max(node["children"], key=lambda c: c["prob"])
+        path.append(node)
+    return path
+
+
 def shown_text(s: str) -> str:
     """How the response and log-probability viewers show text: visible whitespace, line breaks kept."""
     return "↵\n".join(visible_ws(part) for part in s.split("\n"))

@@ -6,20 +6,18 @@ import json
 
 import pytest
 
-from .conftest import SEED_LOGPROBS
+from .conftest import SEED_LOGPROBS, seed_records
 from .helpers import READY, drop_file, goto, shown_text, wait_until
 
 pytestmark = pytest.mark.browser
 
 
-def seed_records() -> list[dict]:
-    return [json.loads(line) for line in SEED_LOGPROBS.read_text().splitlines() if line.strip()]
-
-
-def test_renders_logprobs_job_with_tooltips(browser_page, base_url, screenshot):
+def test_renders_logprobs_job_with_tooltips(browser_page, base_url, lp, screenshot):
     page = browser_page
-    records = seed_records()
-    goto(page, f"{base_url}/viewer/logprobs?job=lp")
+    # A job holds one record (the API serves it as one JSONL line): the seed's first. Files with several
+    # records are the next tests'.
+    records = seed_records()[:1]
+    goto(page, f"{base_url}/viewer/logprobs?job={lp}")
     cards = page.locator("#cards article.lp-card")
     assert cards.count() == len(records)
     for i, rec in enumerate(records):
@@ -63,9 +61,9 @@ def test_renders_a_dropped_or_picked_jsonl_file(browser_page, base_url):
     assert page.log.problems() == []
 
 
-def test_file_url_and_bad_files(browser_page, base_url):
+def test_file_url_and_bad_files(browser_page, base_url, service):
     page = browser_page
-    goto(page, f"{base_url}/viewer/logprobs?file=/test-files/logprobs_sample.jsonl")
+    goto(page, f"{base_url}/viewer/logprobs?file={service.files_url}/logprobs_sample.jsonl")
     assert page.locator("#cards article").count() == len(seed_records())
     good = json.dumps(seed_records()[0])
     cases = [
@@ -83,4 +81,6 @@ def test_file_url_and_bad_files(browser_page, base_url):
         msg = page.locator("#message .message.error")
         wait_until(lambda e=expected, m=msg: m.count() == 1 and e in m.text_content(), message=expected)
         assert page.locator("body").get_attribute("data-state") == "error"
+    # The last was a token tree: the message links to the tree viewer.
+    assert page.locator("#message a[href='/viewer/tree']").count() == 1
     assert page.log.page_errors == []

@@ -1,31 +1,28 @@
 """The viewers in a real Chromium against the REAL service, on stored jobs run with the demo model.
 
 Embedded mode: a `tokentree serve` subprocess (SQLite under a temporary data folder, the in-process
-worker). Postgres mode: the same API on a fresh, migrated Postgres database with `LocalWorker` as
-its dispatcher in this process. The README's pictures (docs/img/) are taken here.
+worker). Postgres mode: the same API on the test session's Postgres database (emptied) and Redis, with
+`LocalWorker` as its dispatcher in this process. The README's pictures (docs/img/) are taken here.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .conftest import DATA_DIR, ROOT, SEED_LOGPROBS, SEED_TREE
-from .helpers import READY, SETTLED, goto, shown_text, visible_ws, wait_until
+from tests.utils.cli import tokentree_serve
+
+from .conftest import DATA_DIR, SEED_LOGPROBS, SEED_TREE
+from .helpers import READY, SETTLED, goto, most_probable_path, shown_text, visible_ws, wait_until
+from .service import file_server
+from .synthetic import count_nodes as node_count
 
 pytestmark = pytest.mark.browser
 
@@ -51,12 +48,6 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 # --------------------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def submit(client: httpx.Client, prompt: str, kind: str = "tree", **parameters: Any) -> str:
     response = client.post("/v1/jobs", json={"prompt": prompt, "kind": kind, "parameters": parameters})
     assert response.status_code == 201, response.text
@@ -75,23 +66,6 @@ def wait_finished(
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}\n{why()}")
         time.sleep(0.3)
-
-
-def node_count(doc: dict) -> int:
-    total, stack = 0, [doc["tree"]]
-    while stack:
-        node = stack.pop()
-        total += 1
-        stack.extend(node["children"])
-    return total
-
-
-def most_probable_path(node: dict) -> list[dict]:
-    path = []
-    while node["children"]:
-        node = max(node["children"], key=lambda c: c["prob"])  # first on ties, like the viewer
-        path.append(node)
-    return path
 
 
 def fmt_num(x: float) -> str:
@@ -145,69 +119,21 @@ def real_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServi
     """`tokentree serve` on a free port (embedded: SQLite + in-process worker), with a tree job and a
     log-probability job on "Once upon a time" run to the end."""
     data_dir = tmp_path_factory.mktemp("tokentree-serve")
-    log_path = data_dir / "serve.log"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
-    env.update(TOKENTREE_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from cli.main import main; sys.exit(main())",
-        "serve",
-        "--port",
-        str(port),
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=url, timeout=30)
-    service = RealService(url=url, client=client, log_path=log_path)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"tokentree serve exited with {proc.returncode}:\n{service.log_tail()}")
-            try:
-                if client.get("/v1/models").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tokentree serve did not answer in 90 s:\n{service.log_tail()}")
-            time.sleep(0.2)
+    with tokentree_serve(data_dir, TOKENTREE_DATA_DIR=str(data_dir)) as client:
+        url = str(client.base_url).rstrip("/")
+        service = RealService(url=url, client=client, log_path=data_dir / "serve.log")
         service.jobs["tree"] = submit(client, PROMPT)
         service.jobs["logprobs"] = submit(client, PROMPT, kind="logprobs", max_new_tokens=40)
         for job_id in service.jobs.values():
             wait_finished(client, job_id, why=service.log_tail)
         yield service
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def seed_server() -> Iterator[str]:
     """The seed files (tests/browser/data) on another loopback origin, with CORS, for `?file=URL`."""
-
-    class Handler(SimpleHTTPRequestHandler):
-        def end_headers(self) -> None:
-            self.send_header("Access-Control-Allow-Origin", "*")
-            super().end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(DATA_DIR)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with file_server(DATA_DIR) as url:
+        yield url
 
 
 # --------------------------------------------------------------------------- embedded: stored jobs
@@ -452,40 +378,32 @@ def test_html_in_a_real_prompt_stays_inert(browser_page, real_service, screensho
 
 
 @pytest.mark.services
-def test_tree_viewer_on_postgres_with_a_real_worker(browser_page, tmp_path, screenshot):
-    from models.db import make_engine, make_session_factory
-    from models.settings import Settings
-    from tests.service.conftest import live_api_for
-    from tests.utils.databases import REDIS_SERVER, fresh_database
+def test_tree_viewer_on_postgres_with_a_real_worker(
+    browser_page, postgres_url, clean_pg, redis_url, screenshot
+):
+    from models.db import make_session_factory
+    from tests.utils.servers import live_api_for, postgres_settings
     from workers.local import LocalWorker
 
-    with fresh_database(f"tokentree_browser_test_{os.getpid()}") as database_url:
-        settings = Settings(
-            database_url=database_url,
-            redis_url=f"{REDIS_SERVER}/{1 + (os.getpid() + 3) % 15}",
-            environment="local",
-            models={"demo": "demo"},
-        )
-        engine = make_engine(database_url)
-        factory = make_session_factory(engine)
-        worker = LocalWorker(settings, factory, name="browser-test")
-        worker.start()
-        try:
-            with live_api_for(settings, worker, session_factory=factory) as api:
-                job_id = submit(api.client, PROMPT)
-                job = wait_finished(api.client, job_id, timeout=90)
-                doc = api.client.get(f"/v1/jobs/{job_id}/tree").json()
-                page = browser_page
-                goto(page, f"{api.url}/viewer/tree?job={job_id}")
-                assert PROMPT in page.locator("#tree-svg g.unit.root").text_content()
-                stats = page.locator("#stats").text_content()
-                assert f"{job['progress']['nodes']:,} nodes" in stats and "5 completed" in stats, stats
-                assert node_count(doc) == job["progress"]["nodes"]
-                assert page.locator("#paths-list li").count() == 5
-                page.locator("#tree-svg g.unit[data-depth='1']").first.hover()
-                assert stat_value(page, "Threshold") not in ("", "—")
-                screenshot(page, "real-postgres-tree-viewer")
-                assert page.log.problems() == []
-        finally:
-            worker.stop()
-            engine.dispose()
+    settings = postgres_settings(postgres_url, redis_url, models={"demo": "demo"})
+    factory = make_session_factory(clean_pg)
+    worker = LocalWorker(settings, factory, name="browser-test")
+    worker.start()
+    try:
+        with live_api_for(settings, worker, session_factory=factory) as api:
+            job_id = submit(api.client, PROMPT)
+            job = wait_finished(api.client, job_id, timeout=90)
+            doc = api.client.get(f"/v1/jobs/{job_id}/tree").json()
+            page = browser_page
+            goto(page, f"{api.url}/viewer/tree?job={job_id}")
+            assert PROMPT in page.locator("#tree-svg g.unit.root").text_content()
+            stats = page.locator("#stats").text_content()
+            assert f"{job['progress']['nodes']:,} nodes" in stats and "5 completed" in stats, stats
+            assert node_count(doc) == job["progress"]["nodes"]
+            assert page.locator("#paths-list li").count() == 5
+            page.locator("#tree-svg g.unit[data-depth='1']").first.hover()
+            assert stat_value(page, "Threshold") not in ("", "—")
+            screenshot(page, "real-postgres-tree-viewer")
+            assert page.log.problems() == []
+    finally:
+        worker.stop()

@@ -7,27 +7,19 @@ import json
 import pytest
 
 from .conftest import SEED_TREE
-from .helpers import READY, goto, read_download, shown_text, visible_ws
+from .helpers import READY, goto, most_probable_path, read_download, shown_text, visible_ws
 from .synthetic import prune_depth
 
 pytestmark = pytest.mark.browser
-
-
-def most_probable_path(node: dict) -> list[dict]:
-    path = []
-    while node["children"]:
-        node = max(node["children"], key=lambda c: c["prob"])  # first on ties, like the viewer
-        path.append(node)
-    return path
 
 
 def tokens_text(page) -> list[str]:
     return page.locator("#tokens .tok").all_text_contents()
 
 
-def test_switches_branch_on_an_alternative(browser_page, base_url, seed_tree_doc, screenshot):
+def test_switches_branch_on_an_alternative(browser_page, base_url, india, seed_tree_doc, screenshot):
     page = browser_page
-    goto(page, f"{base_url}/viewer/response?job=india")
+    goto(page, f"{base_url}/viewer/response?job={india}")
     original = most_probable_path(seed_tree_doc["tree"])
     assert tokens_text(page) == [shown_text(n["text"]) for n in original]
     # Probability classes.
@@ -78,9 +70,9 @@ def test_switches_branch_on_an_alternative(browser_page, base_url, seed_tree_doc
     assert page.log.problems() == []
 
 
-def test_whitespace_toggle(browser_page, base_url, seed_tree_doc):
+def test_whitespace_toggle(browser_page, base_url, service, seed_tree_doc):
     page = browser_page
-    goto(page, f"{base_url}/viewer/response?file=/test-files/india_capital_tree.json")
+    goto(page, f"{base_url}/viewer/response?file={service.files_url}/india_capital_tree.json")
     text = "".join(n["text"] for n in most_probable_path(seed_tree_doc["tree"]))
     assert "·" in page.locator("#tokens").text_content()
     page.uncheck("#show-ws")
@@ -106,24 +98,27 @@ def test_file_input_and_bad_file(browser_page, base_url):
     assert page.log.page_errors == []
 
 
-def test_explore_from_here_submits_and_shows_the_new_job(browser_page, base_url, fake_service, seed_tree_doc):
+def test_explore_from_here_submits_and_shows_the_new_job(
+    browser_page, base_url, service, india, seed_tree_doc
+):
     page = browser_page
-    # The stand-in service answers the next POST with a finished job holding this small tree.
-    small = prune_depth(seed_tree_doc, 3)
-    small["tree"]["text"] = "The capital of India is **"
-    fake_service.add_file("__next_tree__", json.dumps(small))
-    goto(page, f"{base_url}/viewer/response?job=india")
+    goto(page, f"{base_url}/viewer/response?job={india}")
     page.locator("#tokens .tok").first.click()
     row = page.locator("#token-body li", has=page.locator("button.alt", has_text=visible_ws(" **")))
-    before = len(fake_service.submitted)
+    before = len(service.dispatcher.submitted)
     row.locator("button", has_text="Explore from here").click()
-    page.wait_for_url("**/viewer/response?job=sub-*&from=india")
+    # The page submitted a job and waits for it: play its worker, with a small tree from its prompt.
+    new_id = service.wait_submitted(before + 1)
+    job = service.client.get(f"/v1/jobs/{new_id}").json()
+    assert job["prompt"] == "The capital of India is **"
+    assert job["kind"] == "tree" and job["model"] == "demo"
+    # The same parameters as the tree explored from (the india job's, as the server completed them).
+    assert job["parameters"] == service.client.get(f"/v1/jobs/{india}").json()["parameters"]
+    small = prune_depth(seed_tree_doc, 3)
+    small["tree"]["text"] = job["prompt"]
+    service.run_tree_job(new_id, small)
+    page.wait_for_url(f"**/viewer/response?job={new_id}&from={india}")
     page.wait_for_selector(READY, state="attached")
-    assert len(fake_service.submitted) == before + 1
-    body = fake_service.submitted[-1]
-    assert body["prompt"] == "The capital of India is **"
-    assert body["kind"] == "tree"
-    assert body["parameters"] == seed_tree_doc["metadata"]["parameters"]
     assert "The capital of India is **" in page.locator("#prompt").text_content()
     assert "Explored from another tree" in page.locator("#banner").text_content()
     assert page.log.problems() == []

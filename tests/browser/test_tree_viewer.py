@@ -4,10 +4,12 @@ completed paths, search, live growth over server-sent events, export."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
-from .conftest import SEED_TREE, FakeJob, make_job
+from .conftest import SEED_TREE
 from .helpers import (
     READY,
     SETTLED,
@@ -19,7 +21,9 @@ from .helpers import (
     visible_ws,
     wait_until,
 )
-from .synthetic import dumps_deep, prune_depth
+from .service import tree_nodes
+from .synthetic import count_nodes as node_count
+from .synthetic import prune_depth
 
 pytestmark = pytest.mark.browser
 
@@ -36,18 +40,9 @@ def segment_count(doc: dict) -> int:
     return total
 
 
-def node_count(doc: dict) -> int:
-    total, stack = 0, [doc["tree"]]
-    while stack:
-        node = stack.pop()
-        total += 1
-        stack.extend(node["children"])
-    return total
-
-
-def test_renders_job_tree_without_console_errors(browser_page, base_url, seed_tree_doc, screenshot):
+def test_renders_job_tree_without_console_errors(browser_page, base_url, india, seed_tree_doc, screenshot):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?job=india")
+    goto(page, f"{base_url}/viewer/tree?job={india}")
     n_segments = segment_count(seed_tree_doc)
     # Small enough to be fully expanded at first: every segment is drawn once.
     assert units(page).count() == n_segments
@@ -71,16 +66,17 @@ def test_renders_job_tree_without_console_errors(browser_page, base_url, seed_tr
     }
     assert len(r) > 5
     # Links between the views carry the job.
-    assert page.locator('.nav a[data-view="response"]').get_attribute("href") == "/viewer/response?job=india"
+    response_link = page.locator('.nav a[data-view="response"]')
+    assert response_link.get_attribute("href") == f"/viewer/response?job={india}"
     unit_with_text(page, "New Delhi").hover()
     page.wait_for_timeout(100)
     screenshot(page, "tree-viewer", docs="tree-viewer.png")
     assert page.log.problems() == []
 
 
-def test_hover_fills_details_and_highlights_path(browser_page, base_url):
+def test_hover_fills_details_and_highlights_path(browser_page, base_url, india):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?job=india")
+    goto(page, f"{base_url}/viewer/tree?job={india}")
     unit_with_text(page, "New Delhi").hover()
     body = page.locator("#details-body")
     assert body.locator('[data-role="token"]').text_content() == visible_ws(" New")
@@ -102,9 +98,9 @@ def test_hover_fills_details_and_highlights_path(browser_page, base_url):
     assert page.log.problems() == []
 
 
-def test_collapse_and_expand(browser_page, base_url, seed_tree_doc):
+def test_collapse_and_expand(browser_page, base_url, india, seed_tree_doc):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?job=india")
+    goto(page, f"{base_url}/viewer/tree?job={india}")
     total = units(page).count()
     delhi = (
         page.locator("#tree-svg g.unit[data-depth='1']", has_text="Delhi").filter(has_not_text="New").first
@@ -131,9 +127,9 @@ def test_collapse_and_expand(browser_page, base_url, seed_tree_doc):
     assert page.log.problems() == []
 
 
-def test_node_mode_expanding_runs_down_single_child_chains(browser_page, base_url, seed_tree_doc):
+def test_node_mode_expanding_runs_down_single_child_chains(browser_page, base_url, india, seed_tree_doc):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?job=india")
+    goto(page, f"{base_url}/viewer/tree?job={india}")
     page.uncheck("#merge-runs")
     page.click("#collapse-all")
     # The root's children, each run down its single-child chain to the next fork.
@@ -154,9 +150,9 @@ def test_node_mode_expanding_runs_down_single_child_chains(browser_page, base_ur
     assert page.log.problems() == []
 
 
-def test_zoom_buttons_and_reset(browser_page, base_url):
+def test_zoom_buttons_and_reset(browser_page, base_url, india):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?job=india")
+    goto(page, f"{base_url}/viewer/tree?job={india}")
     vp = page.locator("#tree-svg g.viewport")
     initial = vp.get_attribute("transform")
     page.click("#zoom-in")
@@ -191,9 +187,9 @@ def test_file_input_loads_seed_layout(browser_page, base_url, seed_tree_doc):
     assert page.log.problems() == []
 
 
-def test_file_url_parameter_and_drag_and_drop(browser_page, base_url, seed_tree_doc):
+def test_file_url_parameter_and_drag_and_drop(browser_page, base_url, service, seed_tree_doc):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?file=/test-files/india_capital_tree.json")
+    goto(page, f"{base_url}/viewer/tree?file={service.files_url}/india_capital_tree.json")
     assert units(page).count() == segment_count(seed_tree_doc)
     # Drop a smaller tree on the page: it replaces the first.
     small = prune_depth(seed_tree_doc, 2)
@@ -234,7 +230,7 @@ BAD_FILES = [
 ]
 
 
-def test_malformed_files_get_a_clear_message(browser_page, base_url, fake_service):
+def test_malformed_files_get_a_clear_message(browser_page, base_url, service):
     page = browser_page
     goto(page, f"{base_url}/viewer/tree", state="body[data-state=empty]")
     for name, text, expected in BAD_FILES:
@@ -258,14 +254,14 @@ def test_malformed_files_get_a_clear_message(browser_page, base_url, fake_servic
     page.wait_for_selector(READY, state="attached")
     assert page.locator("#canvas-message .message").count() == 0
     # A ?file= URL that is not there.
-    goto(page, f"{base_url}/viewer/tree?file=/test-files/missing.json", state=SETTLED)
+    goto(page, f"{base_url}/viewer/tree?file={service.files_url}/missing.json", state=SETTLED)
     assert "404" in page.locator("#canvas-message").text_content()
     assert page.log.page_errors == []
 
 
-def test_completed_paths_and_search(browser_page, base_url, seed_tree_doc, screenshot):
+def test_completed_paths_and_search(browser_page, base_url, india, seed_tree_doc, screenshot):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?job=india")
+    goto(page, f"{base_url}/viewer/tree?job={india}")
     items = page.locator("#paths-list li")
     assert items.count() == 5
     # Ranked by cumulative probability, highest first.
@@ -296,15 +292,32 @@ def test_completed_paths_and_search(browser_page, base_url, seed_tree_doc, scree
     assert page.log.problems() == []
 
 
-def test_live_growth_over_server_sent_events(browser_page, base_url, fake_service, seed_tree_doc):
+def test_live_growth_over_server_sent_events(browser_page, base_url, service, seed_tree_doc):
     page = browser_page
-    stages = [dumps_deep(prune_depth(seed_tree_doc, d)) for d in (1, 3, 6, 13)]
-    job = make_job("live", prompt=seed_tree_doc["metadata"]["prompt"], status="running", nodes=4)
-    fake_service.add_job(FakeJob(job=job, stages=stages, stage_delay=0.5))
-    goto(page, f"{base_url}/viewer/tree?job=live")
+    # A running job whose worker the test plays: its tree grows a few levels at a time while the page
+    # follows the job's event stream, then the job succeeds.
+    nodes = tree_nodes(seed_tree_doc)
+    levels = ((0, 1), (2, 3), (4, 6), (7, max(n.depth for n in nodes)))
+    stages = [[n for n in nodes if low <= n.depth <= high] for low, high in levels]
+    metadata = seed_tree_doc["metadata"]
+    job_id = service.submit(metadata["prompt"], **metadata["parameters"])
+    service.start(job_id)
+    db_ids: dict[int, int] = {}
+    service.grow(job_id, stages[0], db_ids)
+    goto(page, f"{base_url}/viewer/tree?job={job_id}")
     assert "running" in page.locator("#job-status").text_content()
     page.click("#zoom-in")
     transform = page.locator("#tree-svg g.viewport").get_attribute("transform")
+
+    def work() -> None:
+        for stage in stages[1:]:
+            time.sleep(1.2)  # the page refetches a running job's tree at most once a second
+            service.grow(job_id, stage, db_ids)
+        time.sleep(1.2)
+        service.finish(job_id)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
     seen = set()
 
     def grown():
@@ -312,18 +325,21 @@ def test_live_growth_over_server_sent_events(browser_page, base_url, fake_servic
         seen.add(text.split(" nodes")[0])
         return f"{node_count(seed_tree_doc)} nodes" in text
 
-    wait_until(grown, timeout=10, message="the tree to grow to its final size")
-    assert len(seen) >= 2, seen  # it grew in steps, not in one final load
-    wait_until(lambda: "succeeded" in page.locator("#job-status").text_content(), message="the end event")
+    try:
+        wait_until(grown, timeout=15, message="the tree to grow to its final size")
+        assert len(seen) >= 2, seen  # it grew in steps, not in one final load
+        wait_until(lambda: "succeeded" in page.locator("#job-status").text_content(), message="the end event")
+    finally:
+        worker.join(timeout=15)
     # The user's zoom is kept across refreshes.
     assert page.locator("#tree-svg g.viewport").get_attribute("transform") == transform
     assert units(page).count() == segment_count(seed_tree_doc)
     assert page.log.problems() == []
 
 
-def test_export_svg_and_png(browser_page, base_url):
+def test_export_svg_and_png(browser_page, base_url, india):
     page = browser_page
-    goto(page, f"{base_url}/viewer/tree?job=india")
+    goto(page, f"{base_url}/viewer/tree?job={india}")
     with page.expect_download() as dl:
         page.click("#export-svg")
     svg = read_download(dl.value).decode()

@@ -12,11 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.reference import PROB_TOLERANCE, assert_matches_reference, sequential_tree
 from engine.analysis import TreeRequest, build_tree, build_trees
 from engine.loading import LoadedModel, ModelSpec, encode_prompt, load_model
 from engine.params import TreeParams
-from tests.engine.test_engine_exact import PROB_TOLERANCE, assert_same_tree
-from tests.reference import sequential_tree
 
 WORDS = ["once", "upon", "a", "time", "there", "was", "a", "little", "robot", "who", "lived", "in", "the",
          "city", "by", "the", "sea", "and", "dreamed"]
@@ -53,7 +52,7 @@ def assert_batched_trees_are_exact(lm: LoadedModel, batch: list[TreeRequest], ma
                                                               abs=PROB_TOLERANCE)
         reference = sequential_tree(lm.model, encode_prompt(lm, request.prompt), set(lm.stop_ids),
                                     request.params.to_dict(), depth_limit=lm.context_length)
-        assert_same_tree(result.nodes, reference.root)
+        assert_matches_reference(result.nodes, reference.root)
 
 
 PROPERTY = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

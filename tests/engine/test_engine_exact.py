@@ -1,50 +1,21 @@
 """The engine's trees against the plain sequential rule, on real models.
 
-The reference (tests/reference.py) evaluates every node with a fresh full forward pass over its
+The reference (bench/reference.py) evaluates every node with a fresh full forward pass over its
 prefix, so matching it checks both the tree and that every probability equals a fresh forward pass.
 """
 
 from __future__ import annotations
 
-from collections import deque
-
 import pytest
 import torch
 
+from bench.reference import PROB_TOLERANCE, assert_matches_reference, sequential_tree
 from engine.analysis import build_tree
 from engine.expand import Expander, top_k_for
 from engine.loading import ModelSpec, encode_prompt, load_model
 from engine.params import TreeParams
 from engine.runner import ModelRunner
 from engine.scheduler import TreeBuilder
-from tests.reference import RefNode, sequential_tree
-
-PROB_TOLERANCE = 1e-4
-
-
-def assert_same_tree(nodes, root: RefNode) -> int:  # type: ignore[no-untyped-def]
-    """Walk both trees breadth first; returns how many nodes were compared."""
-    pending = deque([(0, root)])
-    compared = 0
-    while pending:
-        node_id, ref = pending.popleft()
-        node = nodes[node_id]
-        where = f"node {node_id} at depth {node.depth}"
-        assert node.token_id == ref.token_id, where
-        assert node.prob == pytest.approx(ref.prob, abs=PROB_TOLERANCE), where
-        assert node.cumulative_prob == pytest.approx(ref.cumulative_prob, abs=PROB_TOLERANCE), where
-        assert node.finish_reason == ref.finish_reason, where
-        assert node.queue_depth == ref.queue_depth, where
-        assert [c.token_id for c in node.candidates] == [t for t, _ in ref.candidates], where
-        assert [c.prob for c in node.candidates] == pytest.approx(
-            [p for _, p in ref.candidates], abs=PROB_TOLERANCE
-        )
-        assert len(node.children) == len(ref.children), where
-        pending.extend(zip(node.children, ref.children, strict=True))
-        compared += 1
-    assert compared == len(nodes)
-    return compared
-
 
 CASES = [
     ("Once upon a time", TreeParams()),
@@ -86,7 +57,7 @@ CASES = [
 def test_demo_model_tree_equals_sequential_rule(demo, prompt: str, params: TreeParams) -> None:  # type: ignore[no-untyped-def]
     result = build_tree(demo, prompt, params, max_batch=64)
     reference = sequential_tree(demo.model, encode_prompt(demo, prompt), set(demo.stop_ids), params.to_dict())
-    assert assert_same_tree(result.nodes, reference.root) > 1
+    assert assert_matches_reference(result.nodes, reference.root) > 1
     assert result.stats.forward_passes <= reference.forward_passes
 
 
@@ -106,7 +77,7 @@ def test_tiny_architectures_equal_sequential_rule(tiny_model_dirs, architecture:
     prompt = "Once upon a time there was"
     result = build_tree(lm, prompt, params, max_batch=max_batch)
     reference = sequential_tree(lm.model, encode_prompt(lm, prompt), set(lm.stop_ids), params.to_dict())
-    assert assert_same_tree(result.nodes, reference.root) > 20
+    assert assert_matches_reference(result.nodes, reference.root) > 20
     assert max(n.depth for n in result.nodes) > 8
     assert any(len(n.children) > 1 for n in result.nodes)
 

@@ -1,6 +1,6 @@
-"""Fixtures for the reliability tests: the service fixtures (tests/service/conftest.py), a clean
-Postgres with API keys, the API with settings of the test's choosing, and a TCP proxy in front of
-Postgres that a test can cut and restore (tests/utils/proxy.py)."""
+"""Fixtures for the reliability tests: the API's settings on the session's Postgres and Redis
+(tests/conftest.py) with the rate limiter off unless a test turns it on, API keys, and a TCP proxy in
+front of Postgres that a test can cut and restore (tests/utils/proxy.py)."""
 
 from __future__ import annotations
 
@@ -8,37 +8,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from models import api_keys
 from models.db import make_session_factory
 from models.settings import Settings
-from tests.service.conftest import (  # noqa: F401  (fixtures, found by pytest through this import)
-    pg_engine,
-    postgres_url,
-    redis_db,
-    redis_url,
-)
 from tests.utils.proxy import TcpProxy
+from tests.utils.servers import postgres_settings
 
 
-@pytest.fixture
-def clean_pg(pg_engine: Engine) -> Engine:  # noqa: F811
-    """The session's Postgres, with no jobs, nodes nor keys."""
-    with pg_engine.begin() as connection:
-        connection.execute(text("TRUNCATE nodes, jobs, api_keys RESTART IDENTITY CASCADE"))
-    return pg_engine
-
-
-def service_settings(postgres_url: str, redis_url: str, **overrides: Any) -> Settings:  # noqa: F811
-    values: dict[str, Any] = {
-        "database_url": postgres_url,
-        "redis_url": redis_url,
-        "environment": "local",
-        "rate_limit_per_minute": 0,
-    }
-    values.update(overrides)
-    return Settings(**values)
+def service_settings(postgres_url: str, redis_url: str, **overrides: Any) -> Settings:
+    return postgres_settings(postgres_url, redis_url, **{"rate_limit_per_minute": 0, **overrides})
 
 
 def new_token(engine: Engine, name: str) -> tuple[str, str]:

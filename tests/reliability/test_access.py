@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
 from api.schemas import JobCreate
+from bench.factories import RecordingDispatcher
 from engine.params import LogprobsParams, TreeParams
 from migrations import upgrade_database
 from models import api_keys, jobs
@@ -25,8 +26,8 @@ from models.db import make_session_factory
 from models.schema import ApiKey
 from models.settings import Settings
 from tests.reliability.conftest import bearer, new_token, service_settings
-from tests.service.conftest import embedded_settings, live_api_for, run_cli
-from tests.utils.factories import RecordingDispatcher
+from tests.utils.cli import run_cli
+from tests.utils.servers import embedded_settings, live_api_for
 
 pytestmark = pytest.mark.services
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}

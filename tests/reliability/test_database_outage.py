@@ -5,13 +5,15 @@ When the database comes back the API recovers by itself and every job stored bef
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import Engine, make_url
 
+from models.db import api_engine, make_session_factory
 from tests.reliability.conftest import service_settings
-from tests.service.conftest import live_api_for
 from tests.utils.proxy import TcpProxy
+from tests.utils.servers import live_api_for
 
 pytestmark = pytest.mark.services
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
@@ -77,3 +79,41 @@ def test_the_api_answers_503_fast_while_postgres_is_away(
         assert health.json() == {"status": "degraded", "database": "ok", "broker": "ok",
                                  "unserved_models": ["demo"]}
         assert app_client.post("/v1/jobs", json=REQUEST).status_code == 201
+
+
+def test_a_frozen_postgres_is_a_503_within_the_read_timeout_and_nothing_half_done(
+    clean_pg: Engine, postgres_url: str, redis_url: str, pg_proxy: TcpProxy
+) -> None:
+    """Postgres stops answering on connections it keeps open (the proxy holds every byte: a server
+    stopped with SIGSTOP, or hung). Neither its statement timeout nor TCP keepalive can end a wait on
+    it; before, every request on a pooled connection waited as long as the freeze, and forty of them
+    took the API's thread pool, health checks included."""
+    through_proxy = make_url(postgres_url).set(host="127.0.0.1", port=pg_proxy.port)
+    settings = service_settings(through_proxy.render_as_string(hide_password=False), redis_url,
+                                db_read_timeout_s=2.0)
+    engine = api_engine(settings)
+    try:
+        with live_api_for(settings, session_factory=make_session_factory(engine)) as api:
+            before = [api.client.post("/v1/jobs", json=REQUEST).json() for _ in range(2)]
+            pg_proxy.freeze()
+            requests = [("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("GET", f"/v1/jobs/{before[0]['id']}"),
+                        ("DELETE", f"/v1/jobs/{before[1]['id']}")] * 3
+            with ThreadPoolExecutor(len(requests)) as pool:
+                answers = list(pool.map(
+                    lambda call: timed(lambda: api.client.request(call[0], call[1], json=REQUEST)), requests))
+            for (method, path), (response, seconds) in zip(requests, answers, strict=True):
+                assert response.status_code == 503, (method, path, response.text)
+                assert response.json() == DOWN
+                assert seconds < 6.0, (method, path, seconds)  # the 2 s deadline, checked every 0.25 s
+            health, seconds = timed(lambda: api.client.get("/healthz"))
+            assert health.status_code == 503 and seconds < 3.0, seconds  # its own 1.5 s deadline
+            assert health.json()["database"] == "unreachable"
+            pg_proxy.thaw()
+            listed = api.client.get("/v1/jobs")
+            assert listed.status_code == 200
+            # The submissions refused while frozen left no job, the refused deletes deleted nothing.
+            assert sorted(job["id"] for job in listed.json()["items"]) == sorted(job["id"] for job in before)
+            assert api.client.post("/v1/jobs", json=REQUEST).status_code == 201
+    finally:
+        pg_proxy.thaw()
+        engine.dispose()

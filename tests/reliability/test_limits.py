@@ -13,10 +13,10 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
+from bench.factories import RecordingDispatcher
 from migrations import upgrade_database
 from tests.reliability.conftest import bearer, new_token, service_settings
-from tests.service.conftest import embedded_settings, live_api_for
-from tests.utils.factories import RecordingDispatcher
+from tests.utils.servers import embedded_settings, live_api_for
 
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 
 from api.dispatch import model_queue
 from tests.reliability.conftest import service_settings
-from tests.service.conftest import live_api_for
+from tests.utils.servers import live_api_for
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 

@@ -5,25 +5,23 @@ both modes."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
 from api.dispatch import model_queue
+from bench.factories import RecordingDispatcher, insert_tree, synthetic_tree
 from migrations import upgrade_database
 from models import jobs, worker_registry
 from models.db import make_session_factory
 from models.worker_registry import WorkerBeat
 from tests.reliability.conftest import service_settings
-from tests.service.conftest import REPO_ROOT, cli_command, cli_env, embedded_settings, live_api_for, run_cli
-from tests.service.test_serve import free_port
-from tests.utils.factories import RecordingDispatcher, insert_tree, synthetic_tree
+from tests.utils.cli import run_cli, tokentree_serve
+from tests.utils.servers import embedded_settings, live_api_for
 
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
 
@@ -104,36 +102,11 @@ def test_metrics_in_the_embedded_mode(tmp_path: Path) -> None:
 def test_json_logs_carry_the_job_id(
     tmp_path: Path, clean_pg: Engine, postgres_url: str, redis_url: str
 ) -> None:
-    port = free_port()
+    services = {"TOKENTREE_DATABASE_URL": postgres_url, "TOKENTREE_REDIS_URL": redis_url}
+    with tokentree_serve(tmp_path, TOKENTREE_LOG_FORMAT="json", **services) as client:
+        job_id = client.post("/v1/jobs", json=REQUEST).json()["id"]
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            cli_command("serve", "--port", str(port)),
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=cli_env(
-                TOKENTREE_DATABASE_URL=postgres_url,
-                TOKENTREE_REDIS_URL=redis_url,
-                TOKENTREE_LOG_FORMAT="json",
-            ),
-        )
-        try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        if client.get("/healthz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert server.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                    time.sleep(0.2)
-                job_id = client.post("/v1/jobs", json=REQUEST).json()["id"]
-                assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)

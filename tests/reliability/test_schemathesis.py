@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from tests.reliability.conftest import new_token, service_settings
-from tests.service.conftest import live_api_for
+from tests.utils.servers import live_api_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -6,21 +6,24 @@ worker, so every read endpoint is checked against a tree whose shape is known.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.dispatch import model_queue
-from engine.params import TreeParams
+from bench.factories import RecordingDispatcher, insert_tree, synthetic_tree
+from engine.params import LogprobsParams, TreeParams
 from migrations import upgrade_database
 from models import jobs
-from tests.service.conftest import LiveAPI, embedded_settings, live_api_for, postgres_settings
-from tests.utils.factories import RecordingDispatcher, insert_tree, synthetic_tree
+from tests.utils.servers import LiveAPI, embedded_settings, live_api_for, postgres_settings
 
 TREE_REQUEST = {"prompt": "The capital of India is",
                 "parameters": {"max_nodes": 500, "max_completed_paths": 5}}
@@ -397,8 +400,8 @@ def test_models_health_docs_and_viewers(live_api: LiveAPI) -> None:
     assert health.status_code == 200
     # Jobs of earlier tests wait, and no worker runs here: the distributed API says their model waits for
     # one (200, degraded); the embedded one's worker serves every model.
-    waiting = sum(live_api.client.get("/v1/jobs", params={"status": status}).json()["total"]
-                  for status in ("queued", "running"))
+    with live_api.session_factory() as session:  # every caller's, not only those this client may list
+        waiting = session.scalar(text("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"))
     unserved = ["demo"] if waiting and live_api.mode != "embedded" else []
     assert health.json() == {"status": "degraded" if unserved else "ok", "database": "ok",
                              "broker": "embedded" if live_api.mode == "embedded" else "ok",
@@ -487,3 +490,48 @@ def test_pages_share_one_top_bar_with_their_own_link_active(live_api: LiveAPI, p
     page = response.text
     assert page.count('<header class="topbar">') == 1 and "<!-- topbar -->" not in page
     assert page.count('class="active"') == 1 and f'data-view="{view}" class="active"' in page
+
+
+def test_the_parameters_a_server_takes_are_described_with_its_own_defaults(tmp_path: Path) -> None:
+    """`GET /v1/parameters` is the engine's parameters with this server's caps; a request that leaves
+    them all out gets exactly the described defaults (the web form's fields come from here)."""
+    settings = embedded_settings(tmp_path, max_nodes=500, max_new_tokens=40)
+    upgrade_database(settings.sqlalchemy_url)
+    with live_api_for(settings, RecordingDispatcher()) as api:
+        described = api.client.get("/v1/parameters").json()
+        tree = {p["name"]: p for p in described["tree"]}
+        logprobs = {p["name"]: p for p in described["logprobs"]}
+        assert list(tree) == [f.name for f in dataclasses.fields(TreeParams)]
+        assert list(logprobs) == [f.name for f in dataclasses.fields(LogprobsParams)]
+        assert tree["max_nodes"]["default"] == tree["max_nodes"]["maximum"] == 500  # capped below 100,000
+        assert tree["max_depth"]["default"] == TreeParams().max_depth
+        assert tree["min_branch_threshold"] | {"description": ""} == {
+            "name": "min_branch_threshold", "type": "number", "default": 0.1, "minimum": 0, "maximum": 1,
+            "description": ""}
+        assert logprobs["max_new_tokens"]["default"] == 40 and logprobs["top_k"]["type"] == "integer"
+        for kind, table in (("tree", tree), ("logprobs", logprobs)):
+            job = api.client.post("/v1/jobs", json={"prompt": "hi", "kind": kind}).json()
+            assert job["parameters"] == {name: p["default"] for name, p in table.items()}
+
+
+def test_every_route_that_takes_a_session_gives_it_back_when_it_returns(tmp_path: Path) -> None:
+    """No route can hold its connection while its response waits for a thread (see `ReleasesSession`):
+    every route that depends on a session, directly or through another dependency, has the class."""
+    from fastapi.dependencies.models import Dependant
+    from fastapi.routing import APIRoute
+
+    from api.app import create_app
+    from api.deps import ReleasesSession, get_db
+
+    def takes_session(dependant: Dependant) -> bool:
+        return any(d.call is get_db or takes_session(d) for d in dependant.dependencies)
+
+    def routes(within: list[Any]) -> Iterator[Any]:  # included routers hold theirs
+        for route in within:
+            included = getattr(route, "original_router", None)
+            yield from routes(included.routes) if included is not None else [route]
+
+    app = create_app(embedded_settings(tmp_path), RecordingDispatcher())
+    with_session = [r for r in routes(app.routes) if isinstance(r, APIRoute) and takes_session(r.dependant)]
+    assert {r.path for r in with_session} >= {"/v1/jobs", "/v1/jobs/{job_id}/tree", "/healthz"}
+    assert [r.path for r in with_session if not isinstance(r, ReleasesSession)] == []

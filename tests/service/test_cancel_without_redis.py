@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 
 from models import jobs
 from models.db import make_session_factory
-from tests.service.conftest import _truncate, live_api_for, postgres_settings
+from tests.utils.servers import live_api_for, postgres_settings
 
 pytestmark = pytest.mark.services
 
@@ -23,9 +23,8 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_cancel_and_delete_answer_with_redis_down(postgres_url: str, pg_engine: Engine) -> None:
-    _truncate(pg_engine)
-    factory = make_session_factory(pg_engine)
+def test_cancel_and_delete_answer_with_redis_down(postgres_url: str, clean_pg: Engine) -> None:
+    factory = make_session_factory(clean_pg)
     with factory() as session:
         running = jobs.create_job(session, kind="tree", prompt="p", model="demo", parameters={}).id
         doomed = jobs.create_job(session, kind="tree", prompt="p", model="demo", parameters={}).id

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.service.conftest import _truncate, live_api_for, postgres_settings
+from tests.utils.servers import live_api_for, postgres_settings
 
 pytestmark = pytest.mark.services
 
@@ -40,9 +40,8 @@ def hung_redis() -> Iterator[str]:
 
 
 def test_a_submission_to_a_hung_redis_is_a_quick_503_and_a_failed_job(
-    postgres_url: str, pg_engine: Engine, hung_redis: str
+    postgres_url: str, clean_pg: Engine, hung_redis: str
 ) -> None:
-    _truncate(pg_engine)
     with live_api_for(postgres_settings(postgres_url, hung_redis)) as api:
         started = time.monotonic()
         response = api.client.post("/v1/jobs", json={"prompt": "p"})

@@ -10,11 +10,11 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bench.factories import insert_tree, make_job, node_rows, synthetic_tree
 from models import jobs
 from models.db import make_session_factory
 from models.node_writes import start_tree
-from models.schema import Node
-from tests.utils.factories import insert_tree, make_job, node_rows, synthetic_tree
+from models.schema import NodeRow
 
 
 def test_a_new_job_is_queued_with_zero_counts(db_session: Session) -> None:
@@ -121,7 +121,7 @@ def test_delete_removes_the_job_and_its_nodes(db_session: Session) -> None:
     assert jobs.delete_job(db_session, gone.id)
     assert not jobs.delete_job(db_session, gone.id)
     assert jobs.get_job(db_session, gone.id) is None
-    counts = dict(db_session.execute(select(Node.job_id, func.count()).group_by(Node.job_id)).all())
+    counts = dict(db_session.execute(select(NodeRow.job_id, func.count()).group_by(NodeRow.job_id)).all())
     assert counts == {keep.id: 20}
 
 
@@ -145,7 +145,7 @@ def test_a_node_written_twice_is_one_row(db_session: Session) -> None:
     root_id = insert_tree(db_session, job.id, tree)[0]
     for rows in (node_rows(job.id, tree[:1], {}, "w"), node_rows(job.id, tree[1:2], {0: root_id}, "w")):
         with pytest.raises(IntegrityError):
-            db_session.execute(insert(Node), rows)
+            db_session.execute(insert(NodeRow), rows)
         db_session.rollback()
-    assert db_session.scalar(select(func.count()).select_from(Node)) == len(tree) == 10
+    assert db_session.scalar(select(func.count()).select_from(NodeRow)) == len(tree) == 10
 

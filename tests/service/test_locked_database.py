@@ -13,23 +13,22 @@ from sqlalchemy.engine import Engine
 
 from models import jobs
 from models.db import api_engine, make_session_factory
-from tests.service.conftest import _truncate, live_api_for, postgres_settings
+from tests.utils.servers import live_api_for, postgres_settings
 
 pytestmark = pytest.mark.services
 
 
 def test_a_locked_jobs_table_is_a_quick_503_not_a_hung_request(
-    postgres_url: str, redis_url: str, pg_engine: Engine
+    postgres_url: str, redis_url: str, clean_pg: Engine
 ) -> None:
-    _truncate(pg_engine)
-    with make_session_factory(pg_engine)() as session:
+    with make_session_factory(clean_pg)() as session:
         job_id = jobs.create_job(session, kind="tree", prompt="p", model="demo", parameters={}).id
     settings = postgres_settings(postgres_url, redis_url, db_lock_timeout_s=1.0)
     engine = api_engine(settings)
     locked, release = threading.Event(), threading.Event()
 
     def hold_lock() -> None:
-        with pg_engine.connect() as connection, connection.begin():
+        with clean_pg.connect() as connection, connection.begin():
             connection.execute(text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
             locked.set()
             release.wait(30)

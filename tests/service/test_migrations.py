@@ -10,11 +10,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
+from bench.postgres import PG_SERVER, admin_sql
 from migrations import current_revision, downgrade_database, head_revision, upgrade_database
 from models.db import make_engine
 from models.schema import Base
-from tests.service.conftest import run_cli, unique_suffix
-from tests.utils.databases import PG_SERVER, admin_sql
+from tests.utils.cli import run_cli
+from tests.utils.databases import unique_suffix
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
+from bench.factories import insert_tree, make_job, synthetic_tree
 from engine.tree import Node as TreeNode
 from engine.tree import completed_paths, tree_json_text
 from models import jobs, node_reads
 from models.schema import Job
-from tests.utils.factories import insert_tree, make_job, synthetic_tree
 
 
 def engine_json_with_db_ids(nodes: list[TreeNode], db_ids: list[int], job: Job, root: int = 0,
@@ -78,7 +78,7 @@ def test_no_tree_before_the_first_write(db_session: Session) -> None:
     job = make_job(db_session)
     assert node_reads.tree_json(db_session, job) is None
     assert node_reads.completed_paths(db_session, job.id, 10) == []
-    assert node_reads.job_progress(db_session, job.id) == node_reads.Progress(0, 0, 0, {})
+    assert node_reads.job_progress(db_session, job.id) == node_reads.JobProgress(0, 0, 0, {})
 
 
 def test_a_partial_tree_is_a_tree(db_session: Session) -> None:

@@ -111,7 +111,7 @@ def test_bad_model_options_name_their_entry(text: str, message: str) -> None:
 
 
 def test_a_bad_entry_is_reported_under_its_variable(tmp_path: Path) -> None:
-    from tests.service.conftest import run_cli
+    from tests.utils.cli import run_cli
 
     done = run_cli("models", TOKENTREE_MODELS="demo,gemma=g/x;dtype=int3", XDG_DATA_HOME=str(tmp_path))
     assert done.returncode == 2

@@ -1,5 +1,6 @@
 """A TCP proxy on a free loopback port that a test can cut and restore: Postgres (or anything) going away
-under a live client, as after a crash or a network split, and coming back on the same address."""
+under a live client, as after a crash or a network split, and coming back on the same address; or freeze
+and thaw: a server that keeps its connections and answers nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import threading
 
 class TcpProxy:
     """Forwards a free loopback port to `target`; `cut()` closes the listener and every connection (the
-    database is gone, as after a crash or a network split), `restore()` listens on the same port again."""
+    database is gone, as after a crash or a network split), `restore()` listens on the same port again.
+    `freeze()` keeps every connection open and accepts new ones, but passes nothing on (a server stopped
+    with SIGSTOP, or hung: its kernel still acknowledges what it is sent) until `thaw()`."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -19,6 +22,8 @@ class TcpProxy:
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
         self.accepted = 0  # connections taken since the proxy was made (clients reconnecting show here)
+        self.flowing = threading.Event()  # cleared by `freeze()`: bytes are taken and held, not passed on
+        self.flowing.set()
 
     def restore(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -51,10 +56,10 @@ class TcpProxy:
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self.flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -76,3 +81,9 @@ class TcpProxy:
                     connection.shutdown(socket.SHUT_RDWR)
                 connection.close()
             self.connections.clear()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()

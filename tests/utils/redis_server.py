@@ -1,12 +1,13 @@
-"""A private `redis-server` for tests that restart Redis under live clients: on a free loopback port,
-keeping nothing on disk (as the machines' Redis), so a restart comes back empty. Never the shared one."""
+"""A private `redis-server`: on a free loopback port, keeping nothing on disk (as the machines' Redis), so
+a restart comes back empty. Each test session has one of its own (tests/conftest.py), so that runs at once
+on one machine never see each other's keys; tests that restart Redis under live clients start another.
+Never the machine's shared Redis."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,11 +15,7 @@ from pathlib import Path
 
 import redis
 
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.utils.servers import free_port
 
 
 class RedisServer:
@@ -78,6 +75,14 @@ class RedisServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def flush(self) -> None:
+        """Empty every database of the server."""
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            client.flushall()
+        finally:
+            client.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

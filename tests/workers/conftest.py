@@ -1,5 +1,5 @@
-"""Real services for the worker tests: a Postgres database of their own (created, migrated, dropped),
-a Redis database number of their own, the API served over HTTP, and real `tokentree worker` processes.
+"""Real services for the worker tests: the session's Postgres and Redis (tests/conftest.py), emptied
+when the worker tests begin, the API served over HTTP, and real `tokentree worker` processes.
 
 The model is the bundled demo model; TOKENTREE_TEST_MODEL points at another folder while it is built.
 """
@@ -9,35 +9,29 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-import uvicorn
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_engine, make_session_factory
+from models.db import make_session_factory
 from models.settings import Settings
-from tests.utils.databases import fresh_database, fresh_redis
+from tests.utils.cli import REPO_ROOT, cli_command, cli_env
+from tests.utils.databases import empty_tables
+from tests.utils.redis_server import RedisServer
+from tests.utils.servers import live_api_for
 
 MODEL_SOURCE = os.environ.get("TOKENTREE_TEST_MODEL", "demo")
 MODEL = "demo"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LOG_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): ")  # Celery's worker log format
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -48,60 +42,43 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.services)
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    with fresh_database(f"tokentree_workers_test_{os.getpid()}") as url:
-        yield url
+@pytest.fixture(scope="package", autouse=True)
+def empty_at_start(pg_engine: Engine, redis_server: RedisServer) -> None:
+    """The worker tests begin on an empty database and Redis: a worker's sweeper would take up any job
+    that the API's tests left open (and tasks they left queued)."""
+    empty_tables(pg_engine)
+    redis_server.flush()
 
 
 @pytest.fixture(scope="session")
-def db_engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def session_factory(db_engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(db_engine)
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    # Not the number tests/service picks for the same pid (1 + pid % 15): both may run in one session.
-    with fresh_redis(1 + (os.getpid() + 7) % 15) as url:
-        yield url
+def session_factory(pg_engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(pg_engine)
 
 
 @pytest.fixture(scope="module")
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(str(settings.redis_url))
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str) -> Settings:
-    return Settings(
-        database_url=database_url, redis_url=redis_url, environment="local", models={MODEL: MODEL_SOURCE}
-    )
+def settings(postgres_url: str, redis_server: RedisServer) -> Settings:
+    """The session's Postgres and Redis (not flushed between tests: a module's workers outlive them)."""
+    return Settings(database_url=postgres_url, redis_url=f"{redis_server.url}/0", environment="local",
+                    models={MODEL: MODEL_SOURCE})
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTREE_")}
-    env.update(
-        TOKENTREE_DATABASE_URL=str(settings.database_url),
-        TOKENTREE_REDIS_URL=str(settings.redis_url),
-        TOKENTREE_MODELS=f"{MODEL}={MODEL_SOURCE}",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-    )
-    env.update(extra)
-    return env
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", *args]
+    """The environment of a `tokentree worker` (or `serve`) on `settings`' Postgres and Redis."""
+    return cli_env(**{
+        "TOKENTREE_DATABASE_URL": str(settings.database_url),
+        "TOKENTREE_REDIS_URL": str(settings.redis_url),
+        "TOKENTREE_MODELS": f"{MODEL}={MODEL_SOURCE}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **extra,
+    })
 
 
 # -- worker processes ---------------------------------------------------------------------------------
@@ -115,16 +92,6 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-    def lines_about(self, job_id: str) -> list[tuple[float, str]]:
-        """The log lines that name the job, with their times (seconds since the epoch)."""
-        found = []
-        for line in self.log().splitlines():
-            stamp = LOG_STAMP.match(line)
-            if stamp and job_id in line:
-                at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time
-                found.append((at, line))
-        return found
 
     def kill(self) -> None:
         """SIGKILL: no warm shutdown, nothing given back; what it held must be taken over."""
@@ -158,9 +125,11 @@ class Workers:
         env.setdefault("TOKENTREE_WORKER_SWEEP_INTERVAL_S", "0.5")
         env.setdefault("TOKENTREE_WORKER_STALE_AFTER_S", "4")
         log_path = self.tmp / f"worker-{name}.log"
+        command = cli_command("worker", "--model", MODEL, "--name", name, "--threads", "1",
+                              "--loglevel", "info")
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                cli("worker", "--model", MODEL, "--name", name, "--threads", "1", "--loglevel", "info"),
+                command,
                 env=env,
                 cwd=REPO_ROOT,
                 stdout=log,
@@ -217,37 +186,10 @@ def workers(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
 # -- the API over HTTP --------------------------------------------------------------------------------
 
 
-@contextmanager
-def serve(
-    settings: Settings, dispatcher: Any = None, session_factory: sessionmaker[Session] | None = None
-) -> Iterator[httpx.Client]:
-    from api.app import create_app
-
-    app = create_app(settings, dispatcher=dispatcher, session_factory=session_factory)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def api(settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[httpx.Client]:
-    with serve(settings, session_factory=session_factory) as client:
-        yield client
+    with live_api_for(settings, session_factory=session_factory) as served:
+        yield served.client
 
 
 def submit(api: httpx.Client, prompt: str, kind: str = "tree", **parameters: Any) -> str:

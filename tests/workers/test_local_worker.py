@@ -10,13 +10,15 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.trees import assert_same_tree
 from engine.params import TreeParams
 from migrations import upgrade_database
 from models import jobs
 from models.db import make_engine, make_session_factory
 from models.settings import Settings
-from tests.workers.conftest import MODEL, MODEL_SOURCE, finished, serve, submit, wait_for
-from tests.workers.trees import BIG, PROMPT, SMALL, WIDE, assert_follows_rule, assert_same_tree, cli_tree
+from tests.utils.servers import live_api_for
+from tests.workers.conftest import MODEL, MODEL_SOURCE, finished, submit, wait_for
+from tests.workers.trees import BIG, PROMPT, SMALL, WIDE, assert_follows_rule, cli_tree
 from workers.local import LocalWorker
 
 
@@ -40,8 +42,8 @@ def local_api(embedded: tuple[Settings, sessionmaker[Session]]) -> Iterator[tupl
     settings, factory = embedded
     worker = LocalWorker(settings, factory)
     worker.start()
-    with serve(settings, dispatcher=worker, session_factory=factory) as client:
-        yield client, worker
+    with live_api_for(settings, worker, session_factory=factory) as served:
+        yield served.client, worker
     worker.stop()
 
 
@@ -106,7 +108,8 @@ def test_a_job_interrupted_by_a_restart_finishes_as_the_cli_tree(
         assert job is not None and job.status == "running"
     second = LocalWorker(settings, factory)
     second.start()  # picks the unfinished job up by itself
-    with serve(settings, dispatcher=second, session_factory=factory) as api:
+    with live_api_for(settings, second, session_factory=factory) as served:
+        api = served.client
         job_out = wait_for(api, job_id, finished)
         assert job_out["status"] == "succeeded"
         assert interrupted < params["max_nodes"]

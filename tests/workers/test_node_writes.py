@@ -27,7 +27,7 @@ from models.node_writes import (
     write_step,
     write_steps,
 )
-from models.schema import Job, Node
+from models.schema import Job, NodeRow
 
 NO_LIMITS = Limits(max_nodes=1_000_000, max_completed_paths=1_000_000)
 CANDIDATES = candidates_json([Candidate(10, "a", 0.6), Candidate(11, "b", 0.3)])
@@ -76,7 +76,7 @@ def counts(factory: sessionmaker[Session], job_id: str) -> tuple[int, int, int]:
     with factory() as session:
         job = jobs.get_job(session, job_id)
         assert job is not None
-        rows = session.scalar(select(func.count()).select_from(Node).where(Node.job_id == job.id))
+        rows = session.scalar(select(func.count()).select_from(NodeRow).where(NodeRow.job_id == job.id))
         return job.node_count, job.completed_paths, rows or 0
 
 
@@ -107,7 +107,7 @@ def test_a_step_writes_children_best_first_and_marks_its_pops(factory: sessionma
         stop_child = written.child_ids[0][0]
         assert written.finished_children == {stop_child}
         assert path_tokens(session, job_id, [written.child_ids[0][1]]) == {written.child_ids[0][1]: [5, 7]}
-        expanded_by = session.scalar(select(Node.expanded_by).where(Node.id == root))
+        expanded_by = session.scalar(select(NodeRow.expanded_by).where(NodeRow.id == root))
     assert expanded_by == "w1"
     assert counts(factory, job_id) == (6, 1, 6)
 
@@ -122,8 +122,8 @@ def test_text_no_database_can_hold_is_stored_replaced_and_candidates_as_written(
     with factory() as session:
         written = write_step(session, job_id, [step], NO_LIMITS, "w1")
         child = written.child_ids[0][0]
-        assert session.scalar(select(Node.text).where(Node.id == child)) == "a\ufffdb"
-        assert session.scalar(select(Node.candidates).where(Node.id == root)) == CANDIDATES
+        assert session.scalar(select(NodeRow.text).where(NodeRow.id == child)) == "a\ufffdb"
+        assert session.scalar(select(NodeRow.candidates).where(NodeRow.id == root)) == CANDIDATES
 
 
 def test_a_redone_step_changes_nothing_and_maps_to_the_same_rows(factory: sessionmaker[Session]) -> None:
@@ -137,7 +137,7 @@ def test_a_redone_step_changes_nothing_and_maps_to_the_same_rows(factory: sessio
     assert counts(factory, job_id) == (3, 0, 3)
     with factory() as session:
         assert (
-            session.scalar(select(Node.expanded_by).where(Node.id == root)) == "w1"
+            session.scalar(select(NodeRow.expanded_by).where(NodeRow.id == root)) == "w1"
         )  # the first write stays
 
 
@@ -191,7 +191,7 @@ def test_concurrent_writers_never_pass_max_nodes(session_factory: sessionmaker[S
 
 
 def test_postgres_takes_20000_nodes_a_second(
-    session_factory: sessionmaker[Session], db_engine: Engine
+    session_factory: sessionmaker[Session], pg_engine: Engine
 ) -> None:
     """Steps of 256 expansions with two children each, as a worker writes them (the bench's number is
     the real measure; this guards against a per-row round trip creeping back in)."""
@@ -218,7 +218,8 @@ def _tree_rows(factory: sessionmaker[Session], job_id: str) -> list[tuple]:  # t
     """A job's nodes as (depth, token, finish, threshold, parent's token), by id: what a step wrote."""
     with factory() as session:
         key = jobs.as_job_id(job_id)
-        nodes = {n.id: n for n in session.scalars(select(Node).where(Node.job_id == key).order_by(Node.id))}
+        rows = session.scalars(select(NodeRow).where(NodeRow.job_id == key).order_by(NodeRow.id))
+        nodes = {n.id: n for n in rows}
         return [(n.depth, n.token_id, n.finish_reason, n.threshold,
                  nodes[n.parent_id].token_id if n.parent_id in nodes else None) for n in nodes.values()]
 

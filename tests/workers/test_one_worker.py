@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench.trees import assert_same_tree
 from engine.analysis import analyze_logprobs
 from engine.loading import ModelSpec, load_model
 from engine.params import LogprobsParams, TreeParams
@@ -29,7 +30,7 @@ from tests.workers.conftest import (
     submit,
     wait_for,
 )
-from tests.workers.trees import BIG, PROMPT, SMALL, WIDE, assert_follows_rule, assert_same_tree, cli_tree
+from tests.workers.trees import BIG, PROMPT, SMALL, WIDE, assert_follows_rule, cli_tree
 
 
 @pytest.fixture(scope="module")

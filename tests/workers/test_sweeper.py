@@ -16,7 +16,7 @@ from engine.params import TreeParams
 from models import jobs, worker_registry
 from models.node_writes import Expansion, Limits, NewChild, open_node_ids, start_tree, write_step
 from models.queues import worker_queue
-from models.schema import Node
+from models.schema import NodeRow
 from models.settings import Settings
 from models.worker_registry import WorkerBeat
 from tests.workers.conftest import MODEL as DEMO
@@ -226,7 +226,7 @@ def test_a_worker_whose_clock_is_an_hour_behind_resends_a_lost_message_and_dates
         assert write_step(session, job_id, [expanded], Limits(100, 100), "behind").running
         assert jobs.finish_job(session, job_id, "succeeded")
         job = jobs.get_job(session, job_id)
-        made = session.scalars(select(Node.created_at).where(Node.job_id == job.id)).all()
+        made = session.scalars(select(NodeRow.created_at).where(NodeRow.job_id == job.id)).all()
     assert job is not None and job.started_at is not None and job.finished_at is not None
     assert job.created_at <= job.started_at <= min(made) <= max(made) <= job.finished_at
     assert job.finished_at - job.created_at < timedelta(minutes=1)

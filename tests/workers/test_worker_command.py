@@ -9,12 +9,13 @@ import time
 import redis
 
 from models.settings import Settings
-from tests.workers.conftest import REPO_ROOT, cli, idle_workers, service_env
+from tests.utils.cli import REPO_ROOT, cli_command
+from tests.workers.conftest import idle_workers, service_env
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        cli(*args), env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+        cli_command(*args), env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )
 
 
@@ -37,7 +38,7 @@ def test_processes_start_one_worker_each_and_stop_together(
 ) -> None:
     env = service_env(settings, TOKENTREE_WORKER_SWEEP_INTERVAL_S="0.5")
     parent = subprocess.Popen(
-        cli("worker", "--processes", "2", "--name", "duo", "--loglevel", "warning"),
+        cli_command("worker", "--processes", "2", "--name", "duo", "--loglevel", "warning"),
         env=env,
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,

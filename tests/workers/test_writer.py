@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.node_writes import Limits, load_nodes, open_node_ids
-from models.schema import Node
+from models.schema import NodeRow
 from models.settings import Settings
 from tests.workers.test_node_writes import expansion, running_job
 from workers.errors import is_connection_loss
@@ -45,7 +45,7 @@ def test_a_step_written_from_the_writer_process(
         kids = open_node_ids(session, job_id, [root])
         assert [load_nodes(session, job_id, kids)[k].token_id for k in kids] == [4, 2, 7]
         assert result.written.child_ids == [kids]
-        assert session.scalar(select(Node.expanded_by).where(Node.id == root)) == "w1"
+        assert session.scalar(select(NodeRow.expanded_by).where(NodeRow.id == root)) == "w1"
     assert result.committed.open_count == 3  # the children are on the frontier, the root is not
     # Written again (a redone step): one effect, reported as such.
     again = writer.submit(step_for(job_id, root, [4, 2, 7])).result()

@@ -1,11 +1,10 @@
-"""Token trees for the worker tests: the CLI's reference tree, comparing trees in the CLI's JSON layout
-(the API serves the same), and checking a stored tree against the rule with `engine.validate`."""
+"""Token trees for the worker tests: the parameter sets they build, the CLI's reference tree, and checking
+a stored tree against the rule with `engine.validate`. (Comparing two trees in the CLI's JSON layout, which
+the API serves too: bench/trees.py.)"""
 
 from __future__ import annotations
 
 import json
-import math
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,7 @@ from engine.params import TreeParams
 from engine.tree import Candidate
 from engine.validate import rule_violations
 from models.node_reads import load_tree_nodes
-from models.node_writes import storable_text
-from tests.workers.conftest import REPO_ROOT, cli
-
-Tree = dict[str, Any]
+from tests.utils.cli import run_cli
 
 # Parameter sets for the demo model and "Once upon a time".
 PROMPT = "Once upon a time"
@@ -36,55 +32,17 @@ WIDE: dict[str, Any] = {
 }
 # The same, deeper and uncapped: over 14,000 nodes, so it still runs when a test acts on it.
 BIG: dict[str, Any] = {**WIDE, "max_depth": 60, "max_nodes": 100_000}
-CLOSE = ("prob", "cumulative_prob", "entropy", "threshold")
-EQUAL = ("text", "depth", "is_finished", "finish_reason", "queue_depth", "child_count")
 
 
-def cli_tree(tmp: Path, model_source: str, prompt: str, **parameters: Any) -> Tree:
+def cli_tree(tmp: Path, model_source: str, prompt: str, **parameters: Any) -> dict[str, Any]:
     """The reference: `tokentree tree PROMPT -o t.json` with the same parameters."""
     out = tmp / "cli-tree.json"
     args = ["tree", prompt, "--model", model_source, "-q", "-o", str(out)]
     for name, value in parameters.items():
         args += ["--" + name.replace("_", "-"), str(value)]
-    done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text())
-
-
-def by_path(tree: Tree) -> dict[tuple[int, ...], Tree]:
-    """Every node keyed by its token path from the root."""
-    nodes: dict[tuple[int, ...], Tree] = {}
-    stack: list[tuple[tuple[int, ...], Tree]] = [((), tree["tree"])]
-    while stack:
-        path, node = stack.pop()
-        assert path not in nodes, f"two nodes at {path}"
-        nodes[path] = node
-        stack.extend(((*path, child["token_id"]), child) for child in node["children"])
-    return nodes
-
-
-def assert_same_tree(got: Tree, want: Tree, tolerance: float = 1e-4) -> None:
-    """The same token structure, the same rule inputs, children in the same order, probabilities and
-    entropies within `tolerance`."""
-    mine, theirs = by_path(got), by_path(want)
-    missing, extra = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
-    assert not missing and not extra, (
-        f"{len(missing)} nodes missing (first {missing[:3]}), {len(extra)} extra (first {extra[:3]}) "
-        f"of {len(theirs)}"
-    )
-    for path, want_node in theirs.items():
-        node = mine[path]
-        for name in CLOSE:
-            a, b = node[name], want_node[name]
-            assert (a is None) == (b is None), f"node at {path}: {name} {a} vs {b}"
-            assert a is None or math.isclose(a, b, abs_tol=tolerance), f"node at {path}: {name} {a} vs {b}"
-        for name in EQUAL:
-            # A stored text is what Postgres can keep (`storable_text`: a NUL becomes U+FFFD).
-            expected = storable_text(want_node[name]) if name == "text" else want_node[name]
-            assert node[name] == expected, f"node at {path}: {name} {node[name]!r} vs {expected!r}"
-        for part in ("children", "candidates"):
-            tokens = [c["token_id"] for c in node[part]]
-            assert tokens == [c["token_id"] for c in want_node[part]], f"node at {path}: {part} differ"
 
 
 def assert_follows_rule(

@@ -126,6 +126,18 @@ export function queryParams() {
   return new URLSearchParams(window.location.search);
 }
 
+/**
+ * A document that is not in the layout a viewer reads, with a readable message. `hint`: the kind of
+ * document it is instead ("tree" | "logprobs"), when that is known, so that the page can link to its viewer.
+ */
+export class FormatError extends Error {
+  constructor(message, hint = null) {
+    super(message);
+    this.name = new.target.name;
+    this.hint = hint;
+  }
+}
+
 /** Error with an HTTP status and a readable message (FastAPI `detail` if there is one). */
 export class HttpError extends Error {
   constructor(status, message) {

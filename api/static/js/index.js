@@ -3,18 +3,8 @@ import {
   $, el, clear, truncate, messageBox, fetchJSON, statusPill, progressText, relativeTime, ACTIVE_STATUSES,
   setPageState, HttpError,
 } from "./common.js";
+import { jobParameters } from "./parameters.js";
 
-const PARAMS = [
-  { name: "min_branch_threshold", kind: "tree", step: "any", placeholder: "0.1" },
-  { name: "max_branch_threshold", kind: "tree", step: "any", placeholder: "0.5" },
-  { name: "soft_queue_limit", kind: "tree", step: "1", placeholder: "30" },
-  { name: "candidate_threshold", kind: "tree", step: "any", placeholder: "0.01" },
-  { name: "max_depth", kind: "tree", step: "1", placeholder: "1000" },
-  { name: "max_completed_paths", kind: "tree", step: "1", placeholder: "5" },
-  { name: "max_nodes", kind: "tree", step: "1", placeholder: "100000" },
-  { name: "max_new_tokens", kind: "logprobs", step: "1", placeholder: "100" },
-  { name: "top_k", kind: "logprobs", step: "1", placeholder: "5" },
-];
 const PAGE = 20;
 
 let offset = 0;
@@ -78,7 +68,6 @@ async function loadJobs({ append = false } = {}) {
   } catch (err) {
     clear($("#jobs-message")).append(messageBox("error", "Could not load the job list", err.message));
   }
-  setPageState("ready");
   scheduleRefresh();
 }
 
@@ -90,13 +79,37 @@ function scheduleRefresh() {
 
 // ---------------------------------------------------------------- form
 
-function buildParamFields() {
-  const grid = $("#params-grid");
-  for (const p of PARAMS) {
-    grid.append(el("div", { class: "field", dataset: { field: p.name, kind: p.kind } }, [
-      el("label", { attrs: { for: `p-${p.name}` }, text: p.name }),
-      el("input", { id: `p-${p.name}`, type: "number", name: p.name, attrs: { step: p.step, placeholder: p.placeholder, inputmode: "decimal" } }),
-    ]));
+let params = []; // [{kind, name, type, default, minimum, maximum, description}], from GET /v1/parameters
+
+function paramField(kind, p) {
+  const id = `p-${p.name}`;
+  const integer = p.type === "integer";
+  return el("div", { class: "field", dataset: { field: p.name, kind } }, [
+    el("label", { attrs: { for: id, title: p.description }, text: p.name }),
+    el("input", {
+      id, type: "number", name: p.name,
+      attrs: {
+        step: integer ? "1" : "any", min: p.minimum, max: p.maximum, placeholder: String(p.default),
+        inputmode: integer ? "numeric" : "decimal", title: `${p.description} (${p.minimum} to ${p.maximum}; default ${p.default})`,
+      },
+    }),
+  ]);
+}
+
+/** One field per parameter of each kind, as the server describes them; blank means its default. */
+async function buildParamFields() {
+  const grid = clear($("#params-grid"));
+  try {
+    const described = await jobParameters();
+    params = [];
+    for (const kind of ["tree", "logprobs"]) {
+      for (const p of described[kind] || []) {
+        params.push({ kind, ...p });
+        grid.append(paramField(kind, p));
+      }
+    }
+  } catch (err) {
+    grid.append(messageBox("error", "Could not load the parameters", `${err.message} Jobs get the server's defaults.`));
   }
   syncKind();
 }
@@ -141,13 +154,13 @@ async function submit(e) {
     return;
   }
   const parameters = {};
-  for (const p of PARAMS) {
+  for (const p of params) {
     if (p.kind !== kind) continue;
     const v = $(`#p-${p.name}`).value.trim();
     if (v === "") continue;
     const num = Number(v);
     if (!Number.isFinite(num)) { fieldError(p.name, "Not a number."); return; }
-    parameters[p.name] = p.step === "1" ? Math.trunc(num) : num;
+    parameters[p.name] = num; // the server checks the type and the range, and says what is wrong
   }
   const body = {
     prompt,
@@ -185,15 +198,14 @@ async function submit(e) {
   }
 }
 
-function main() {
-  buildParamFields();
+async function main() {
   $("#f-kind").addEventListener("change", syncKind);
   $("#job-form").addEventListener("submit", submit);
   $("#refresh").addEventListener("click", () => loadJobs());
   $("#status-filter").addEventListener("change", () => { items = []; loadJobs(); });
   $("#more").addEventListener("click", () => loadJobs({ append: true }));
-  loadModels();
-  loadJobs();
+  await Promise.all([buildParamFields(), loadModels(), loadJobs()]);
+  setPageState("ready");
 }
 
 main();

@@ -1,11 +1,11 @@
 // Log-probability viewer: one card per JSONL record, tokens coloured by probability.
 import {
-  $, el, clear, visibleWs, fmtProb, fmtNum, probClass, probColor, probBar, messageBox, queryParams, fetchJSON,
-  fetchText, readFileText, setupDropZone, setupNav, statusPill, progressText, ACTIVE_STATUSES, watchJob,
-  setPageState,
+  $, el, clear, visibleWs, fmtProb, fmtNum, probClass, probColor, probBar, setPageState, FormatError,
 } from "./common.js";
+import { startLoader } from "./loader.js";
 
-export class LogprobsFormatError extends Error {}
+/** Not log-probability records; `hint`: "tree" when it is a token tree instead. */
+export class LogprobsFormatError extends FormatError {}
 
 const isObj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const isNum = (v) => typeof v === "number" && Number.isFinite(v);
@@ -28,7 +28,7 @@ function tokenEntry(t, where) {
 function validateRecord(rec, where) {
   if (!isObj(rec)) throw new LogprobsFormatError(`${where} must be a JSON object; it is ${Array.isArray(rec) ? "an array" : typeof rec}.`);
   if ("tree" in rec && !("data" in rec)) {
-    throw new LogprobsFormatError(`${where} is a token tree, not a log-probability record. Open it in the tree viewer.`);
+    throw new LogprobsFormatError(`${where} is a token tree, not a log-probability record. Open it in the tree viewer.`, "tree");
   }
   if (!Array.isArray(rec.data)) {
     throw new LogprobsFormatError(`${where} has no "data" array (keys: ${Object.keys(rec).slice(0, 8).join(", ") || "none"}).`);
@@ -159,93 +159,12 @@ function hideTooltip() {
 
 function setRecords(recs) {
   records = recs;
-  clear($("#message"));
   $("#empty-state").classList.add("hidden");
   renderCards();
   setPageState("ready");
 }
 
-function showError(title, text, extra) {
-  clear($("#message")).append(messageBox("error", title, text, null, extra));
-  if (!records.length) $("#empty-state").classList.remove("hidden");
-  setPageState("error");
-}
-
-function reportError(err, name) {
-  console.warn("tokentree: could not load", name, err);
-  const extra = /token tree/.test(err.message)
-    ? el("p", {}, ["Open it in the ", el("a", { href: "/viewer/tree", text: "tree viewer" }), "."]) : null;
-  showError(`Could not open ${name}`, err.message || String(err), extra);
-}
-
-async function loadFile(file) {
-  $("#source-name").textContent = `File: ${file.name}`;
-  clear($("#job-status"));
-  setupNav("logprobs", {});
-  try {
-    setRecords(parseLogprobs(await readFileText(file), file.name));
-  } catch (err) {
-    reportError(err, file.name);
-  }
-}
-
-async function loadUrl(url) {
-  $("#source-name").textContent = `URL: ${url}`;
-  try {
-    setRecords(parseLogprobs(await fetchText(url), url));
-  } catch (err) {
-    reportError(err, url);
-  }
-}
-
-async function loadJob(id) {
-  $("#source-name").textContent = `Job ${id}`;
-  const base = `/v1/jobs/${encodeURIComponent(id)}`;
-  let job;
-  try {
-    job = await fetchJSON(base);
-  } catch (err) {
-    showError(err.status === 404 ? `Job ${id} not found` : `Could not load job ${id}`, err.message);
-    return;
-  }
-  const status = (j) => clear($("#job-status")).append(statusPill(j.status), el("span", { text: progressText(j) }));
-  status(job);
-  if (job.kind === "tree") {
-    clear($("#message")).append(messageBox("info", "This is a token-tree job", "It has no log-probability records.", null,
-      el("p", {}, [el("a", { href: `/viewer/tree?job=${encodeURIComponent(id)}`, text: "Open it in the tree viewer" })])));
-    setPageState("ready");
-    return;
-  }
-  const fetchRecords = async () => {
-    try {
-      setRecords(parseLogprobs(await fetchText(`${base}/logprobs.jsonl`), `job ${id}`));
-    } catch (err) {
-      reportError(err, `the records of job ${id}`);
-    }
-  };
-  if (ACTIVE_STATUSES.has(job.status)) {
-    clear($("#message")).append(messageBox("info", `Job is ${job.status}`, "The records appear when the job is done."));
-    setPageState("waiting");
-    watchJob(id, {
-      onProgress: status,
-      onEnd: (j) => {
-        status(j);
-        if (j.status === "succeeded") fetchRecords();
-        else showError(`Job ${id} ${j.status}`, j.error || "");
-      },
-    });
-  } else if (job.status === "failed") {
-    showError(`Job ${id} failed`, job.error || "No error message was recorded.");
-  } else {
-    await fetchRecords();
-  }
-}
-
 function main() {
-  const q = queryParams();
-  const job = q.get("job");
-  const file = q.get("file");
-  setupNav("logprobs", { job });
   const cards = $("#cards");
   cards.addEventListener("mouseover", (e) => {
     const t = e.target.closest(".tok");
@@ -258,20 +177,15 @@ function main() {
   cards.addEventListener("focusin", (e) => { const t = e.target.closest(".tok"); if (t) showTooltip(t); });
   cards.addEventListener("focusout", hideTooltip);
   $("#show-ws").addEventListener("change", (e) => { showWs = e.target.checked; if (records.length) renderCards(); });
-  for (const id of ["#file-input", "#file-input-2"]) {
-    $(id).addEventListener("change", (e) => {
-      const f = e.target.files && e.target.files[0];
-      if (f) loadFile(f);
-      e.target.value = "";
-    });
-  }
-  setupDropZone(loadFile);
-  if (job) loadJob(job);
-  else if (file) loadUrl(file);
-  else {
-    $("#empty-state").classList.remove("hidden");
-    setPageState("empty");
-  }
+  startLoader({
+    view: "logprobs",
+    kind: "logprobs",
+    parse: parseLogprobs,
+    show: setRecords,
+    hasDocument: () => records.length > 0,
+    messages: "#message",
+    waitingText: "The records appear when the job is done.",
+  });
 }
 
 main();

@@ -1,18 +1,11 @@
 // Response viewer: the most probable path of a token tree, token by token, with alternatives.
 import {
   $, el, clear, visibleWs, fmtProb, probClass, probColor, probBar, messageBox, queryParams, fetchJSON,
-  fetchText, readFileText, setupDropZone, downloadBlob, safeFilename, setupNav, statusPill, progressText,
-  ACTIVE_STATUSES, watchJob, setPageState, HttpError, truncate,
+  downloadBlob, safeFilename, progressText, ACTIVE_STATUSES, watchJob, setPageState, truncate,
 } from "./common.js";
-import {
-  parseTreeText, normalizeTree, TreeFormatError, bestChild, mostProbableContinuation, generatedText,
-} from "./treedata.js";
-
-// Tree parameters the API accepts (POST /v1/jobs, kind "tree"), used when "explore from here" resubmits.
-const JOB_PARAMETERS = [
-  "min_branch_threshold", "max_branch_threshold", "soft_queue_limit", "candidate_threshold", "max_depth",
-  "max_completed_paths", "max_nodes",
-];
+import { startLoader } from "./loader.js";
+import { jobParameters } from "./parameters.js";
+import { parseTreeText, bestChild, mostProbableContinuation, generatedText } from "./treedata.js";
 
 const state = {
   tree: null,
@@ -217,10 +210,13 @@ function downloadPath() {
 
 // ---------------------------------------------------------------- explore from here
 
-function jobParameters() {
-  const params = {};
+/** The tree's parameters that a tree job takes (a file's metadata may hold others, which the API refuses). */
+async function treeParameters() {
   const src = state.metadata.parameters || {};
-  for (const k of JOB_PARAMETERS) if (src[k] !== undefined && src[k] !== null) params[k] = src[k];
+  const params = {};
+  for (const { name } of (await jobParameters()).tree) {
+    if (src[name] !== undefined && src[name] !== null) params[name] = src[name];
+  }
   return params;
 }
 
@@ -231,7 +227,6 @@ async function exploreFrom(i, alt) {
   const body = {
     model: (state.job && state.job.model) || md.model || "demo",
     kind: "tree",
-    parameters: jobParameters(),
   };
   if (md.chat) {
     // In chat mode the prompt is a user turn: continue the assistant's answer through `prefix`.
@@ -243,6 +238,7 @@ async function exploreFrom(i, alt) {
   banner.append(messageBox("info", "Exploring from here…", `Submitting a new job that continues from “${truncate(visibleWs(before.slice(-40) + alt.text), 60)}”.`));
   let job;
   try {
+    body.parameters = await treeParameters();
     job = await fetchJSON("/v1/jobs", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -272,13 +268,12 @@ async function exploreFrom(i, alt) {
 
 // ---------------------------------------------------------------- loading
 
-function setTree(tree, metadata) {
+function setTree(tree, job) {
   state.tree = tree;
-  state.metadata = metadata || {};
+  state.metadata = Object.assign({}, job ? jobMetadata(job) : {}, tree.metadata || {});
   state.original = mostProbableContinuation(tree.root);
   state.path = state.original.slice();
   state.selected = null;
-  clear($("#message"));
   $("#empty-state").classList.add("hidden");
   $("#response-card").classList.remove("hidden");
   const promptBox = clear($("#prompt"));
@@ -293,118 +288,20 @@ function setTree(tree, metadata) {
   setPageState("ready");
 }
 
-function showError(title, text, extra) {
-  clear($("#message")).append(messageBox("error", title, text, null, extra));
-  if (!state.tree) $("#empty-state").classList.remove("hidden");
-  setPageState("error");
-}
-
-function reportError(err, name) {
-  console.warn("tokentree: could not load", name, err);
-  let extra = null;
-  if (err instanceof TreeFormatError && err.hint === "logprobs") {
-    extra = el("p", {}, ["Open it in the ", el("a", { href: "/viewer/logprobs", text: "log-probability viewer" }), "."]);
-  }
-  showError(`Could not open ${name}`, err.message || String(err), extra);
-}
-
-async function loadFile(file) {
-  state.source = { job: null, file: null, name: file.name };
-  $("#source-name").textContent = `File: ${file.name}`;
-  clear($("#job-status"));
-  setupNav("response", {});
-  try {
-    const tree = parseTreeText(await readFileText(file), file.name);
-    setTree(tree, tree.metadata);
-  } catch (err) {
-    reportError(err, file.name);
-  }
-}
-
-async function loadUrl(url) {
-  state.source = { job: null, file: url, name: url.split("/").pop() || url };
-  $("#source-name").textContent = `URL: ${url}`;
-  try {
-    const tree = parseTreeText(await fetchText(url), url);
-    setTree(tree, tree.metadata);
-  } catch (err) {
-    reportError(err, url);
-  }
-}
-
-function renderJobStatus(job) {
-  const box = clear($("#job-status"));
-  box.append(statusPill(job.status), el("span", { text: progressText(job) }));
-}
-
-async function loadJob(id, from) {
-  state.source = { job: id, file: null, name: `job ${id}` };
-  $("#source-name").textContent = `Job ${id}`;
-  const base = `/v1/jobs/${encodeURIComponent(id)}`;
-  try {
-    state.job = await fetchJSON(base);
-  } catch (err) {
-    showError(err.status === 404 ? `Job ${id} not found` : `Could not load job ${id}`, err.message);
-    return;
-  }
-  const job = state.job;
-  renderJobStatus(job);
-  if (from) {
-    clear($("#banner")).append(messageBox("info", "Explored from another tree", null, null,
-      el("p", {}, ["This job continues a path of ", el("a", { href: `/viewer/response?job=${encodeURIComponent(from)}`, text: `job ${from}` }), "."])));
-  }
-  if (job.kind === "logprobs") {
-    clear($("#message")).append(messageBox("info", "This is a log-probability job", "It has no token tree.", null,
-      el("p", {}, [el("a", { href: `/viewer/logprobs?job=${encodeURIComponent(id)}`, text: "Open it in the log-probability viewer" })])));
-    setPageState("ready");
-    return;
-  }
-  const meta = { prompt: job.prompt, model: job.model, parameters: job.parameters || {}, chat: job.chat, prefix: job.prefix };
-  const load = async () => {
-    const doc = await fetchJSON(`${base}/tree`);
-    const tree = normalizeTree(doc, `job ${id}`);
-    setTree(tree, Object.assign({}, meta, tree.metadata));
-  };
-  try {
-    // A job with no nodes yet has no tree (the API answers 409): wait for it to end instead.
-    if (ACTIVE_STATUSES.has(job.status) && job.progress && job.progress.nodes === 0) {
-      throw new HttpError(409, "the job has no nodes yet");
-    }
-    await load();
-  } catch (err) {
-    if (ACTIVE_STATUSES.has(job.status) && err instanceof HttpError) {
-      clear($("#message")).append(messageBox("info", `Job is ${job.status}`, "The response appears when the job is done."));
-      setPageState("waiting");
-    } else if (job.status === "failed") {
-      showError(`Job ${id} failed`, job.error || "No error message was recorded.");
-      return;
-    } else {
-      reportError(err, `the tree of job ${id}`);
-      return;
-    }
-  }
-  if (ACTIVE_STATUSES.has(job.status)) {
-    watchJob(id, {
-      onProgress: (j) => renderJobStatus(j),
-      onEnd: async (j) => {
-        state.job = j;
-        renderJobStatus(j);
-        // Keep the user's switches: reload only if nothing was changed yet.
-        if (!state.tree || state.path.every((n, k) => n === state.original[k])) {
-          try { await load(); } catch (err) { reportError(err, `the tree of job ${id}`); }
-        }
-      },
-    });
-  }
+/** The tree JSON's metadata as a job's fields, for trees that come without (the tree's own wins). */
+function jobMetadata(job) {
+  return { prompt: job.prompt, model: job.model, parameters: job.parameters || {}, chat: job.chat, prefix: job.prefix };
 }
 
 // ---------------------------------------------------------------- wiring
 
 function main() {
   const q = queryParams();
-  const job = q.get("job");
-  const file = q.get("file");
-  setupNav("response", { job, file });
+  const from = q.get("job") && q.get("from");
+  if (from) {
+    clear($("#banner")).append(messageBox("info", "Explored from another tree", null, null,
+      el("p", {}, ["This job continues a path of ", el("a", { href: `/viewer/response?job=${encodeURIComponent(from)}`, text: `job ${from}` }), "."])));
+  }
   $("#tokens").addEventListener("click", (e) => {
     const span = e.target.closest(".tok");
     if (span) select(Number(span.dataset.index));
@@ -427,20 +324,19 @@ function main() {
   });
   $("#reset").addEventListener("click", resetPath);
   $("#download").addEventListener("click", () => state.tree && downloadPath());
-  for (const id of ["#file-input", "#file-input-2"]) {
-    $(id).addEventListener("change", (e) => {
-      const f = e.target.files && e.target.files[0];
-      if (f) loadFile(f);
-      e.target.value = "";
-    });
-  }
-  setupDropZone(loadFile);
-  if (job) loadJob(job, q.get("from"));
-  else if (file) loadUrl(file);
-  else {
-    $("#empty-state").classList.remove("hidden");
-    setPageState("empty");
-  }
+  startLoader({
+    view: "response",
+    kind: "tree",
+    parse: parseTreeText,
+    show: (tree, { job }) => setTree(tree, job),
+    hasDocument: () => state.tree !== null,
+    messages: "#message",
+    waitingText: "The response appears when the job is done.",
+    // Keep the user's switches: take the finished job's tree only if nothing was changed yet.
+    acceptFinal: () => !state.tree || state.path.every((n, k) => n === state.original[k]),
+    onSource: (source) => { state.source = source; state.job = null; },
+    onJob: (job) => { state.job = job; },
+  });
 }
 
 main();

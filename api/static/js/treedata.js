@@ -8,13 +8,10 @@
 //
 // Everything here is iterative (no recursion): trees can be thousands of nodes deep.
 
-export class TreeFormatError extends Error {
-  constructor(message, hint) {
-    super(message);
-    this.name = "TreeFormatError";
-    this.hint = hint || null;
-  }
-}
+import { FormatError } from "./common.js";
+
+/** Not a token tree; `hint`: "logprobs" when it is log-probability records instead. */
+export class TreeFormatError extends FormatError {}
 
 const isObj = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 const isNum = (v) => typeof v === "number" && Number.isFinite(v);

@@ -1,18 +1,25 @@
 """A plain sequential implementation of the branching rule, written from the rule's text alone.
 
-It is the seed notebooks' strategy: one node at a time, a forward pass per node. Tests and the
-benchmark compare the engine's trees with it. It shares no code with the engine beyond the threshold
-formula's parameters, on purpose: a bug in the engine must not be hidden by the same bug here.
+It is the seed notebooks' strategy: one node at a time, a forward pass per node. The engine's tests
+(tests/engine) and its benchmark (bench/engine_speed.py) compare the engine's trees with it
+(`assert_matches_reference`). It shares no code with the engine beyond the threshold formula's
+parameters, on purpose: a bug in the engine must not be hidden by the same bug here.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
+
+from engine.tree import Node
+
+PROB_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -108,3 +115,34 @@ def sequential_tree(
             queue.append(child)
         node.cache = None  # the queued children hold the copies: memory follows the queue
     return RefTree(root=root, nodes=nodes, completed=completed, forward_passes=passes)
+
+
+def assert_matches_reference(nodes: Sequence[Node], root: RefNode) -> int:
+    """The engine's `nodes` (root first) are the reference tree under `root`: the same tokens, children in
+    the same order, the same rule inputs and candidates, probabilities within PROB_TOLERANCE. Walks both
+    breadth first; returns how many nodes were compared."""
+    pending = deque([(0, root)])
+    compared = 0
+    while pending:
+        node_id, ref = pending.popleft()
+        node = nodes[node_id]
+        where = f"node {node_id} at depth {node.depth}"
+        assert node.token_id == ref.token_id, where
+        assert _close(node.prob, ref.prob), f"{where}: prob {node.prob} vs {ref.prob}"
+        assert _close(node.cumulative_prob, ref.cumulative_prob), (
+            f"{where}: cumulative_prob {node.cumulative_prob} vs {ref.cumulative_prob}"
+        )
+        assert node.finish_reason == ref.finish_reason, where
+        assert node.queue_depth == ref.queue_depth, where
+        assert [c.token_id for c in node.candidates] == [t for t, _ in ref.candidates], where
+        mine, theirs = [c.prob for c in node.candidates], [p for _, p in ref.candidates]
+        assert all(map(_close, mine, theirs)), f"{where}: candidates' probs {mine} vs {theirs}"
+        assert len(node.children) == len(ref.children), where
+        pending.extend(zip(node.children, ref.children, strict=True))
+        compared += 1
+    assert compared == len(nodes)
+    return compared
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=0.0, abs_tol=PROB_TOLERANCE)

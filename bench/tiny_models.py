@@ -1,4 +1,5 @@
-"""Tiny random causal LMs of several architectures, saved as Hugging Face folders, for engine tests.
+"""Tiny random causal LMs of several architectures, saved as Hugging Face folders: the engine's tests
+run on them (tests/conftest.py), and the benchmarks on heavier ones (bench/engine_scaling.py).
 
 Random weights give near-uniform distributions over the vocabulary, so the output head is scaled up
 until a few tokens per step clear a branching threshold, the way a trained model's do.

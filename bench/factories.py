@@ -1,5 +1,6 @@
-"""Test data: jobs, synthetic token trees written straight into the database, and a recording
-dispatcher. API read tests use them before (and independently of) any worker."""
+"""Jobs and synthetic token trees written straight into the database, and a dispatcher that only records
+what it is sent. The API's tests read them before (and independently of) any worker; the storage
+benchmark (bench/storage_speed.py) writes and serves them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from engine.tree import Candidate, candidates_json
 from engine.tree import Node as TreeNode
 from models import jobs
-from models.schema import Job, Node, utcnow
+from models.schema import Job, NodeRow, utcnow
 
 STOP_TOKEN = 1
 
@@ -107,7 +108,7 @@ def insert_tree(session: Session, job_id: uuid.UUID, nodes: list[TreeNode], work
             if workers and row["expanded_by"] is not None:
                 row["expanded_by"] = workers[expanded % len(workers)]
                 expanded += 1
-        ids = session.scalars(insert(Node).returning(Node.id, sort_by_parameter_order=True), rows).all()
+        ids = session.scalars(insert(NodeRow).returning(NodeRow.id, sort_by_parameter_order=True), rows).all()
         db_ids.update((node.id, db_id) for node, db_id in zip(level, ids, strict=True))
     jobs.add_counts(session, job_id, nodes=len(nodes),
                     completed_paths=sum(n.finish_reason == "stop" for n in nodes))
