@@ -7,15 +7,19 @@ torch and transformers are imported only once a command runs (they take seconds)
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cli.common import Parser
 from cli.errors import UsageError
 from engine.params import TREE_PARAMETER_HELP, LogprobsParams, ParameterError, TreeParams, check_prompt
+from engine.tree import Node, path_to
 
 if TYPE_CHECKING:
+    from engine.analysis import TreeResult
     from engine.loading import LoadedModel
 
 
@@ -113,6 +117,10 @@ def _load(args: argparse.Namespace) -> LoadedModel:
     return lm.with_stop_ids(args.stop_token) if args.stop_token else lm
 
 
+# The metadata key of a tree whose expansion was interrupted: its open nodes are left as they were.
+UNFINISHED = "unfinished"
+
+
 def run_tree(args: argparse.Namespace) -> int:
     # The flags are checked before torch and transformers are imported: a mistake is told at once, not
     # after seconds of imports.
@@ -126,6 +134,7 @@ def run_tree(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         check_prompt(args.prompt)
 
+    from cli.interrupt import INTERRUPTED, StopRequest
     from cli.progress import TreeProgressBar
     from engine.analysis import TreeRequest, build_trees
 
@@ -137,19 +146,54 @@ def run_tree(args: argparse.Namespace) -> int:
     else:
         requests = [flags]
     lm = _load(args)
-    with TreeProgressBar(disable=args.quiet, trees=len(requests)) as bar:
-        results = build_trees(lm, requests, max_batch=args.max_batch, on_progress=bar.update)
+    # From here to the end of the writing, SIGINT and SIGTERM stop the expansion at its next batch: the
+    # trees so far are written whole (marked unfinished), never cut off mid-update or mid-write.
+    with StopRequest() as stop:
+        with TreeProgressBar(disable=args.quiet, trees=len(requests)) as bar:
+            results = build_trees(lm, requests, max_batch=args.max_batch, on_progress=bar.update,
+                                  should_stop=stop)
+        stop.writing()
+        for result in results:
+            if not result.finished:
+                result.metadata[UNFINISHED] = True
+        if args.prompts is not None:
+            _write_trees(args, results)
+        else:
+            _write_tree(args, results[0])
+    if stop():
+        print(f"tokentree: interrupted ({stop.name}): {_kept(args, results)}", file=sys.stderr)
+        return INTERRUPTED
+    return 0
+
+
+def _kept(args: argparse.Namespace, results: list[TreeResult]) -> str:
+    """What an interrupted `tree` kept, for its one line on stderr."""
+    unfinished = sum(1 for r in results if not r.finished)
+    nodes = sum(r.metadata["stats"]["nodes"] for r in results)
+    marked = f'marked "{UNFINISHED}": true in the metadata'
     if args.prompts is not None:
-        with args.output.open("w", encoding="utf-8") as out:
-            for result in results:
-                out.write(result.json_text() + "\n")
-        nodes = sum(r.metadata["stats"]["nodes"] for r in results)
-        completed = sum(r.metadata["stats"]["completed_paths"] for r in results)
-        seconds = max(r.metadata["stats"]["seconds"] for r in results)
-        print(f"trees {len(results)}  nodes {nodes}  completed paths {completed}  time {seconds:.2f}s")
-        print(f"trees written to {args.output}, one a line, in input order")
-        return 0
-    result = results[0]
+        return f"{len(results)} trees ({unfinished} unfinished, {marked}) written to {args.output}"
+    if not unfinished:
+        return "the tree was already complete" + (f", written to {args.output}" if args.output else "")
+    if args.output is None:
+        return f"the tree stopped at {nodes} nodes (no -o: not saved)"
+    return f"the unfinished tree ({nodes} nodes, {marked}) written to {args.output}"
+
+
+def _write_trees(args: argparse.Namespace, results: list[TreeResult]) -> None:
+    """`--prompts`: the trees to -o, one a line, and their totals."""
+    with args.output.open("w", encoding="utf-8") as out:
+        for result in results:
+            out.write(result.json_text() + "\n")
+    nodes = sum(r.metadata["stats"]["nodes"] for r in results)
+    completed = sum(r.metadata["stats"]["completed_paths"] for r in results)
+    seconds = max(r.metadata["stats"]["seconds"] for r in results)
+    print(f"trees {len(results)}  nodes {nodes}  completed paths {completed}  time {seconds:.2f}s")
+    print(f"trees written to {args.output}, one a line, in input order")
+
+
+def _write_tree(args: argparse.Namespace, result: TreeResult) -> None:
+    """One tree: to -o if given, and its summary with its most probable paths."""
     if args.output is not None:
         args.output.write_text(result.json_text(), encoding="utf-8")
     stats = result.metadata["stats"]
@@ -158,16 +202,38 @@ def run_tree(args: argparse.Namespace) -> int:
         f"forward passes {stats['forward_passes']}  completed paths {stats['completed_paths']}  "
         f"time {stats['seconds']:.2f}s"
     )
+    # A path is printed as its whole text: prompt, forced prefix, then its tokens. In chat mode the prompt
+    # went through the chat template, so it is shown once and each path as the response alone.
+    prefix = result.metadata["prefix"] or ""
+    if result.metadata["chat"]:
+        print(f"chat prompt: {args.prompt}")
+        lead, what = prefix, "responses"
+    else:
+        lead, what = args.prompt + prefix, "paths"
     paths = result.completed_paths[: args.top]
     if paths:
-        print(f"completed paths, most probable first ({len(result.completed_paths)} in all):")
+        print(f"completed {what}, most probable first ({len(result.completed_paths)} in all):")
         for rank, path in enumerate(paths, 1):
-            print(f"{rank:3d}. p={path.cumulative_prob:.6f}  {args.prompt}{path.text}")
+            print(f"{rank:3d}. p={path.cumulative_prob:.6f}  {lead}{path.text}")
     else:
-        print("no path reached a stop token (raise --max-depth or --max-nodes to let paths finish)")
+        if result.finished:
+            print("no path reached a stop token (raise --max-depth or --max-nodes to let paths finish)")
+        else:
+            print("no path reached a stop token before the expansion was interrupted")
+        leaves = _unfinished_leaves(result.nodes)
+        if leaves:
+            print(f"unfinished {what} (no stop token yet), most probable first ({len(leaves)} in all):")
+            best = heapq.nsmallest(args.top, leaves, key=lambda n: -n.cumulative_prob)  # stable: ties by id
+            for rank, leaf in enumerate(best, 1):
+                text = "".join(n.text for n in path_to(result.nodes, leaf.id))
+                print(f"{rank:3d}. p={leaf.cumulative_prob:.6f}  {lead}{text}")
     if args.output is not None:
         print(f"tree written to {args.output}")
-    return 0
+
+
+def _unfinished_leaves(nodes: list[Node]) -> list[Node]:
+    """The ends of the paths that reached no stop token: open nodes and those cut at max_depth."""
+    return [n for n in nodes if not n.children and n.parent_id is not None and n.finish_reason != "stop"]
 
 
 def run_logprobs(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
@@ -68,6 +68,8 @@ class TreeResult:
     metadata: dict[str, Any]
     stats: ExpansionStats
     completed_paths: list[CompletedPath]
+    # False when the expansion was stopped early (`should_stop`) with open nodes left: a partial tree.
+    finished: bool = True
 
     def json_text(self, root_id: int = 0, max_depth: int | None = None) -> str:
         return tree_json_text(self.nodes, self.metadata, root_id, max_depth)
@@ -98,10 +100,11 @@ def build_tree(
     prefix: str | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     on_progress: BatchProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TreeResult:
     """Expand the token tree of `prompt` by the branching rule."""
     return build_trees(lm, [TreeRequest(prompt, params, chat, prefix)], max_batch=max_batch,
-                       on_progress=on_progress)[0]
+                       on_progress=on_progress, should_stop=should_stop)[0]
 
 
 def build_trees(
@@ -110,15 +113,19 @@ def build_trees(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     on_progress: BatchProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[TreeResult]:
     """Expand many trees together, their levels sharing forward passes (and their prompts' KV where the
     prompts are equal); each tree is the one `build_tree` gives. Every prompt is encoded (and checked)
-    before any model work starts."""
+    before any model work starts.
+
+    `should_stop`, asked before every batch, ends the expansion early: each result is then the tree so
+    far (`TreeResult.finished` false where open nodes remain)."""
     prompt_ids = [encode_prompt(lm, r.prompt, chat=r.chat, prefix=r.prefix) for r in requests]
     runner = ModelRunner(lm.model, top_k=max((top_k_for(r.params) for r in requests), default=1))
     trees = [Expander(tree_builder(lm, r.prompt, ids, r.params), runner, ids)
              for r, ids in zip(requests, prompt_ids, strict=True)]
-    run_trees(trees, max_batch, on_progress)
+    run_trees(trees, max_batch, on_progress, should_stop)
     return [_tree_result(lm, r, ids, tree) for r, ids, tree in zip(requests, prompt_ids, trees, strict=True)]
 
 
@@ -140,7 +147,7 @@ def _tree_result(lm: LoadedModel, request: TreeRequest, prompt_ids: list[int], t
             "seconds": round(stats.seconds, 4),
         },
     }
-    return TreeResult(builder.nodes, metadata, stats, completed_paths(builder.nodes))
+    return TreeResult(builder.nodes, metadata, stats, completed_paths(builder.nodes), finished=builder.done())
 
 
 def analyze_logprobs(

@@ -195,12 +195,22 @@ def step_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH) ->
 
 
 def run_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH,
-              on_progress: BatchProgressCallback | None = None) -> None:
+              on_progress: BatchProgressCallback | None = None,
+              should_stop: Callable[[], bool] | None = None) -> None:
     """Step many trees together until each one's rule says stop; finished trees leave the batch (and
-    free their KV). `on_progress` sees the totals over all trees."""
+    free their KV). `on_progress` sees the totals over all trees.
+
+    `should_stop` is asked before every batch: once it says yes, the loop ends there, every tree as its
+    last batch left it (its open nodes still on its frontier, `builder.done()` false), so a caller can
+    keep the partial trees (the CLI on Ctrl-C)."""
     started = time.perf_counter()
     active = [t for t in trees if not t.builder.done()]
     while active:
+        if should_stop is not None and should_stop():
+            for tree in active:
+                tree.forget_kv()
+                tree.stats.seconds = time.perf_counter() - started
+            return
         results = step_trees(active, max_batch)
         if on_progress is not None:
             last = None

@@ -6,6 +6,8 @@ import argparse
 import json
 import os
 import re
+import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -148,6 +150,118 @@ def test_chat_and_prefix(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     metadata = json.loads(out.read_text())["metadata"]
     assert metadata["chat"] is True and metadata["prefix"] == "Once"
+
+
+def ranked_lines(stdout: str) -> list[tuple[float, str]]:
+    """The printed paths: (probability, text) in the order printed."""
+    found = [re.match(r"\s*\d+\. p=(\S+)  (.*)$", line) for line in stdout.splitlines()]
+    return [(float(m.group(1)), m.group(2)) for m in found if m]
+
+
+def test_printed_paths_show_the_prompt_then_the_prefix() -> None:
+    done = tokentree("tree", "Once upon a time", "--prefix", ", there was a dragon", "-q")
+    assert done.returncode == 0, done.stderr
+    paths = ranked_lines(done.stdout)
+    assert len(paths) == 5
+    assert all(text.startswith("Once upon a time, there was a dragon") for _, text in paths), done.stdout
+
+
+def test_chat_paths_are_printed_apart_from_the_prompt() -> None:
+    done = tokentree("tree", "Tell me a story", "--chat", "--prefix", "Once", "--max-depth", "30", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("Tell me a story") == 1  # the prompt once, on its own line
+    assert "chat prompt: Tell me a story\n" in done.stdout
+    paths = ranked_lines(done.stdout)
+    assert len(paths) == 5
+    assert all(text.startswith("Once ") for _, text in paths), done.stdout  # the response, prefix first
+
+
+def test_without_completed_paths_the_best_unfinished_ones_are_shown(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    done = tokentree("tree", "Once upon a time", "--max-depth", "5", "-q", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "no path reached a stop token" in done.stdout
+    assert "unfinished paths" in done.stdout
+    leaves: list[tuple[float, str]] = []
+    stack = [(json.loads(out.read_text())["tree"], "Once upon a time")]
+    while stack:
+        node, text = stack.pop()
+        if not node["children"]:
+            leaves.append((node["cumulative_prob"], text))
+        stack.extend((child, text + child["text"]) for child in node["children"])
+    printed = ranked_lines(done.stdout)
+    best = sorted(leaves, reverse=True)[: len(printed)]
+    assert printed and [(round(p, 6), t) for p, t in best] == printed
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_long_tree_writes_the_partial_tree(tmp_path: Path, sig: signal.Signals) -> None:
+    out = tmp_path / "big.json"
+    log = tmp_path / "stderr.txt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # Parameters for a tree of 100,000 nodes, tens of seconds on a CPU: the signal comes mid-expansion.
+    args = ["tree", "Once upon a time", "--min-branch-threshold", "0.01", "--max-branch-threshold", "0.1",
+            "--soft-queue-limit", "1000", "--max-depth", "60", "--max-nodes", "100000",
+            "--max-completed-paths", "1000000", "-o", str(out)]
+    with log.open("w") as stderr:
+        # SIGINT at its default in the command even where this test runs as a script's background job
+        # (which starts with SIGINT ignored, and the command then rightly keeps ignoring it).
+        process = subprocess.Popen([str(Path(sys.executable).parent / "tokentree"), *args], cwd=ROOT, env=env,
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            deadline = time.monotonic() + 120
+            # The progress bar shows a thousand nodes: the model is loaded and the expansion well under way.
+            while not re.search(r"expanding: \d{4,} nodes", log.read_text()):
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            process.send_signal(sig)
+            stdout, _ = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, log.read_text()
+    document = json.loads(out.read_text())
+    assert document["metadata"]["unfinished"] is True
+    nodes = {}
+    stack = [(document["tree"], None)]
+    while stack:
+        node, parent = stack.pop()
+        assert node["id"] not in nodes and node["child_count"] == len(node["children"])
+        assert parent is None or node["depth"] == nodes[parent]["depth"] + 1
+        nodes[node["id"]] = node
+        stack.extend((child, node["id"]) for child in node["children"])
+    # Ids are 0..n-1 in creation order, a parent before its children: none is missing from the file.
+    assert sorted(nodes) == list(range(len(nodes))) == list(range(document["metadata"]["stats"]["nodes"]))
+    assert 1000 <= len(nodes) < 100_000
+    # Open nodes stay as they were: neither finished nor expanded.
+    assert any(not n["is_finished"] and n["threshold"] is None for n in nodes.values())
+    assert f"nodes {len(nodes)}" in stdout
+    said = log.read_text().strip().splitlines()[-1]
+    assert said.startswith(f"tokentree: interrupted ({sig.name})") and str(out) in said
+
+
+def readme_examples() -> list[list[str]]:
+    """The `tokentree tree` and `tokentree logprobs` lines of the README's command-line section that use
+    the demo model (no --model), as argument lists."""
+    section = (ROOT / "README.md").read_text().split("## The command line", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    return [c[1:] for c in commands if c[:2] in (["tokentree", "tree"], ["tokentree", "logprobs"])
+            and "--model" not in c]
+
+
+@pytest.mark.parametrize("args", readme_examples(), ids=lambda args: " ".join(args[:2]))
+def test_the_readmes_examples_show_something_on_the_demo_model(args: list[str], tmp_path: Path) -> None:
+    if "-o" in args:
+        args[args.index("-o") + 1] = str(tmp_path / args[args.index("-o") + 1])
+    done = tokentree(*args, "-q")
+    assert done.returncode == 0, done.stderr
+    if args[0] == "tree":
+        assert ranked_lines(done.stdout), done.stdout  # completed paths
+    else:
+        response = done.stdout.split("response: ", 1)[1].split("\n", 1)[0]
+        assert len(response.split()) >= 5, done.stdout  # a sentence or more, not an empty answer
 
 
 def test_stop_token_ends_paths(tmp_path: Path) -> None:
