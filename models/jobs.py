@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, delete, func, select, update
+from sqlalchemy import CursorResult, Table, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, NodeRow, db_now
@@ -149,9 +149,11 @@ def lock_owner(session: Session, owner: str) -> None:
         session.execute(select(func.pg_advisory_xact_lock(func.hashtext("tokentree.owner:" + owner))))
 
 
-def open_models(session: Session) -> list[str]:
-    """The models that queued or running jobs name, sorted."""
-    return sorted(session.scalars(select(Job.model).where(Job.status.in_(OPEN_STATUSES)).distinct()))
+def models_with_open_jobs(session: Session, models: Iterable[str]) -> list[str]:
+    """Those of `models` (in their order) that some queued or running job names: one indexed lookup per
+    model (`ix_jobs_model_status`), however many jobs are open."""
+    return [model for model in models if session.scalar(
+        select(exists().where(Job.model == model, Job.status.in_(OPEN_STATUSES))))]
 
 
 # -- transitions ------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ class Job(Base):
         CheckConstraint(f"status IN {JOB_STATUSES}", name="job_status"),
         Index("ix_jobs_created", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_model_status", "model", "status"),  # /healthz: does a model have open jobs?
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("uq_jobs_idempotency_key", "idempotency_key", unique=True),
     )
