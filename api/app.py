@@ -28,10 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api import viewers
 from api.dispatch import CeleryDispatcher, Dispatcher
-from api.limits import RequestSizeLimit, make_rate_limiter, render_slots, stream_slots
+from api.limits import RequestSizeLimit, export_slots, make_rate_limiter, render_slots, stream_slots
 from api.metrics import Metrics
 from api.progress_feed import ProgressFeed
-from api.routes import jobs, system
+from api.routes import compare, growths, jobs, studies, system
 from api.tree_cache import RenderedTrees
 from models.db import api_engine, make_session_factory
 from models.settings import Settings, get_settings
@@ -64,9 +64,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
+# Validation errors whose library text says nothing a user can act on, and what they mean here.
+_NOT_AN_ID = ("is not an id: ids are UUIDs such as 3f2b8c1e-5d7a-4c2e-9b1f-0a6d2e4c8b90 "
+              "(check for a cut-off copy)")
+_PLAIN_MESSAGES = {"uuid_parsing": _NOT_AN_ID, "uuid_type": _NOT_AN_ID}
+
+
+def _plain(error: dict[str, Any]) -> dict[str, Any]:
+    """`error` with its message in plain words where the library's is not (`loc` still names the field)."""
+    message = _PLAIN_MESSAGES.get(error.get("type", ""))
+    if message is None:
+        return error
+    return {key: value for key, value in error.items() if key not in ("ctx", "url")} | {"msg": message}
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return SafeJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+    return SafeJSONResponse({"detail": jsonable_encoder([_plain(error) for error in exc.errors()])},
+                            status_code=422)
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -122,6 +137,8 @@ def create_app(
         summary="See how a language model decides: expand, store and view token trees.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by api.viewers from local assets: FastAPI's own page loads them from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.dispatcher = dispatcher
@@ -131,6 +148,7 @@ def create_app(
     app.state.rate_limiter = make_rate_limiter(settings, broker)
     app.state.stream_slots = stream_slots(settings)
     app.state.render_slots = render_slots(settings)
+    app.state.export_slots = export_slots(settings)
     app.state.progress_feed = progress_feed
     app.state.metrics = Metrics(settings, session_factory, broker)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -142,6 +160,9 @@ def create_app(
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.include_router(jobs.router)
+    app.include_router(growths.router)
+    app.include_router(studies.router)
+    app.include_router(compare.router)
     app.include_router(system.router)
     app.include_router(viewers.router)
     viewers.mount_static(app)

@@ -8,11 +8,19 @@ status when it writes its next step (under the job's row lock) and stops there.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 from celery import Celery
+from fastapi import HTTPException, status
+from sqlalchemy.orm import Session
 
+from models import jobs
 from models.queues import RUN_JOB_TASK, model_queue
+from models.schema import Job
+
+log = logging.getLogger(__name__)
 
 
 class Dispatcher(Protocol):
@@ -41,3 +49,17 @@ class CeleryDispatcher:
 
     def close(self) -> None:
         self.celery.close()
+
+
+def send_committed(session: Session, dispatcher: Dispatcher, committed: Sequence[Job]) -> None:
+    """Send the tasks of committed jobs, in order. A queue that refuses one (the broker down or hung) is
+    a 503; that job and every one not yet sent fail, visibly, since without a task a committed job would
+    wait forever (the ones already sent run)."""
+    for index, job in enumerate(committed):
+        try:
+            dispatcher.submit(str(job.id), job.model)
+        except Exception as exc:
+            log.exception("could not queue job %s", job.id)
+            for unsent in committed[index:]:
+                jobs.finish_job(session, unsent.id, "failed", error=f"could not queue the job: {exc}")
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the job queue is unavailable") from exc

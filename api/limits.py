@@ -240,3 +240,10 @@ def render_slots(settings: Settings) -> CallerSlots:
                        state="running",
                        advice="retry when one ends, or ask for less of the tree (?root=, ?max_depth=)",
                        retry_after_s=RENDER_RETRY_S)
+
+
+def export_slots(settings: Settings) -> CallerSlots:
+    """Study exports running at once (CSV or Parquet of every node of a study): each reads the study's
+    nodes from start to end, holding a connection, so they are capped as tree renders are."""
+    return CallerSlots(settings.renders_max_per_caller, settings.renders_max_total, noun="study exports",
+                       state="running", advice="retry when one ends", retry_after_s=RENDER_RETRY_S)

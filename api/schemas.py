@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
-from engine.params import LOGPROBS_PARAMETERS, TREE_PARAMETERS
+from engine.params import LOGPROBS_PARAMETERS, SCORE_PARAMETERS, TREE_PARAMETERS
 from models.node_reads import JobProgress
 from models.schema import Job
 
@@ -22,16 +31,19 @@ class JobCreate(BaseModel):
 
     prompt: StrictStr = Field(min_length=1)
     model: StrictStr | None = Field(default=None, description="from GET /v1/models; default: the first")
-    kind: Literal["tree", "logprobs"] = "tree"
+    kind: Literal["tree", "logprobs", "score"] = "tree"
     parameters: dict[str, Any] = Field(
         default_factory=dict,
         description="; ".join(
             f"{kind}: " + "; ".join(f"{name} ({b.meaning})" for name, b in table.items())
-            for kind, table in (("tree", TREE_PARAMETERS), ("logprobs", LOGPROBS_PARAMETERS))
+            for kind, table in (("tree", TREE_PARAMETERS), ("logprobs", LOGPROBS_PARAMETERS),
+                                ("score", SCORE_PARAMETERS))
         ) + ". GET /v1/parameters gives each one's default and range on this server",
     )
     chat: StrictBool = Field(default=False, description="wrap the prompt in the model's chat template")
     prefix: StrictStr | None = Field(default=None, description="force the response to start with this text")
+    text: StrictStr | None = Field(default=None, description="score jobs only (and required there): the text "
+                                   "scored token by token as the continuation of the prompt (and prefix)")
 
 
 class ProgressOut(BaseModel):
@@ -49,6 +61,7 @@ class JobOut(BaseModel):
     parameters: dict[str, Any]
     chat: bool
     prefix: str | None
+    text: str | None = Field(default=None, description="the text a score job scores; null for other kinds")
     status: JobStatus
     error: str | None
     created_at: datetime
@@ -57,6 +70,12 @@ class JobOut(BaseModel):
     progress: ProgressOut
     warning: str | None = Field(default=None, description="why a queued or running job may not move, "
                                 "e.g. \"no live worker serves model X\"; null otherwise")
+    study_id: uuid.UUID | None = Field(default=None, description="the study it belongs to (/v1/studies)")
+    growths: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="a tree job's growths in place (POST /v1/jobs/{id}/expand), oldest first: node_id, "
+                    "token_id (null: the node itself, more), parameters, by (API key id), at, start_node_id, "
+                    "prob_source, nodes_before/after, completed_before/after")
 
     @field_validator("created_at", "started_at", "finished_at")
     @classmethod
@@ -70,8 +89,25 @@ class JobOut(BaseModel):
     def of(cls, job: Job, progress: JobProgress, warning: str | None = None) -> JobOut:
         return cls(id=job.id, kind=job.kind, prompt=job.prompt, model=job.model, parameters=job.parameters,
                    chat=job.chat, prefix=job.prefix, status=job.status, error=job.error,  # type: ignore[arg-type]
-                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-                   progress=ProgressOut(**progress.to_json()), warning=warning)
+                   text=job.text, created_at=job.created_at, started_at=job.started_at,
+                   finished_at=job.finished_at, progress=ProgressOut(**progress.to_json()), warning=warning,
+                   study_id=job.study_id, growths=job.growths or [])
+
+
+class GrowthCreate(BaseModel):
+    """Grow an ended tree job in place from one of its nodes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: StrictInt = Field(ge=0, le=2**62,
+                               description="a node of the job's tree (its id in the tree JSON)")
+    token_id: StrictInt | None = Field(
+        default=None, ge=0, le=2**62,
+        description="one of the node's recorded candidates, to grow as a new child; leave it out to grow the "
+                    "node itself further (a leaf the depth limit or another limit left unexpanded)")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="tree parameters for this growth, over the job's own (GET /v1/parameters); "
+                                  "max_nodes, max_completed_paths and max_depth count from where it starts")
 
 
 class JobPage(BaseModel):
@@ -101,9 +137,10 @@ class ModelsOut(BaseModel):
 
 class ParameterOut(BaseModel):
     name: str
-    type: Literal["integer", "number"]
-    default: float | int = Field(description="what a request that leaves it out gets on this server")
+    type: Literal["integer", "number", "boolean"]
+    default: bool | int | float = Field(description="what a request that leaves it out gets on this server")
     minimum: float | int
+    exclusive_minimum: bool = Field(False, description="true when the value must be greater than `minimum`")
     maximum: float | int = Field(description="the engine's limit, or this server's cap if lower")
     description: str
 
@@ -113,6 +150,7 @@ class ParametersOut(BaseModel):
 
     tree: list[ParameterOut]
     logprobs: list[ParameterOut]
+    score: list[ParameterOut]
 
 
 class HealthOut(BaseModel):
@@ -129,3 +167,99 @@ class ErrorOut(BaseModel):
     """Every refusal that is not a validation error: 401, 404, 409, 413, 429, 503."""
 
     detail: str
+
+
+# -- studies ----------------------------------------------------------------------------------------
+
+TemplateValue = StrictStr | StrictInt | StrictFloat
+
+
+def _one_empty_set() -> list[dict[str, Any]]:
+    return [{}]
+
+
+class StudyCreate(BaseModel):
+    """Many jobs as one question: every combination of its prompts (a list, or a template filled from a
+    table of values), its models and its parameter sets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(min_length=1, max_length=200)
+    prompts: list[Annotated[StrictStr, Field(min_length=1)]] | None = Field(default=None, min_length=1,
+                                            description="the prompts; or give `template` and `values`")
+    template: StrictStr | None = Field(default=None, min_length=1,
+                                       description='a prompt with {name} fields, e.g. "The {animal} sat on '
+                                                   'the"; `values` fills them, one prompt per row')
+    values: list[dict[str, TemplateValue]] | None = Field(
+        default=None, min_length=1, description='rows of field values, e.g. [{"animal": "cat"}]')
+    models: list[StrictStr] | None = Field(default=None, min_length=1,
+                                           description="from GET /v1/models; default: the first")
+    kind: Literal["tree", "logprobs"] = "tree"
+    parameter_sets: list[dict[str, Any]] = Field(
+        default_factory=_one_empty_set, min_length=1,
+        description="each one the `parameters` of a job (GET /v1/parameters); default: one empty set")
+    chat: StrictBool = Field(default=False, description="wrap each prompt in the model's chat template")
+    prefix: StrictStr | None = Field(default=None, description="force every response to start with this")
+
+
+class StudyProgressOut(BaseModel):
+    jobs: int
+    by_status: dict[str, int] = Field(description="jobs in each status, every status present")
+    nodes: int
+    completed_paths: int
+
+
+class StudyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    request: dict[str, Any] = Field(description="the request the study was made from")
+    done: bool = Field(description="every job has ended (succeeded, failed or cancelled)")
+    progress: StudyProgressOut
+    jobs: list[JobOut] | None = Field(
+        default=None,
+        description="its jobs, in the order of its combinations (prompts, then models, then parameter sets); "
+                    "null in lists")
+
+    @field_validator("created_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class StudyPage(BaseModel):
+    items: list[StudyOut]
+    total: int
+
+
+class CandidateOut(BaseModel):
+    """A next token seen at a node, as the tree JSON shows it (with whatever else the tree records)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    token_id: int | None = None
+    text: str
+    prob: float
+
+
+class ForkOut(BaseModel):
+    """A fork point: an expanded node of one of the study's trees with more than one child."""
+
+    job_id: uuid.UUID
+    node_id: int
+    prompt: str
+    model: str
+    parameters: dict[str, Any]
+    path_text: str = Field(description="the tokens' text from the prompt down to the fork (prompt excluded)")
+    depth: int
+    prob: float
+    cumulative_prob: float
+    entropy: float | None = Field(description="of the next-token distribution at the fork, in nats")
+    branches: int = Field(description="children the tree expanded there")
+    unexplored_mass: float = Field(description="1 - the sum of the children's probabilities")
+    candidates: list[CandidateOut] = Field(description="the next tokens seen there, most probable first")
+
+
+class ForksOut(BaseModel):
+    by: Literal["entropy", "branches", "unexplored_mass"]
+    forks: list[ForkOut]

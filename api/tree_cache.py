@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 
-TreeKey = tuple[uuid.UUID, int | None, int | None]  # job, subtree root, depth limit
+TreeKey = tuple[uuid.UUID, int | None, int | None, int]  # job, subtree root, depth limit, growths
 
 
 class RenderedTrees:

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from fastapi.exceptions import RequestValidationError
 
 from api.schemas import JobCreate
-from engine.params import LogprobsParams, ParameterError, TreeParams
+from engine.params import LogprobsParams, ParameterError, ScoreParams, TreeParams
 from models.settings import Settings
 
 
@@ -29,6 +29,13 @@ class JobRequest:
     parameters: dict[str, Any]
     chat: bool
     prefix: str | None
+    text: str | None = None  # what a score job scores
+
+
+# Each job kind's parameters.
+PARAMS_BY_KIND: dict[str, type[TreeParams] | type[LogprobsParams] | type[ScoreParams]] = {
+    "tree": TreeParams, "logprobs": LogprobsParams, "score": ScoreParams,
+}
 
 
 def _check_text(name: str, value: str | None, settings: Settings) -> None:
@@ -63,14 +70,16 @@ def server_caps(kind: str, settings: Settings) -> dict[str, int]:
     """The operator's caps on a job kind's sizes (TOKENTREE_MAX_NODES, ...), below the engine's."""
     if kind == "tree":
         return {"max_nodes": settings.max_nodes, "max_depth": settings.max_depth}
-    return {"max_new_tokens": settings.max_new_tokens}
+    if kind == "logprobs":
+        return {"max_new_tokens": settings.max_new_tokens}
+    return {}  # a score job's size is its text's, capped as a prompt is (TOKENTREE_MAX_PROMPT_CHARS)
 
 
 def describe_parameters(kind: str, settings: Settings) -> list[dict[str, Any]]:
     """The kind's parameters as this server applies them: the engine's, with the caps' lower defaults
     and maxima."""
     caps = server_caps(kind, settings)
-    described = (TreeParams if kind == "tree" else LogprobsParams).describe()
+    described = PARAMS_BY_KIND[kind].describe()
     for parameter in described:
         if (cap := caps.get(parameter["name"])) is not None:
             parameter["default"] = min(parameter["default"], cap)
@@ -81,7 +90,7 @@ def describe_parameters(kind: str, settings: Settings) -> list[dict[str, Any]]:
 def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[str, Any]:
     caps = server_caps(kind, settings)
     try:
-        params_type = TreeParams if kind == "tree" else LogprobsParams
+        params_type = PARAMS_BY_KIND[kind]
         params = params_type.from_dict(_capped_defaults(values, params_type(), caps))
         for name, limit in caps.items():
             _cap(name, getattr(params, name), limit)
@@ -90,15 +99,26 @@ def _parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[s
         reject(("body", "parameters", exc.field), exc.message, values.get(exc.field))
 
 
+def validate_parameters(kind: str, values: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """A job kind's parameters complete (defaults filled in) and within this server's caps; a 422 naming
+    the field otherwise."""
+    return _parameters(kind, values, settings)
+
+
 def validate_job_request(body: JobCreate, settings: Settings) -> JobRequest:
     """The request with its model resolved and its parameters complete (defaults filled in)."""
     _check_text("prompt", body.prompt, settings)
     if not body.prompt.strip():  # the model would get no tokens: the worker could only fail the job
         reject(("body", "prompt"), "must not be only whitespace")
     _check_text("prefix", body.prefix, settings)
+    _check_text("text", body.text, settings)
+    if body.kind == "score" and not body.text:  # whitespace is a text to score; nothing is not
+        reject(("body", "text"), "a score job needs the text to score", body.text)
+    if body.kind != "score" and body.text is not None:
+        reject(("body", "text"), f"only score jobs take a text; this is a {body.kind} job", body.text)
     model = settings.default_model if body.model is None else body.model
     if model not in settings.models:
         reject(("body", "model"), f"not served here; one of {', '.join(settings.models)}", model)
     return JobRequest(kind=body.kind, prompt=body.prompt, model=model,
                       parameters=_parameters(body.kind, body.parameters, settings),
-                      chat=body.chat, prefix=body.prefix)
+                      chat=body.chat, prefix=body.prefix, text=body.text)

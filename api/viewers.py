@@ -1,7 +1,8 @@
-"""Browser viewers: the job list page and the tree, response and log-probability viewers.
+"""Browser viewers: the job list page and the tree, response and log-probability viewers, and the API's
+interactive documentation at ``/docs``.
 
-Everything the pages need (HTML, ES modules, CSS, the vendored D3) is served by the app
-itself from ``api/static`` so the viewers work offline.  ``create_app()`` wires this in with::
+Everything the pages need (HTML, ES modules, CSS, the vendored D3 and Swagger UI) is served by the app
+itself from ``api/static`` so the viewers and the docs work offline.  ``create_app()`` wires this in with::
 
     app.include_router(viewers.router)
     viewers.mount_static(app)
@@ -12,7 +13,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -40,6 +42,8 @@ PAGES = {
     "tree": ("viewer/tree.html", "tree"),
     "response": ("viewer/response.html", "response"),
     "logprobs": ("viewer/logprobs.html", "logprobs"),
+    "compare": ("viewer/compare.html", "compare"),
+    "study": ("viewer/study.html", "jobs"),
 }
 # Every page's top bar, written once: pages hold this marker where it goes.
 TOPBAR_MARK = "<!-- topbar -->"
@@ -89,6 +93,36 @@ def response_viewer() -> HTMLResponse:
 def logprobs_viewer() -> HTMLResponse:
     """Log-probability viewer: one card per JSONL record."""
     return _page("logprobs")
+
+
+@router.get("/viewer/compare")
+def compare_viewer() -> HTMLResponse:
+    """Compare page: two trees of one prompt as one tree coloured by side (`?a=ID&b=ID`, or two files)."""
+    return _page("compare")
+
+
+@router.get("/viewer/study")
+def study_viewer() -> HTMLResponse:
+    """Study page (`?id=ID`): its jobs' progress, its forks ranked, and links to each tree."""
+    return _page("study")
+
+
+# Swagger UI from the npm package swagger-ui-dist (its version in vendor/swagger-ui/VERSION).
+SWAGGER_UI = "/static/vendor/swagger-ui"
+
+
+@router.get("/docs")
+def api_docs(request: Request) -> HTMLResponse:
+    """The API's interactive documentation: FastAPI's Swagger UI page, with its script and styles served
+    from here rather than a CDN."""
+    app = request.app
+    return get_swagger_ui_html(
+        openapi_url=request.scope.get("root_path", "") + app.openapi_url,
+        title=f"{app.title} · API",
+        swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
+        swagger_favicon_url="/static/img/favicon.svg",
+    )
 
 
 def mount_static(app: FastAPI) -> None:

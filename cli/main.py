@@ -7,10 +7,11 @@ errors: bad input never ends in a traceback, but in one line on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from cli import keys_cmd, model_cmd, service, status_cmd, worker_cmd
+from cli import compare_cmd, keys_cmd, model_cmd, score_cmd, service, status_cmd, study_cmd, worker_cmd
 from cli.common import Parser
 from cli.errors import USAGE_ERROR, UsageError
 from engine.params import ParameterError
@@ -22,9 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     model_cmd.add_commands(commands)
+    score_cmd.add_command(commands)
+    compare_cmd.add_command(commands)
     service.add_commands(commands)
     keys_cmd.add_command(commands)
     status_cmd.add_command(commands)
+    study_cmd.add_command(commands)
     worker_cmd.add_command(commands)
     return parser
 
@@ -41,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tokentree: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader left (`tokentree tree ... | head`): what it wanted was printed. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again, as Python's docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a pipe closed
 
 
 if __name__ == "__main__":

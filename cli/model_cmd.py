@@ -13,10 +13,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli import grow_cmd
 from cli.common import Parser
 from cli.errors import UsageError
-from engine.params import TREE_PARAMETER_HELP, LogprobsParams, ParameterError, TreeParams, check_prompt
-from engine.tree import Node, path_to
+from engine.params import (
+    LOGPROBS_PARAMETERS,
+    SAMPLER_PARAMETERS,
+    TREE_PARAMETERS,
+    Bounds,
+    LogprobsParams,
+    ParameterError,
+    TreeParams,
+    check_prompt,
+)
+from engine.tree import Node, path_to, response_text
 
 if TYPE_CHECKING:
     from engine.analysis import TreeResult
@@ -60,15 +70,21 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def add_tree_parameters(parser: argparse.ArgumentParser) -> None:
-    defaults = TreeParams()
-    group = parser.add_argument_group("branching rule")
-    for name, meaning in TREE_PARAMETER_HELP.items():
+def _add_parameter_flags(group: argparse._ArgumentGroup, defaults: object, table: dict[str, Bounds]) -> None:
+    """One flag per parameter of `table` (dashes for underscores), its help the table's meaning."""
+    for name, bounds in table.items():
         default = getattr(defaults, name)
         count = isinstance(default, int)
+        metavar = "N" if count else "P" if (bounds.low, bounds.high) == (0.0, 1.0) else "X"
         group.add_argument("--" + name.replace("_", "-"), type=int if count else _probability,
-                           default=default, metavar="N" if count else "P",
-                           help=meaning)
+                           default=default, metavar=metavar, help=bounds.meaning)
+
+
+def add_tree_parameters(parser: argparse.ArgumentParser) -> None:
+    rule = {name: bounds for name, bounds in TREE_PARAMETERS.items() if name not in SAMPLER_PARAMETERS}
+    _add_parameter_flags(parser.add_argument_group("branching rule"), TreeParams(), rule)
+    _add_parameter_flags(parser.add_argument_group("sampler (the rule branches on what it leaves)"),
+                         TreeParams(), SAMPLER_PARAMETERS)
     parser.add_argument("--max-batch", type=int, default=256, metavar="N",
                         help="most nodes evaluated in one forward pass")
 
@@ -85,6 +101,7 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     tree.add_argument("--top", type=int, default=10, metavar="N", help="completed paths to print")
     add_model_options(tree)
     add_tree_parameters(tree)
+    grow_cmd.add_flags(tree)
     tree.set_defaults(handler=run_tree)
 
     logprobs = commands.add_parser("logprobs", help="greedy generation with per-token log-probabilities")
@@ -95,6 +112,8 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
                           help="tokens to generate at most")
     logprobs.add_argument("--top-k", type=int, default=defaults.top_k, metavar="K",
                           help="most probable tokens listed at each step")
+    _add_parameter_flags(logprobs.add_argument_group("sampler (the greedy choice is made on what it leaves)"),
+                         defaults, SAMPLER_PARAMETERS)
     add_model_options(logprobs)
     logprobs.set_defaults(handler=run_logprobs)
 
@@ -127,6 +146,8 @@ def run_tree(args: argparse.Namespace) -> int:
     params = TreeParams(**{name: getattr(args, name) for name in TreeParams.__dataclass_fields__})
     if args.max_batch < 1:
         raise ParameterError("max_batch", f"must be at least 1, got {args.max_batch}")
+    if args.from_tree is not None:
+        return grow_cmd.run_grow(args, _load)
     if (args.prompt is None) == (args.prompts is None):
         raise UsageError("give a prompt or --prompts FILE.jsonl (one of them)")
     if args.prompts is not None and args.output is None:
@@ -202,14 +223,18 @@ def _write_tree(args: argparse.Namespace, result: TreeResult) -> None:
         f"forward passes {stats['forward_passes']}  completed paths {stats['completed_paths']}  "
         f"time {stats['seconds']:.2f}s"
     )
-    # A path is printed as its whole text: prompt, forced prefix, then its tokens. In chat mode the prompt
-    # went through the chat template, so it is shown once and each path as the response alone.
-    prefix = result.metadata["prefix"] or ""
+    mass = result.metadata["coverage"]
+    print(f"probability mass: completed paths {mass['completed_mass']:.4f}, "
+          f"all leaves {mass['leaf_mass']:.4f} (unexplored: {max(0.0, 1.0 - mass['leaf_mass']):.4f})")
+    # A path is printed as its whole text: the prompt, then its response (`response_text`: the forced prefix,
+    # then its tokens). In chat mode the prompt went through the chat template, so it is shown once and
+    # each path as the response alone.
+    prefix = result.metadata["prefix"]
     if result.metadata["chat"]:
         print(f"chat prompt: {args.prompt}")
-        lead, what = prefix, "responses"
+        lead, what = "", "responses"
     else:
-        lead, what = args.prompt + prefix, "paths"
+        lead, what = args.prompt, "paths"
     paths = result.completed_paths[: args.top]
     if paths:
         print(f"completed {what}, most probable first ({len(result.completed_paths)} in all):")
@@ -225,7 +250,7 @@ def _write_tree(args: argparse.Namespace, result: TreeResult) -> None:
             print(f"unfinished {what} (no stop token yet), most probable first ({len(leaves)} in all):")
             best = heapq.nsmallest(args.top, leaves, key=lambda n: -n.cumulative_prob)  # stable: ties by id
             for rank, leaf in enumerate(best, 1):
-                text = "".join(n.text for n in path_to(result.nodes, leaf.id))
+                text = response_text(prefix, (n.text for n in path_to(result.nodes, leaf.id)))
                 print(f"{rank:3d}. p={leaf.cumulative_prob:.6f}  {lead}{text}")
     if args.output is not None:
         print(f"tree written to {args.output}")
@@ -237,16 +262,20 @@ def _unfinished_leaves(nodes: list[Node]) -> list[Node]:
 
 
 def run_logprobs(args: argparse.Namespace) -> int:
-    params = LogprobsParams(max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    params = LogprobsParams(**{name: getattr(args, name) for name in LOGPROBS_PARAMETERS})
     check_prompt(args.prompt)  # before the seconds of importing torch, as in `run_tree`
 
     from engine.analysis import analyze_logprobs
+    from engine.sampling import SamplerSettings
 
     lm = _load(args)
     record = analyze_logprobs(lm, args.prompt, params, chat=args.chat, prefix=args.prefix)
+    sampled = not SamplerSettings.of(params).is_identity
     for step in record["data"]:
         rivals = "  ".join(f"{o['token']!r} {o['prob']:.1f}%" for o in step["other_tokens"][1:])
-        print(f"{step['token']!r:>20} {step['prob']:6.2f}%  {step['logprob']:8.4f}   {rivals}")
+        # With a sampler, the model's own probability too: the two differ.
+        raw = f" (model {step['raw_prob']:6.2f}%)" if sampled else ""
+        print(f"{step['token']!r:>20} {step['prob']:6.2f}%{raw}  {step['logprob']:8.4f}   {rivals}")
     print(f"response: {record['response']}")
     if args.output is not None:
         with args.output.open("a", encoding="utf-8") as out:

@@ -26,8 +26,9 @@ from engine.expand import (
 from engine.loading import LoadedModel, encode_prompt
 from engine.params import LogprobsParams, TreeParams
 from engine.runner import ModelRunner, Row
-from engine.scheduler import TreeBuilder
-from engine.tree import CompletedPath, Node, completed_paths, tree_json_text
+from engine.sampling import SamplerSettings
+from engine.scheduler import RankedToken, TreeBuilder
+from engine.tree import CompletedPath, Node, completed_paths, coverage, tree_json_text
 
 
 def versions() -> dict[str, str]:
@@ -78,7 +79,8 @@ class TreeResult:
 def tree_builder(lm: LoadedModel, prompt: str, prompt_ids: list[int], params: TreeParams) -> TreeBuilder:
     """A builder for this model: its stop tokens, its decoding, and the depth its context allows."""
     depth_limit = None if lm.context_length is None else lm.context_length - len(prompt_ids)
-    return TreeBuilder(params, lm.stop_ids, root_text=prompt, decode=lm.decode, depth_limit=depth_limit)
+    return TreeBuilder(params, lm.stop_ids, root_text=prompt, decode=lm.decode, depth_limit=depth_limit,
+                       token_bytes=lm.token_bytes)
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,21 @@ def _tree_result(lm: LoadedModel, request: TreeRequest, prompt_ids: list[int], t
             "completed_paths": builder.completed,
             "seconds": round(stats.seconds, 4),
         },
+        "coverage": coverage(builder.nodes).to_json(),
     }
-    return TreeResult(builder.nodes, metadata, stats, completed_paths(builder.nodes), finished=builder.done())
+    return TreeResult(builder.nodes, metadata, stats, completed_paths(builder.nodes, request.prefix),
+                      finished=builder.done())
+
+
+def _logprobs_entry(lm: LoadedModel, token: RankedToken) -> dict[str, Any]:
+    """One token of a logprobs record: the seed's `token`, `logprob` and `prob` (a percentage), then the
+    model's own `raw_logprob` and `raw_prob`, and `bytes` where the text is not valid UTF-8."""
+    entry: dict[str, Any] = {"token": lm.decode(token.token_id), "logprob": token.logprob,
+                             "prob": math.exp(token.logprob) * 100.0, "raw_logprob": token.raw_logprob,
+                             "raw_prob": math.exp(token.raw_logprob) * 100.0}
+    if (token_bytes := lm.token_bytes(token.token_id)) is not None:
+        entry["bytes"] = list(token_bytes)
+    return entry
 
 
 def analyze_logprobs(
@@ -162,35 +177,30 @@ def analyze_logprobs(
 
     Returns one record in the seed's JSONL layout; `prob` is a percentage (0-100) as the seed wrote it.
     The stop token, when reached, is recorded too (its probability is part of the story) but left out
-    of `response`.
+    of `response`. `prob`/`logprob` are the sampler's (the greedy choice is made on them), `raw_prob`/
+    `raw_logprob` the model's own; a token not valid UTF-8 on its own carries its `bytes`.
     """
     prompt_ids = encode_prompt(lm, prompt, chat=chat, prefix=prefix)
     runner = ModelRunner(lm.model, top_k=params.top_k)
+    sampler = SamplerSettings.of(params)
     budget = params.max_new_tokens
     if lm.context_length is not None:
         budget = min(budget, lm.context_length - len(prompt_ids))
     prompt_kv = runner.prompt(prompt_ids)
-    dist = runner.distribution(prompt_kv)
+    dist = runner.distribution(prompt_kv, sampler=sampler)
     last = None  # the KV handle of the last generated token
     generated: list[int] = []
     data = []
     while True:
-        token_id, _, logprob = dist.ranked()[0]
+        ranked = dist.ranked()
+        token_id = ranked[0].token_id
         generated.append(token_id)
-        data.append(
-            {
-                "token": lm.decode(token_id),
-                "logprob": logprob,
-                "prob": math.exp(logprob) * 100.0,
-                "other_tokens": [
-                    {"token": lm.decode(t), "logprob": lp, "prob": math.exp(lp) * 100.0}
-                    for t, _, lp in dist.ranked()
-                ],
-            }
-        )
+        data.append({**_logprobs_entry(lm, ranked[0]),
+                     # tokens the sampler filtered out (logprob -inf) are no alternatives
+                     "other_tokens": [_logprobs_entry(lm, r) for r in ranked if math.isfinite(r.logprob)]})
         if token_id in lm.stop_ids or len(generated) >= budget:
             break
-        dists, nodes = runner.step([Row(prompt_kv, last, [token_id])])
+        dists, nodes = runner.step([Row(prompt_kv, last, [token_id], sampler)])
         dist, last = dists[0], nodes[0]
     text_ids = [t for t in generated if t not in lm.stop_ids]
     response = (prefix or "") + str(lm.tokenizer.decode(text_ids, skip_special_tokens=True))

@@ -3,7 +3,8 @@
 `TreeBuilder` decides (pure logic), `ModelRunner` computes (torch). An `Expander` moves one tree's node
 ids and KV handles between them; `step_trees` gives the scheduled nodes of many trees one forward pass
 together, within one batch limit. Each tree keeps its own queue, counts and threshold, and a tree's
-distributions depend only on its own prefixes, so batching never changes a tree.
+distributions depend only on its own prefixes and its own sampler settings (each row of a step carries
+its tree's), so batching never changes a tree.
 
 KV memory (engine/kv.py): a tree holds its prompt once (shared with every other tree of the same prompt)
 and the `NodeKV` handles of the nodes evaluated in its last two levels: the level being evaluated
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 from engine.kv import NodeKV, PromptKV
 from engine.params import TreeParams
 from engine.runner import ModelRunner, Row
-from engine.scheduler import MAX_CANDIDATES, Distribution, TreeBuilder
+from engine.sampling import SamplerSettings
+from engine.scheduler import Distribution, TreeBuilder
 from engine.tree import Node
 
 DEFAULT_MAX_BATCH = 256
@@ -59,7 +61,7 @@ BatchProgressCallback = Callable[[BatchProgress], None]
 
 def top_k_for(params: TreeParams) -> int:
     """Enough tokens per distribution for both the candidate list and every possible child."""
-    return max(MAX_CANDIDATES, params.most_children())
+    return max(params.max_candidates, params.most_children())
 
 
 class Expander:
@@ -73,6 +75,7 @@ class Expander:
         self.runner = runner
         self.prompt_ids = list(prompt_ids)
         self.top_k = top_k_for(builder.params)
+        self.sampler = SamplerSettings.of(builder.params)
         self.external_queue_depth = 0  # open paths of this tree held elsewhere (other workers)
         self.stats = ExpansionStats()
         self._paths: dict[int, list[int]] = {0: []} if paths is None else dict(paths)
@@ -116,9 +119,9 @@ class Expander:
         node = self.builder.nodes[node_id]
         parent = self._kv.get(node.parent_id) if node.parent_id is not None else None
         if parent is not None:
-            return Row(self.prompt, parent, [node.token_id])  # type: ignore[list-item]
+            return Row(self.prompt, parent, [node.token_id], self.sampler)  # type: ignore[list-item]
         path = self.path_of(node_id)
-        return Row(self.prompt, None, path) if path else None
+        return Row(self.prompt, None, path, self.sampler) if path else None
 
     def keep(self, node_id: int, kv: NodeKV) -> None:
         depth = self.builder.nodes[node_id].depth
@@ -172,7 +175,8 @@ def step_trees(trees: Sequence[Expander], max_batch: int = DEFAULT_MAX_BATCH) ->
         for node_id in node_ids:
             row = tree.row(node_id)
             if row is None:
-                distributions[index][node_id] = tree.runner.distribution(tree.prompt, tree.top_k)
+                root = tree.runner.distribution(tree.prompt, tree.top_k, tree.sampler)
+                distributions[index][node_id] = root
             else:
                 rows.append(row)
                 owners.append((index, node_id))

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from urllib.parse import urlparse
 import torch
 from huggingface_hub import constants as hub_constants
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from engine import DEMO_MODEL_DIR
@@ -60,6 +62,7 @@ class LoadedModel:
     # `model_fingerprint`). A job records it, and a worker whose model differs refuses the job's nodes.
     fingerprint: str
     _decoded: dict[int, str] = field(default_factory=dict, repr=False)
+    _bytes: dict[int, bytes | None] = field(default_factory=dict, repr=False)
 
     @property
     def dtype(self) -> str:
@@ -73,6 +76,15 @@ class LoadedModel:
             self._decoded[token_id] = text
         return text
 
+    def token_bytes(self, token_id: int) -> bytes | None:
+        """One token's bytes where its text (`decode`) is not valid UTF-8 on its own (it shows U+FFFD: a
+        piece of a character); None where the text says it all. Memoised."""
+        if token_id not in self._bytes:
+            self._bytes[token_id] = (
+                piece_bytes(self.tokenizer, token_id) if "\ufffd" in self.decode(token_id) else None
+            )
+        return self._bytes[token_id]
+
     def with_stop_ids(self, extra: list[int]) -> LoadedModel:
         """The same model with more stop tokens: a new object, since `load_model` shares this one with
         every later caller."""
@@ -81,6 +93,38 @@ class LoadedModel:
             if not 0 <= token_id < max(vocab, len(self.tokenizer)):
                 raise ParameterError("stop_token", f"{token_id} is not a token id of this model")
         return dataclasses.replace(self, stop_ids=self.stop_ids | frozenset(extra))
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte-fallback pieces
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's map from the printable characters its vocabulary is written in to bytes."""
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's pieces are bytes written as GPT-2's printable characters (its decoder is,
+    or contains, the ByteLevel decoder)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None:
+        return False
+    return b'"ByteLevel"' in decoder.__getstate__()
+
+
+def piece_bytes(tokenizer: PreTrainedTokenizerBase, token_id: int) -> bytes:
+    """The bytes a token stands for, from its vocabulary piece: a byte-fallback piece `<0xNN>` is byte
+    NN; a byte-level BPE piece maps back through the byte decoder; any other piece is its text (with
+    SentencePiece's word mark as a space)."""
+    piece = str(tokenizer.convert_ids_to_tokens(token_id))
+    if match := _BYTE_FALLBACK.fullmatch(piece):
+        return bytes([int(match[1], 16)])
+    decoder = _byte_decoder()
+    if _is_byte_level(tokenizer) and all(char in decoder for char in piece):
+        return bytes(decoder[char] for char in piece)
+    return piece.replace("\u2581", " ").encode("utf-8")
 
 
 def resolve_source(name: str) -> str:

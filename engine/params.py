@@ -14,6 +14,9 @@ MAX_NODES_LIMIT = 1_000_000
 MAX_DEPTH_LIMIT = 100_000
 MAX_NEW_TOKENS_LIMIT = 100_000
 MAX_TOP_K = 100
+MAX_CANDIDATES_LIMIT = 100
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K_FILTER = 1_000_000  # above any vocabulary: the filter keeps every token
 
 
 class ParameterError(ValueError):
@@ -32,24 +35,56 @@ def _check_int(name: str, value: Any, low: int, high: int) -> None:
         raise ParameterError(name, f"must be between {low} and {high}, got {value}")
 
 
-def _check_probability(name: str, value: Any) -> None:
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ParameterError(name, f"must be true or false, got {value!r}")
+
+
+def _check_number(name: str, value: Any, bounds: Bounds) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ParameterError(name, f"must be a number, got {value!r}")
-    if not 0.0 <= value <= 1.0:
-        raise ParameterError(name, f"must be between 0 and 1, got {value}")
+    if bounds.above_low and not bounds.low < value <= bounds.high:  # also false for NaN
+        raise ParameterError(name, f"must be greater than {bounds.low:g} and at most {bounds.high:g}, "
+                                   f"got {value}")
+    if not bounds.low <= value <= bounds.high:
+        raise ParameterError(name, f"must be between {bounds.low:g} and {bounds.high:g}, got {value}")
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """What one parameter means and the range it must lie in (inclusive)."""
+    """What one parameter means and the range it must lie in: inclusive, except that `above_low` excludes
+    `low` itself (a temperature must be greater than 0)."""
 
     meaning: str
     low: float
     high: float
+    above_low: bool = False
+
+
+def check_bounds(values: object, bounds: dict[str, Bounds]) -> None:
+    """Check each dataclass field of `values` against its bounds: an integer field's type and range, a
+    float field's range (floats need not be probabilities: a temperature is not)."""
+    for f in fields(values):  # type: ignore[arg-type]
+        limits, value = bounds[f.name], getattr(values, f.name)
+        if f.type == "int":
+            _check_int(f.name, value, int(limits.low), int(limits.high))
+        elif f.type == "bool":
+            _check_bool(f.name, value)
+        else:
+            _check_number(f.name, value, limits)
 
 
 # Each parameter, once: its checks, the CLI's help, the API's `GET /v1/parameters` (and through it the
 # web form) and the README's table (a test compares them) all read these.
+# The sampler's settings, which tree and logprobs jobs both take (`engine.sampling.SamplerSettings`):
+# applied to the logits in this order, as transformers' `generate` applies them, before any rule.
+SAMPLER_PARAMETERS = {
+    "temperature": Bounds("divides the logits before the filters (1: the model's own)", 0.0, MAX_TEMPERATURE,
+                          above_low=True),
+    "top_k_filter": Bounds("keep only the k most likely tokens (0: off)", 0, MAX_TOP_K_FILTER),
+    "top_p": Bounds("keep the most likely tokens whose probabilities add up to top_p (1: off)", 0.0, 1.0),
+    "min_p": Bounds("drop tokens less likely than min_p times the most likely one (0: off)", 0.0, 1.0),
+}
 TREE_PARAMETERS = {
     "min_branch_threshold": Bounds("branching threshold T with an empty queue", 0.0, 1.0),
     "max_branch_threshold": Bounds("T once the queue holds soft_queue_limit paths", 0.0, 1.0),
@@ -58,12 +93,24 @@ TREE_PARAMETERS = {
     "max_depth": Bounds("longest path, in tokens", 1, MAX_DEPTH_LIMIT),
     "max_completed_paths": Bounds("stop after this many paths reach a stop token", 1, MAX_NODES_LIMIT),
     "max_nodes": Bounds("safety cap on the tree's size", 1, MAX_NODES_LIMIT),
+    "max_candidates": Bounds("most candidates recorded per expanded node", 1, MAX_CANDIDATES_LIMIT),
+    **SAMPLER_PARAMETERS,
 }
 LOGPROBS_PARAMETERS = {
     "max_new_tokens": Bounds("tokens generated greedily after the prompt", 1, MAX_NEW_TOKENS_LIMIT),
     "top_k": Bounds("alternatives recorded for each token", 1, MAX_TOP_K),
+    **SAMPLER_PARAMETERS,
+}
+SCORE_PARAMETERS = {
+    "top_k": Bounds("alternatives recorded for each scored token", 1, MAX_TOP_K),
+    "include_prompt": Bounds("also score the prompt's own tokens after the first", 0, 1),
+    **SAMPLER_PARAMETERS,
 }
 TREE_PARAMETER_HELP = {name: bounds.meaning for name, bounds in TREE_PARAMETERS.items()}
+
+
+# A field's JSON type by its annotation; every other field is a "number" (a float).
+JSON_TYPES = {"int": "integer", "bool": "boolean"}
 
 
 class _Params:
@@ -73,19 +120,15 @@ class _Params:
     BOUNDS: ClassVar[dict[str, Bounds]]
 
     def _check_bounds(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
-            bounds, value = self.BOUNDS[f.name], getattr(self, f.name)
-            if f.type == "int":
-                _check_int(f.name, value, int(bounds.low), int(bounds.high))
-            else:
-                _check_probability(f.name, value)  # every float parameter is a probability
+        check_bounds(self, self.BOUNDS)
 
     @classmethod
     def describe(cls) -> list[dict[str, Any]]:
-        """Each parameter with its JSON type, default, range and meaning, in field order."""
-        return [{"name": f.name, "type": "integer" if f.type == "int" else "number", "default": f.default,
-                 "minimum": cls.BOUNDS[f.name].low, "maximum": cls.BOUNDS[f.name].high,
-                 "description": cls.BOUNDS[f.name].meaning}
+        """Each parameter with its JSON type, default, range and meaning, in field order. `minimum` is
+        itself allowed unless `exclusive_minimum` says otherwise."""
+        return [{"name": f.name, "type": JSON_TYPES.get(str(f.type), "number"), "default": f.default,
+                 "minimum": cls.BOUNDS[f.name].low, "exclusive_minimum": cls.BOUNDS[f.name].above_low,
+                 "maximum": cls.BOUNDS[f.name].high, "description": cls.BOUNDS[f.name].meaning}
                 for f in fields(cls)]  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +155,12 @@ class TreeParams(_Params):
     max_depth: int = 1000
     max_completed_paths: int = 5
     max_nodes: int = 100_000
+    max_candidates: int = 10
+    # The sampler (`SAMPLER_PARAMETERS`): the rule branches on the distribution it leaves.
+    temperature: float = 1.0
+    top_k_filter: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
 
     BOUNDS = TREE_PARAMETERS
 
@@ -139,6 +188,29 @@ class LogprobsParams(_Params):
 
     max_new_tokens: int = 100
     top_k: int = 5
+    # The sampler (`SAMPLER_PARAMETERS`): the greedy choice is made on the distribution it leaves.
+    temperature: float = 1.0
+    top_k_filter: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._check_bounds()
+
+
+@dataclass(frozen=True)
+class ScoreParams(_Params):
+    """Scoring a given text token by token (`engine.score`): how much to record of each token."""
+
+    BOUNDS = SCORE_PARAMETERS
+
+    top_k: int = 5
+    include_prompt: bool = False
+    # The sampler (`SAMPLER_PARAMETERS`): each token's `logprob` is under the distribution it leaves.
+    temperature: float = 1.0
+    top_k_filter: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_bounds()

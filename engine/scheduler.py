@@ -4,9 +4,12 @@ with the distributions once they come back. No torch here: tests drive it with h
 The rule (the seed's, made exact): a FIFO queue starts with the root. Before each pop the threshold is
 `branch_threshold(|Q|)`, |Q| being the queue length before the pop. A popped node at `depth >= max_depth`
 is finished; one whose token is a stop token is finished and completes a path. Any other node records
-its candidates (probability > candidate_threshold, best 10) and gets a child for every token with
-probability > T, best first, or the single most likely token when none is. The loop ends when the
-queue is empty, `max_completed_paths` paths are completed, or the tree holds `max_nodes` nodes.
+its candidates (probability > candidate_threshold, best `max_candidates`) and gets a child for every
+token with probability > T, best first, or the single most likely token when none is. The loop ends
+when the queue is empty, `max_completed_paths` paths are completed, or the tree holds `max_nodes` nodes.
+"Probability" is the sampler's (engine/sampling.py): the distribution left after temperature and the
+filters, which is the model's own with default settings; each token also records the model's own
+(`raw_prob`). An expanded node records the probability its children leave out (`unexplored_mass`).
 
 Why this can be batched without changing the tree: FIFO order from one root visits the tree level by
 level, and a node's distribution depends only on its prefix, never on the threshold. So `schedule`
@@ -20,27 +23,47 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import NamedTuple
 
 from engine.params import TreeParams, branch_threshold
-from engine.tree import Candidate, Node
+from engine.tree import Candidate, Node, unexplored_mass
 
-MAX_CANDIDATES = 10
+TokenBytes = Callable[[int], bytes | None]
+
+
+def no_bytes(token_id: int) -> None:
+    """For callers without a tokenizer (hand-made distributions): no token's bytes are known."""
+    return None
+
+
+class RankedToken(NamedTuple):
+    token_id: int
+    prob: float  # after the sampler
+    logprob: float
+    raw_prob: float  # the model's own
+    raw_logprob: float
 
 
 @dataclass(frozen=True)
 class Distribution:
-    """A node's next-token distribution, cut to its most likely tokens, best first."""
+    """A node's next-token distribution after the sampler, cut to its most likely tokens, with the
+    model's own probabilities of the same tokens (`raw_*`: the processed ones when left out, as with
+    default settings, where they are equal). `entropy` is the processed distribution's: the one the
+    rule branches on."""
 
     token_ids: list[int]
     probs: list[float]
     logprobs: list[float]
     entropy: float
+    raw_probs: list[float] | None = None
+    raw_logprobs: list[float] | None = None
 
-    def ranked(self) -> list[tuple[int, float, float]]:
-        """(token, prob, logprob) best first; equal probabilities in token-id order, so ties are stable."""
-        return sorted(
-            zip(self.token_ids, self.probs, self.logprobs, strict=True), key=lambda t: (-t[1], t[0])
-        )
+    def ranked(self) -> list[RankedToken]:
+        """Best first; equal probabilities in token-id order, so ties are stable."""
+        raw_probs = self.probs if self.raw_probs is None else self.raw_probs
+        raw_logprobs = self.logprobs if self.raw_logprobs is None else self.raw_logprobs
+        tokens = zip(self.token_ids, self.probs, self.logprobs, raw_probs, raw_logprobs, strict=True)
+        return sorted((RankedToken(*t) for t in tokens), key=lambda t: (-t.prob, t.token_id))
 
 
 class TreeBuilder:
@@ -53,7 +76,10 @@ class TreeBuilder:
         root_text: str,
         decode: Callable[[int], str],
         depth_limit: int | None = None,
+        token_bytes: TokenBytes = no_bytes,
     ) -> None:
+        """`decode` gives a token's text; `token_bytes` its bytes where that text is not valid UTF-8
+        on its own (`LoadedModel.token_bytes`)."""
         root = Node(
             id=0,
             parent_id=None,
@@ -64,7 +90,7 @@ class TreeBuilder:
             logprob=0.0,
             cumulative_prob=1.0,
         )
-        self._start(params, stop_ids, decode, depth_limit, [root], completed=0, node_count=1)
+        self._start(params, stop_ids, decode, token_bytes, depth_limit, [root], completed=0, node_count=1)
 
     @classmethod
     def from_frontier(
@@ -76,6 +102,7 @@ class TreeBuilder:
         completed: int,
         node_count: int,
         depth_limit: int | None = None,
+        token_bytes: TokenBytes = no_bytes,
     ) -> TreeBuilder:
         """Continue a tree from open nodes held elsewhere (a worker's leased share of a job's frontier).
 
@@ -83,7 +110,7 @@ class TreeBuilder:
         `completed` and `node_count` are the whole tree's counts so far.
         """
         builder = cls.__new__(cls)
-        builder._start(params, stop_ids, decode, depth_limit, frontier, completed, node_count)
+        builder._start(params, stop_ids, decode, token_bytes, depth_limit, frontier, completed, node_count)
         return builder
 
     def _start(
@@ -91,6 +118,7 @@ class TreeBuilder:
         params: TreeParams,
         stop_ids: Collection[int],
         decode: Callable[[int], str],
+        token_bytes: TokenBytes,
         depth_limit: int | None,
         frontier: list[Node],
         completed: int,
@@ -101,6 +129,7 @@ class TreeBuilder:
         self.params = params
         self.stop_ids = frozenset(stop_ids)
         self.decode = decode
+        self.token_bytes = token_bytes
         # The model's context may end before max_depth does; past it there is nothing to evaluate.
         self.depth_limit = params.max_depth if depth_limit is None else min(params.max_depth, depth_limit)
         self.nodes: list[Node] = list(frontier)
@@ -220,24 +249,30 @@ class TreeBuilder:
         node.queue_depth = queue_depth
         node.entropy = dist.entropy
         node.candidates = [
-            Candidate(token_id=t, text=self.decode(t), prob=p)
-            for t, p, _ in ranked[:MAX_CANDIDATES]
-            if p > self.params.candidate_threshold
+            Candidate(token_id=r.token_id, text=self.decode(r.token_id), prob=r.prob, logprob=r.logprob,
+                      raw_prob=r.raw_prob, raw_logprob=r.raw_logprob,
+                      token_bytes=self.token_bytes(r.token_id))
+            for r in ranked[: self.params.max_candidates]
+            if r.prob > self.params.candidate_threshold
         ]
-        chosen = [r for r in ranked if r[1] > threshold] or ranked[:1]
+        chosen = [r for r in ranked if r.prob > threshold] or ranked[:1]
         chosen = chosen[: self.params.max_nodes - self.node_count]
+        node.unexplored_mass = unexplored_mass([r.prob for r in chosen])
         self.expanded += 1
         created = []
-        for token_id, prob, logprob in chosen:
+        for r in chosen:
             child = Node(
                 id=len(self.nodes),
                 parent_id=node.id,
-                token_id=token_id,
-                text=self.decode(token_id),
+                token_id=r.token_id,
+                text=self.decode(r.token_id),
                 depth=node.depth + 1,
-                prob=prob,
-                logprob=logprob,
-                cumulative_prob=node.cumulative_prob * prob,
+                prob=r.prob,
+                logprob=r.logprob,
+                cumulative_prob=node.cumulative_prob * r.prob,
+                raw_prob=r.raw_prob,
+                raw_logprob=r.raw_logprob,
+                token_bytes=self.token_bytes(r.token_id),
             )
             self.nodes.append(child)
             self.node_count += 1

@@ -62,14 +62,27 @@ def create_job(
     prefix: str | None = None,
     owner: str | None = None,
     idempotency_key: str | None = None,
+    text: str | None = None,
 ) -> Job:
     """Insert a queued job and commit it (its task may only be sent after this returns). An
-    `idempotency_key` (scoped: `idempotency_scope`) another job has raises IntegrityError."""
-    job = Job(kind=kind, prompt=prompt, model=model, parameters=parameters, chat=chat, prefix=prefix,
-              owner=owner, idempotency_key=idempotency_key, status="queued", node_count=0, completed_paths=0)
+    `idempotency_key` (scoped: `idempotency_scope`) another job has raises IntegrityError. `text` is what
+    a score job scores."""
+    job = new_job(kind=kind, prompt=prompt, model=model, parameters=parameters, chat=chat, prefix=prefix,
+                  owner=owner, idempotency_key=idempotency_key, text=text)
     session.add(job)
     session.commit()
     return job
+
+
+def new_job(
+    *, kind: str, prompt: str, model: str, parameters: dict[str, Any], chat: bool = False,
+    prefix: str | None = None, owner: str | None = None, idempotency_key: str | None = None,
+    study_id: uuid.UUID | None = None, text: str | None = None,
+) -> Job:
+    """A queued job not yet added to any session (a study adds many in one transaction)."""
+    return Job(id=uuid.uuid4(), kind=kind, prompt=prompt, model=model, parameters=parameters, chat=chat,
+               prefix=prefix, text=text, owner=owner, idempotency_key=idempotency_key, study_id=study_id,
+               status="queued", node_count=0, completed_paths=0)
 
 
 def idempotency_scope(owner: str | None, key: str) -> str:
@@ -129,9 +142,11 @@ def count_by_status(session: Session) -> dict[str, int]:
 
 
 def count_open(session: Session, owner: str) -> int:
-    """How many of `owner`'s jobs are queued or running."""
+    """How many of `owner`'s jobs submitted on their own are queued or running (a study's jobs count
+    towards its own quota: `models.studies.count_open`)."""
     return session.scalar(
-        select(func.count()).select_from(Job).where(Job.owner == owner, Job.status.in_(OPEN_STATUSES))
+        select(func.count()).select_from(Job)
+        .where(Job.owner == owner, Job.status.in_(OPEN_STATUSES), Job.study_id.is_(None))
     ) or 0
 
 

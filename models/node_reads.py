@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, select
+from sqlalchemy import Select, and_, case, func, select, true
 from sqlalchemy.orm import Session
 
-from engine.tree import CompletedPath, FinishReason, tree_json_text
+from engine.tree import CompletedPath, FinishReason, coverage, response_text, tree_json_text
 from engine.tree import Node as TreeNode
 from models.jobs import JobId, as_job_id
 from models.schema import Job, NodeRow
@@ -27,7 +27,8 @@ from models.schema import Job, NodeRow
 TREE_COLUMNS = (
     NodeRow.id, NodeRow.parent_id, NodeRow.token_id, NodeRow.text, NodeRow.depth, NodeRow.prob,
     NodeRow.logprob, NodeRow.cumulative_prob, NodeRow.is_finished, NodeRow.finish_reason, NodeRow.candidates,
-    NodeRow.threshold, NodeRow.queue_depth, NodeRow.entropy,
+    NodeRow.threshold, NodeRow.queue_depth, NodeRow.entropy, NodeRow.raw_prob, NodeRow.raw_logprob,
+    NodeRow.token_bytes, NodeRow.unexplored_mass,
 )
 
 
@@ -103,7 +104,8 @@ def load_tree_nodes(
     index: dict[int, int] = {}
     for row in session.execute(query):
         (node_id, parent_id, token_id, text, depth, prob, logprob, cumulative_prob, is_finished,
-         finish_reason, candidates, threshold, queue_depth, entropy) = row
+         finish_reason, candidates, threshold, queue_depth, entropy, raw_prob, raw_logprob, token_bytes,
+         unexplored) = row
         parent = None
         if node_id != root_id:
             parent = index.get(parent_id) if parent_id is not None else None
@@ -114,7 +116,9 @@ def load_tree_nodes(
             id=node_id, parent_id=parent_id, token_id=token_id, text=text, depth=depth, prob=prob,
             logprob=logprob, cumulative_prob=cumulative_prob, is_finished=is_finished,
             finish_reason=typing.cast("FinishReason | None", finish_reason), threshold=threshold,
-            queue_depth=queue_depth, entropy=entropy, candidates_json=candidates or "[]",
+            queue_depth=queue_depth, entropy=entropy, candidates_json=candidates or "[]", raw_prob=raw_prob,
+            raw_logprob=raw_logprob, token_bytes=None if token_bytes is None else bytes(token_bytes),
+            unexplored_mass=unexplored,
         )
         if parent is not None:
             nodes[parent].children.append(len(nodes))
@@ -128,6 +132,8 @@ def tree_metadata(job: Job) -> dict[str, Any]:
     metadata: dict[str, Any] = {"prompt": job.prompt, "parameters": job.parameters, "chat": job.chat,
                                 "prefix": job.prefix, "model": job.model}
     metadata.update((key, value) for key, value in (job.result or {}).items() if key != "record")
+    if job.growths:  # its growths in place (models/growths.py), as `tokentree tree --from` records them
+        metadata["growths"] = job.growths
     metadata["job"] = {"id": str(job.id), "status": job.status}
     return metadata
 
@@ -140,14 +146,21 @@ def tree_json(
     nodes = load_tree_nodes(session, job.id, root_id, max_depth)
     if not nodes:
         return None
-    return tree_json_text(nodes, tree_metadata(job), root_id=0, max_depth=max_depth)
+    metadata = tree_metadata(job)
+    if "coverage" not in metadata and root_id is None and max_depth is None:
+        # A tree not finished (running, or cancelled): its mass so far, from the nodes read anyway. A
+        # finished one's was counted once, by the worker that finished it.
+        metadata["coverage"] = coverage(nodes).to_json()
+    return tree_json_text(nodes, metadata, root_id=0, max_depth=max_depth)
 
 
 # -- paths ------------------------------------------------------------------------------------------
 
 
-def completed_paths(session: Session, job_id: JobId, limit: int) -> list[CompletedPath]:
-    """The `limit` most probable paths that reached a stop token (ties: the earlier node first)."""
+def completed_paths(session: Session, job_id: JobId, limit: int,
+                    prefix: str | None = None) -> list[CompletedPath]:
+    """The `limit` most probable paths that reached a stop token (ties: the earlier node first); their
+    text begins with the job's forced `prefix` (`engine.tree.response_text`)."""
     key = as_job_id(job_id)
     leaves = session.execute(
         select(NodeRow.id, NodeRow.cumulative_prob)
@@ -157,31 +170,44 @@ def completed_paths(session: Session, job_id: JobId, limit: int) -> list[Complet
     ).all()
     if not leaves:
         return []
-    # Every leaf's ancestors, in one recursive query: depth x paths rows, never the whole tree.
+    steps = path_steps(session, [leaf_id for leaf_id, _ in leaves], key)
+    return [
+        CompletedPath(node_id=leaf_id, cumulative_prob=cumulative_prob,
+                      text=response_text(prefix, (text for _, text in steps[leaf_id])),
+                      token_ids=[token for token, _ in steps[leaf_id] if token is not None])
+        for leaf_id, cumulative_prob in leaves
+    ]
+
+
+def path_steps(
+    session: Session, node_ids: Iterable[int], job_id: JobId | None = None
+) -> dict[int, list[tuple[int | None, str]]]:
+    """Each node's path from the root, as (token id, text) steps below the root (the prompt) down to the
+    node itself, in one recursive query: depth x nodes rows, never the whole tree. `job_id` keeps the
+    walk on that job's rows (one tree); without it the nodes may be of many jobs (a study's)."""
+    wanted = list(node_ids)
+    if not wanted:
+        return {}
+    same_job = true() if job_id is None else NodeRow.job_id == as_job_id(job_id)
     chain = (
         select(NodeRow.id.label("leaf"), NodeRow.id, NodeRow.parent_id, NodeRow.token_id, NodeRow.text,
                NodeRow.depth)
-        .where(NodeRow.job_id == key, NodeRow.id.in_([leaf_id for leaf_id, _ in leaves]))
+        .where(same_job, NodeRow.id.in_(wanted))
         .cte(recursive=True)
     )
     chain = chain.union_all(
         select(chain.c.leaf, NodeRow.id, NodeRow.parent_id, NodeRow.token_id, NodeRow.text, NodeRow.depth)
-        .join(chain, and_(NodeRow.job_id == key, NodeRow.id == chain.c.parent_id))
+        .join(chain, and_(same_job, NodeRow.id == chain.c.parent_id))
     )
-    steps: dict[int, list[tuple[int | None, str]]] = {leaf_id: [] for leaf_id, _ in leaves}
+    steps: dict[int, list[tuple[int | None, str]]] = {node_id: [] for node_id in wanted}
     rows = session.execute(
         select(chain.c.leaf, chain.c.token_id, chain.c.text)
         .where(chain.c.parent_id.is_not(None))  # the root is the prompt, not part of the path
         .order_by(chain.c.leaf, chain.c.depth)
     )
-    for leaf_id, token_id, text in rows:
-        steps[leaf_id].append((token_id, text))
-    return [
-        CompletedPath(node_id=leaf_id, cumulative_prob=cumulative_prob,
-                      text="".join(text for _, text in steps[leaf_id]),
-                      token_ids=[token for token, _ in steps[leaf_id] if token is not None])
-        for leaf_id, cumulative_prob in leaves
-    ]
+    for node_id, token_id, text in rows:
+        steps[node_id].append((token_id, text))
+    return steps
 
 
 # -- progress ---------------------------------------------------------------------------------------

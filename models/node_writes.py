@@ -19,6 +19,7 @@ trips); SQLite, the embedded mode's single writer, gets SQLAlchemy's batched sta
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from sqlalchemy import CursorResult, Table, bindparam, case, func, insert, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from engine.tree import Coverage, unexplored_mass
 from models.jobs import JOBS, OPEN_STATUSES, JobId, add_counts, as_job_id
 from models.schema import Job, NodeRow, db_now
 
@@ -43,14 +45,18 @@ class NewChild:
 
     token_id: int
     text: str
-    prob: float
+    prob: float  # the sampler's
     logprob: float
     cumulative_prob: float
+    raw_prob: float | None = None  # the model's own (None: the same as prob)
+    raw_logprob: float | None = None
+    token_bytes: bytes | None = None  # where `text` is not valid UTF-8 on its own
 
 
 @dataclass(frozen=True)
 class Expansion:
-    """A popped node that was expanded: what the model saw next, the rule's inputs, and its children."""
+    """A popped node that was expanded: what the model saw next, the rule's inputs, and its children.
+    `unexplored_mass` is for these children (a write that keeps fewer, under max_nodes, recomputes it)."""
 
     node_id: int
     depth: int
@@ -59,6 +65,7 @@ class Expansion:
     queue_depth: int
     entropy: float | None
     children: list[NewChild]
+    unexplored_mass: float | None = None
 
 
 @dataclass(frozen=True)
@@ -298,30 +305,28 @@ def _write_together(session: Session, steps: Sequence[StepToWrite]) -> list[Step
     if expansions and not _changed_exactly(session.execute(
         text(
             "UPDATE nodes AS n SET candidates = u.candidates, threshold = u.threshold, "
-            "queue_depth = u.queue_depth, entropy = u.entropy, expanded_by = u.worker "
+            "queue_depth = u.queue_depth, entropy = u.entropy, unexplored_mass = u.unexplored_mass, "
+            "expanded_by = u.worker "
             "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(id bigint, candidates text, "
-            "threshold float8, queue_depth int, entropy float8, worker text) "
+            "threshold float8, queue_depth int, entropy float8, unexplored_mass float8, worker text) "
             f"WHERE {_BY_ID_STILL_OPEN}, n.id"
         ),
         {"rows": _json([{"id": e.node_id, "candidates": e.candidates_json, "threshold": e.threshold,
-                         "queue_depth": e.queue_depth, "entropy": e.entropy, "worker": worker}
+                         "queue_depth": e.queue_depth, "entropy": e.entropy,
+                         "unexplored_mass": e.unexplored_mass, "worker": worker}
                         for _, e, worker in expansions]),
          "ids": [e.node_id for _, e, _ in expansions]},
     ), {e.node_id: key for key, e, _ in expansions}):
         return None
 
-    rows = [{"job_id": str(key), **{name: r[name] for name in _CHILD_COLUMNS}}
-            for key, _, plan in running for r in plan.children]
+    rows = [{"job_id": str(key), **_json_child(r)} for key, _, plan in running for r in plan.children]
     inserted: dict[tuple[uuid.UUID, int | None, int | None], int] = {}
     if rows:
         returned = session.execute(
             text(
-                "INSERT INTO nodes (job_id, parent_id, token_id, text, depth, prob, logprob, "
-                "cumulative_prob, is_finished, created_at) "
-                "SELECT u.job_id, u.parent_id, u.token_id, u.text, u.depth, u.prob, u.logprob, "
-                "u.cumulative_prob, false, clock_timestamp() "
-                "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(job_id uuid, parent_id bigint, "
-                "token_id int, text text, depth int, prob float8, logprob float8, cumulative_prob float8) "
+                f"INSERT INTO nodes (job_id, {_CHILD_INSERTED}, is_finished, created_at) "
+                f"SELECT u.job_id, {_CHILD_SELECTED}, false, clock_timestamp() "
+                f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(job_id uuid, {_CHILD_RECORD}) "
                 "ON CONFLICT (job_id, parent_id, token_id) DO NOTHING "
                 "RETURNING id, job_id, parent_id, token_id"
             ),
@@ -414,6 +419,7 @@ class _StepPlan:
                     dict(parent_id=pop.node_id, token_id=c.token_id, text=storable_text(c.text),
                          depth=pop.depth + 1,
                          prob=c.prob, logprob=c.logprob, cumulative_prob=c.cumulative_prob,
+                         raw_prob=c.raw_prob, raw_logprob=c.raw_logprob, token_bytes=c.token_bytes,
                          finish_reason=finished_now.get((pop.node_id, c.token_id)))
                     for c in pop.children[:granted]
                 )
@@ -435,9 +441,11 @@ def _plan_step(pops: Sequence[Pop], limits: Limits, node_count: int, completed: 
                still_open: set[int] | None) -> _StepPlan:
     outcomes: list[str] = []
     grants: list[int] = []
+    planned: list[Pop] = []  # the pops, an expansion cut short by max_nodes with its mass for what is kept
     start_nodes, start_completed = node_count, completed
     granted_children: set[tuple[int, int]] = set()  # (parent id, token) written in this step
     for pop in pops:
+        planned.append(pop)
         # The rule checks its limits before every pop; once one is reached the tree is done.
         if node_count >= limits.max_nodes or completed >= limits.max_completed_paths:
             outcomes.append("skipped")
@@ -454,13 +462,17 @@ def _plan_step(pops: Sequence[Pop], limits: Limits, node_count: int, completed: 
             outcomes.append("applied")
             granted = min(len(pop.children), limits.max_nodes - node_count)
             grants.append(granted)
+            if granted < len(pop.children):
+                kept = pop.children[:granted]
+                planned[-1] = dataclasses.replace(pop, children=kept,
+                                                  unexplored_mass=unexplored_mass([c.prob for c in kept]))
             node_count += granted
             granted_children.update((pop.node_id, c.token_id) for c in pop.children[:granted])
         else:
             outcomes.append("applied")
             grants.append(0)
             completed += pop.reason == "stop"
-    return _StepPlan(pops, outcomes, grants, node_count, completed, node_count - start_nodes,
+    return _StepPlan(planned, outcomes, grants, node_count, completed, node_count - start_nodes,
                      completed - start_completed)
 
 
@@ -524,13 +536,15 @@ def _record_expansions(
         result = session.execute(
             text(
                 "UPDATE nodes AS n SET candidates = u.candidates, threshold = u.threshold, "
-                "queue_depth = u.queue_depth, entropy = u.entropy, expanded_by = :worker "
-                "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
-                "AS u(id bigint, candidates text, threshold float8, queue_depth int, entropy float8) "
+                "queue_depth = u.queue_depth, entropy = u.entropy, unexplored_mass = u.unexplored_mass, "
+                "expanded_by = :worker "
+                "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(id bigint, candidates text, "
+                "threshold float8, queue_depth int, entropy float8, unexplored_mass float8) "
                 f"WHERE {_BY_ID_STILL_OPEN}"
             ),
             {"rows": _json([{"id": e.node_id, "candidates": e.candidates_json, "threshold": e.threshold,
-                                  "queue_depth": e.queue_depth, "entropy": e.entropy} for e in expansions]),
+                             "queue_depth": e.queue_depth, "entropy": e.entropy,
+                             "unexplored_mass": e.unexplored_mass} for e in expansions]),
              "ids": [e.node_id for e in expansions], "worker": worker},
         )
         return _changed_rows(result, job_id)
@@ -539,9 +553,11 @@ def _record_expansions(
         update(nodes)
         .where(nodes.c.id == bindparam("b_id"), nodes.c.threshold.is_(None), nodes.c.is_finished.is_(False))
         .values(candidates=bindparam("b_candidates"), threshold=bindparam("b_threshold"),
-                queue_depth=bindparam("b_queue_depth"), entropy=bindparam("b_entropy"), expanded_by=worker),
+                queue_depth=bindparam("b_queue_depth"), entropy=bindparam("b_entropy"),
+                unexplored_mass=bindparam("b_unexplored_mass"), expanded_by=worker),
         [{"b_id": e.node_id, "b_candidates": e.candidates_json, "b_threshold": e.threshold,
-          "b_queue_depth": e.queue_depth, "b_entropy": e.entropy} for e in expansions],
+          "b_queue_depth": e.queue_depth, "b_entropy": e.entropy, "b_unexplored_mass": e.unexplored_mass}
+         for e in expansions],
     )
     return _rowcount(result)
 
@@ -570,7 +586,22 @@ def _record_finishes(session: Session, job_id: uuid.UUID, finishes: Sequence[Fin
     return _rowcount(result)
 
 
-_CHILD_COLUMNS = ("parent_id", "token_id", "text", "depth", "prob", "logprob", "cumulative_prob")
+_CHILD_COLUMNS = ("parent_id", "token_id", "text", "depth", "prob", "logprob", "cumulative_prob", "raw_prob",
+                  "raw_logprob", "token_bytes")
+# A child row in Postgres' JSON documents: its columns, typed; bytes travel as hex (JSON has no bytes).
+_CHILD_RECORD = ("parent_id bigint, token_id int, text text, depth int, prob float8, logprob float8, "
+                 "cumulative_prob float8, raw_prob float8, raw_logprob float8, token_bytes text")
+_CHILD_INSERTED = ", ".join(_CHILD_COLUMNS)
+_CHILD_SELECTED = ", ".join(f"u.{name}" for name in _CHILD_COLUMNS if name != "token_bytes") + \
+    ", decode(u.token_bytes, 'hex')"
+
+
+def _json_child(row: dict[str, Any]) -> dict[str, Any]:
+    """A child row for a Postgres JSON document."""
+    child = {name: row[name] for name in _CHILD_COLUMNS}
+    if child["token_bytes"] is not None:
+        child["token_bytes"] = child["token_bytes"].hex()
+    return child
 
 
 def _insert_children(session: Session, job_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[int]:
@@ -581,16 +612,13 @@ def _insert_children(session: Session, job_id: uuid.UUID, rows: list[dict[str, A
     if _is_postgres(session):
         returned = session.execute(
             text(
-                "INSERT INTO nodes (job_id, parent_id, token_id, text, depth, prob, logprob, "
-                "cumulative_prob, is_finished, created_at) "
-                "SELECT :job_id, u.parent_id, u.token_id, u.text, u.depth, u.prob, u.logprob, "
-                "u.cumulative_prob, false, clock_timestamp() "
-                "FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u(parent_id bigint, token_id int, "
-                "text text, depth int, prob float8, logprob float8, cumulative_prob float8) "
+                f"INSERT INTO nodes (job_id, {_CHILD_INSERTED}, is_finished, created_at) "
+                f"SELECT :job_id, {_CHILD_SELECTED}, false, clock_timestamp() "
+                f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({_CHILD_RECORD}) "
                 "ON CONFLICT (job_id, parent_id, token_id) DO NOTHING "
                 "RETURNING id, parent_id, token_id"
             ),
-            {"job_id": job_id, "rows": _json([{name: r[name] for name in _CHILD_COLUMNS} for r in rows])},
+            {"job_id": job_id, "rows": _json([_json_child(r) for r in rows])},
         ).all()
         by_key = {(parent, token): node_id for node_id, parent, token in returned}
     else:
@@ -689,9 +717,30 @@ def _open_node(row: Any) -> OpenNode:
 
 def node_totals(session: Session, job_id: JobId) -> tuple[int, int, int]:
     """Counted from the rows: (nodes, expanded nodes, completed paths)."""
+    totals = tree_totals(session, job_id)
+    return totals.nodes, totals.expanded, totals.completed_paths
+
+
+@dataclass(frozen=True)
+class TreeTotals:
+    """A tree's counts and the probability mass it covers (`engine.tree.Coverage`), from its rows."""
+
+    nodes: int
+    expanded: int
+    completed_paths: int
+    coverage: Coverage
+
+
+def tree_totals(session: Session, job_id: JobId) -> TreeTotals:
+    """In one pass over the job's rows (the one that counts them): a leaf is a node not expanded (an
+    expansion always writes at least one child), its mass its cumulative probability."""
+    expanded, stop = NodeRow.threshold.is_not(None), NodeRow.finish_reason == "stop"
     row = session.execute(
-        select(func.count(), func.coalesce(func.sum(case((NodeRow.threshold.is_not(None), 1), else_=0)), 0),
-               func.coalesce(func.sum(case((NodeRow.finish_reason == "stop", 1), else_=0)), 0))
+        select(func.count(), func.coalesce(func.sum(case((expanded, 1), else_=0)), 0),
+               func.coalesce(func.sum(case((stop, 1), else_=0)), 0),
+               func.coalesce(func.sum(case((stop, NodeRow.cumulative_prob), else_=0.0)), 0.0),
+               func.coalesce(func.sum(case((expanded, 0.0), else_=NodeRow.cumulative_prob)), 0.0))
         .where(NodeRow.job_id == as_job_id(job_id))
     ).one()
-    return int(row[0]), int(row[1]), int(row[2])
+    return TreeTotals(int(row[0]), int(row[1]), int(row[2]),
+                      Coverage(completed_mass=float(row[3]), leaf_mass=float(row[4])))

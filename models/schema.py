@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     Uuid,
@@ -30,7 +31,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import ColumnElement
 
-JOB_KINDS = ("tree", "logprobs")
+JOB_KINDS = ("tree", "logprobs", "score")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -65,6 +66,7 @@ class Job(Base):
         Index("ix_jobs_model_status", "model", "status"),  # /healthz: does a model have open jobs?
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("uq_jobs_idempotency_key", "idempotency_key", unique=True),
+        Index("ix_jobs_study", "study_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -74,6 +76,8 @@ class Job(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     chat: Mapped[bool] = mapped_column(Boolean, default=False)
     prefix: Mapped[str | None] = mapped_column(Text)
+    # The text a score job scores as the prompt's continuation; None for the other kinds.
+    text: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     error: Mapped[str | None] = mapped_column(Text)
     owner: Mapped[str | None] = mapped_column(String(64))  # the API key's id that submitted it
@@ -89,8 +93,14 @@ class Job(Base):
     # Counts kept with the job so listing jobs never scans nodes.
     node_count: Mapped[int] = mapped_column(Integer, default=0)
     completed_paths: Mapped[int] = mapped_column(Integer, default=0)
-    # Job-kind specific output: the logprobs record, or a tree's expansion statistics.
+    # Job-kind specific output: the logprobs or score record, or a tree's expansion statistics.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
+    # A tree job's growths in place, oldest first (`models.growths`, `engine.growth.GrowthRecord`); None:
+    # never grown. The last one is the job's current run when it has run since.
+    growths: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDoc)
+    # The study it is one combination of (`Study`); None for a job submitted on its own.
+    study_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("studies.id", ondelete="CASCADE", name="fk_jobs_study_id"))
 
 
 class NodeRow(Base):
@@ -115,6 +125,11 @@ class NodeRow(Base):
     prob: Mapped[float] = mapped_column(Double)
     logprob: Mapped[float] = mapped_column(Double)
     cumulative_prob: Mapped[float] = mapped_column(Double)
+    # The model's own probability of the token, before the sampler (`prob` is the sampler's); NULL in
+    # rows written before migration 0007: the same as `prob`.
+    raw_prob: Mapped[float | None] = mapped_column(Double)
+    raw_logprob: Mapped[float | None] = mapped_column(Double)
+    token_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)  # where `text` is not valid UTF-8 alone
     is_finished: Mapped[bool] = mapped_column(Boolean, default=False)
     finish_reason: Mapped[str | None] = mapped_column(String(16))  # stop | max_depth
     # Set when the node is expanded: the candidates seen and the rule's inputs. The candidates are kept as
@@ -123,7 +138,27 @@ class NodeRow(Base):
     threshold: Mapped[float | None] = mapped_column(Double)
     queue_depth: Mapped[int | None] = mapped_column(Integer)
     entropy: Mapped[float | None] = mapped_column(Double)
+    unexplored_mass: Mapped[float | None] = mapped_column(Double)  # 1 - the children's probabilities
     expanded_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=db_now())
+
+
+class Study(Base):
+    """Many jobs asked as one question: every combination of its prompts, models and parameter sets
+    (`jobs.study_id`). `request` is the request it was made from, as the API accepted it."""
+
+    __tablename__ = "studies"
+    __table_args__ = (
+        Index("ix_studies_created", "created_at"),
+        Index("ix_studies_owner_created", "owner", "created_at"),
+        Index("uq_studies_idempotency_key", "idempotency_key", unique=True),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str | None] = mapped_column(String(64))  # the API key's id, as `jobs.owner`
+    request: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    idempotency_key: Mapped[str | None] = mapped_column(String(400))  # scoped, as `jobs.idempotency_key`
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=db_now())
 
 

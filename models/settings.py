@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
     max_page_size: int = Field(default=200, ge=1)
     max_paths: int = Field(default=1_000, ge=1)
+    # GET /v1/compare reads both trees whole: each may hold at most this many nodes.
+    compare_max_nodes: int = Field(default=100_000, ge=1)
     # Server-sent events: how often a job is looked at, and how long one stream may last (clients
     # reconnect) so a forgotten tab does not hold a connection forever.
     events_interval_s: float = Field(default=0.5, gt=0)
@@ -171,6 +173,16 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=0)
     rate_limit_burst: int = Field(default=120, ge=1)
     max_active_jobs_per_key: int = Field(default=20, ge=0)
+    # Studies: jobs one study may make (every combination of its prompts, models and parameter sets);
+    # studies with open jobs one key may have at once (0: no quota; a study's jobs do not count towards
+    # `max_active_jobs_per_key`); and the nodes a Parquet export may hold (it is written whole before it
+    # is sent; CSV streams, whatever the size).
+    study_max_jobs: int = Field(default=500, ge=1)
+    max_active_studies_per_key: int = Field(default=2, ge=0)
+    study_parquet_max_rows: int = Field(default=5_000_000, ge=1)
+    # Growths in place one tree job may have (`POST /v1/jobs/{id}/expand`): each adds up to its own
+    # max_nodes, so this bounds what one job can become.
+    max_growths_per_job: int = Field(default=100, ge=0)
     # Reverse proxies whose X-Forwarded-For / -Proto headers are believed (comma-separated addresses, as
     # uvicorn's --forwarded-allow-ips); empty: none, so no client can pick the address it is limited by.
     trusted_proxies: str = ""

@@ -86,6 +86,40 @@ def test_flags_reach_the_engine(tmp_path: Path) -> None:
     assert done.stderr == ""  # --quiet: no progress bar
 
 
+def test_sampler_flags_reach_the_engine_and_the_summary_prints_the_coverage(tmp_path: Path) -> None:
+    out = tmp_path / "tree.json"
+    done = tokentree("tree", "The secret to happiness is", "-q", "-o", str(out), "--temperature", "0.7",
+                     "--top-p", "0.9", "--min-p", "0.01", "--top-k-filter", "50", "--max-candidates", "3",
+                     "--candidate-threshold", "0")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    parameters = document["metadata"]["parameters"]
+    assert (parameters["temperature"], parameters["top_p"], parameters["min_p"], parameters["top_k_filter"],
+            parameters["max_candidates"]) == (0.7, 0.9, 0.01, 50, 3)
+    stack, nodes = [document["tree"]], []
+    while stack:
+        nodes.append(stack.pop())
+        stack.extend(nodes[-1]["children"])
+    assert all(len(n["candidates"]) <= 3 for n in nodes)
+    assert any(len(n["candidates"]) == 3 for n in nodes)
+    assert any(abs(n["prob"] - n["raw_prob"]) > 0.01 for n in nodes)  # the sampler's against the model's
+    coverage = document["metadata"]["coverage"]
+    assert (f"probability mass: completed paths {coverage['completed_mass']:.4f}, "
+            f"all leaves {coverage['leaf_mass']:.4f}") in done.stdout
+    # logprobs takes the sampler's flags and prints the model's own probability beside the sampler's.
+    done = tokentree("logprobs", "Once upon a time", "-q", "--max-new-tokens", "5", "--temperature", "0.5",
+                     "--top-k-filter", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("(model ") == 5
+
+
+@pytest.mark.parametrize("args", [["--temperature", "-1"], ["--top-p", "x"], ["--min-p", "2"]])
+def test_bad_logprobs_sampler_flags_are_one_line_and_exit_2(args: list[str]) -> None:
+    done = tokentree("logprobs", "Once upon a time", "-q", *args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("tokentree: error:")
+
+
 def test_progress_bar_goes_to_stderr() -> None:
     done = tokentree("tree", "Once upon a time")
     assert done.returncode == 0
@@ -105,6 +139,14 @@ def test_progress_bar_goes_to_stderr() -> None:
         (["--model", "./missing-folder"], "missing-folder"),
         (["--max-depth", "many"], "max-depth"),
         (["--quantize", "4bit", "--device", "cpu"], "CUDA"),
+        (["--temperature", "0"], "temperature: must be greater than 0"),
+        (["--temperature", "nan"], "temperature"),
+        (["--top-p", "1.5"], "top_p"),
+        (["--min-p", "-0.1"], "min_p"),
+        (["--top-k-filter", "-1"], "top_k_filter"),
+        (["--top-k-filter", "2.5"], "top-k-filter"),
+        (["--max-candidates", "0"], "max_candidates"),
+        (["--max-candidates", "101"], "max_candidates"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], field: str) -> None:
@@ -144,6 +186,63 @@ def test_logprobs_appends_jsonl_records(tmp_path: Path) -> None:
     assert all(len(step["other_tokens"]) == 3 for r in records for step in r["data"])
 
 
+SCORE_ROW = re.compile(r"^\s*\d+(!| ) ('.*'|\".*\")\s+(\S+)%\s+(\S+)\s+(\d+)\s+(\S+)\s+(.*)$")
+
+
+def score_rows(stdout: str) -> list[tuple[bool, str, float, int]]:
+    """The printed rows of `tokentree score`: (marked unlikely, token, probability in %, rank)."""
+    found = [SCORE_ROW.match(line) for line in stdout.splitlines()]
+    return [(m.group(1) == "!", m.group(2), float(m.group(3)), int(m.group(5))) for m in found if m]
+
+
+def test_score_prints_each_token_marks_the_unlikely_ones_and_appends_the_record(tmp_path: Path) -> None:
+    out = tmp_path / "scores.jsonl"
+    likely, unlikely = ", there was a little fox.", ", there was a little car."
+    printed = []
+    for text in (likely, unlikely):
+        done = tokentree("score", "Once upon a time", "--text", text, "--top-k", "3", "-o", str(out))
+        assert done.returncode == 0, done.stderr
+        printed.append(done.stdout)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in records] == [likely, unlikely]
+    for record, stdout in zip(records, printed, strict=True):
+        rows = score_rows(stdout)
+        assert [(t[1], t[3]) for t in rows] == [(repr(d["token"]), d["rank"]) for d in record["data"]]
+        assert "".join(d["token"] for d in record["data"]) == record["text"]
+        assert all(len(d["other_tokens"]) == 3 for d in record["data"])
+        assert f"perplexity {record['totals']['text']['perplexity']:.2f}" in stdout
+        # A row is marked exactly when the model gave its token under 1%.
+        assert [t[0] for t in rows] == [d["prob"] < 1.0 for d in record["data"]]
+    assert not any(t[0] for t in score_rows(printed[0]))
+    assert any(t[0] and t[1] == "' ca'" for t in score_rows(printed[1])), printed[1]  # " car" stands out
+    assert records[1]["totals"]["text"]["perplexity"] > 10 * records[0]["totals"]["text"]["perplexity"]
+
+
+def test_score_with_chat_a_prefix_and_the_prompts_tokens() -> None:
+    done = tokentree("score", "Tell me a story", "--chat", "--prefix", "Once upon a time", "--text",
+                     ", there was a fox.", "--include-prompt")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    prompt_rows = [line for line in lines if line.endswith("(prompt)")]
+    assert prompt_rows and any("'<start_of_turn>'" in line for line in prompt_rows)
+    assert [line.split(":")[0] for line in lines if re.match(r"^(prompt|text): \d+ tokens", line)] == [
+        "prompt", "text"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["hi", "--text", ""], "text: must not be empty"),
+    (["hi"], "the following arguments are required: --text"),
+    (["  ", "--text", " fox"], "prompt: must not be empty"),
+    (["hi", "--text", " fox", "--top-k", "0"], "top_k: must be between 1 and 100"),
+    (["hi", "--text", " fox" * 600], "text: is 600 tokens long"),
+])
+def test_bad_score_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    done = tokentree("score", *args)
+    assert done.returncode == 2
+    assert done.stderr.startswith("tokentree: error: ") and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
 def test_chat_and_prefix(tmp_path: Path) -> None:
     out = tmp_path / "t.json"
     done = tokentree("tree", "Tell me a story", "--chat", "--prefix", "Once", "-q", "-o", str(out))
@@ -164,6 +263,25 @@ def test_printed_paths_show_the_prompt_then_the_prefix() -> None:
     paths = ranked_lines(done.stdout)
     assert len(paths) == 5
     assert all(text.startswith("Once upon a time, there was a dragon") for _, text in paths), done.stdout
+
+
+def test_unfinished_paths_show_the_prefix_too(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    done = tokentree("tree", "Once upon a time", "--prefix", ", there was a dragon", "--max-depth", "3", "-q",
+                     "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "unfinished paths" in done.stdout
+    paths = ranked_lines(done.stdout)
+    assert paths and all(text.startswith("Once upon a time, there was a dragon") for _, text in paths)
+    # The tree JSON: the root is the prompt, the prefix is in the metadata, and a path's text is the prompt,
+    # the prefix and the tokens (`engine.tree.response_text`).
+    document = json.loads(out.read_text())
+    assert document["tree"]["text"] == "Once upon a time"
+    assert document["metadata"]["prefix"] == ", there was a dragon"
+    best = document["tree"]
+    while best["children"]:
+        best = max(best["children"], key=lambda c: c["cumulative_prob"])
+    assert any(text.endswith(best["text"]) for _, text in paths)
 
 
 def test_chat_paths_are_printed_apart_from_the_prompt() -> None:
@@ -242,12 +360,13 @@ def test_a_signal_during_a_long_tree_writes_the_partial_tree(tmp_path: Path, sig
 
 
 def readme_examples() -> list[list[str]]:
-    """The `tokentree tree` and `tokentree logprobs` lines of the README's command-line section that use
+    """The `tokentree tree`, `logprobs` and `score` lines of the README's command-line section that use
     the demo model (no --model), as argument lists."""
     section = (ROOT / "README.md").read_text().split("## The command line", 1)[1]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line, comments=True) for line in block.splitlines()]
-    return [c[1:] for c in commands if c[:2] in (["tokentree", "tree"], ["tokentree", "logprobs"])
+    return [c[1:] for c in commands
+            if c[:2] in (["tokentree", "tree"], ["tokentree", "logprobs"], ["tokentree", "score"])
             and "--model" not in c]
 
 
@@ -259,6 +378,8 @@ def test_the_readmes_examples_show_something_on_the_demo_model(args: list[str], 
     assert done.returncode == 0, done.stderr
     if args[0] == "tree":
         assert ranked_lines(done.stdout), done.stdout  # completed paths
+    elif args[0] == "score":
+        assert len(score_rows(done.stdout)) >= 5 and "text: " in done.stdout, done.stdout  # rows, totals
     else:
         response = done.stdout.split("response: ", 1)[1].split("\n", 1)[0]
         assert len(response.split()) >= 5, done.stdout  # a sentence or more, not an empty answer
@@ -436,7 +557,8 @@ def test_parsing_the_command_line_reads_no_settings(args: list[str], tmp_path: P
 
 
 @pytest.mark.parametrize("args", [["tree", "hi", "--max-depth", "0"], ["tree"], ["tree", "  "],
-                                  ["tree", "--prompts", "p.jsonl"], ["logprobs", "hi", "--top-k", "0"]])
+                                  ["tree", "--prompts", "p.jsonl"], ["logprobs", "hi", "--top-k", "0"],
+                                  ["score", "hi", "--text", "x", "--top-k", "0"]])
 def test_bad_flags_are_refused_before_torch_is_imported(args: list[str], tmp_path: Path) -> None:
     """A mistake in the flags is told at once, not after the seconds torch and transformers take."""
     loaded = {"torch", "transformers"} & modules_after(args, tmp_path, status=2)

@@ -13,12 +13,13 @@ Importing this package loads neither torch nor the service: the in-process build
 its first call, and the client speaks HTTP only.
 """
 
-from engine.params import LogprobsParams, ParameterError, TreeParams
+from engine.params import LogprobsParams, ParameterError, ScoreParams, TreeParams
 from engine.tree import Candidate, CompletedPath, Node
 from tokentree.client import Client
-from tokentree.errors import APIError, JobTimeout
+from tokentree.errors import APIError, JobTimeout, StudyTimeout
 from tokentree.jobs import Job, JobProgress
-from tokentree.local import build_tree, logprobs
+from tokentree.local import build_tree, logprobs, score
+from tokentree.studies import Study, StudyProgress
 from tokentree.tree import Tree
 from tokentree.version import __version__
 
@@ -33,9 +34,14 @@ __all__ = [
     "LogprobsParams",
     "Node",
     "ParameterError",
+    "ScoreParams",
+    "Study",
+    "StudyProgress",
+    "StudyTimeout",
     "Tree",
     "TreeParams",
     "__version__",
     "build_tree",
     "logprobs",
+    "score",
 ]

@@ -11,19 +11,21 @@ import json
 import time
 import uuid
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import httpx
 
 from engine.tree import CompletedPath
-from tokentree.errors import APIError, JobTimeout
+from tokentree.errors import APIError, JobTimeout, StudyTimeout
 from tokentree.events import EventReader
 from tokentree.jobs import Job
-from tokentree.progress import NodeProgress
+from tokentree.progress import JobsProgress, NodeProgress
+from tokentree.studies import Study, forks_table
 from tokentree.tree import Tree
 from tokentree.version import __version__
 
 JobRef = Job | str | uuid.UUID
+StudyRef = Study | str | uuid.UUID
 DEFAULT_TIMEOUT_S = 30.0
 # Between polls once the event stream is refused (429), unless the server asks for longer.
 POLL_INTERVAL_S = 1.0
@@ -70,14 +72,18 @@ class Client:
         model: str | None = None,
         chat: bool = False,
         prefix: str | None = None,
+        text: str | None = None,
         idempotency_key: str | None = None,
         **parameters: Any,
     ) -> Job:
-        """Queue a job: `kind` is `tree` or `logprobs`, `model` one of the server's (its default if None),
-        `parameters` the kind's (`max_nodes=400`, ...; the server fills in the rest). With an
-        `idempotency_key`, submitting again returns the first submission's job instead of a second one."""
+        """Queue a job: `kind` is `tree`, `logprobs` or `score` (which scores `text` as the continuation of
+        `prompt`; only it takes `text`), `model` one of the server's (its default if None), `parameters`
+        the kind's (`max_nodes=400`, ...; the server fills in the rest). With an `idempotency_key`,
+        submitting again returns the first submission's job instead of a second one."""
         body: dict[str, Any] = {"prompt": prompt, "kind": kind, "parameters": parameters, "chat": chat,
                                 "prefix": prefix}
+        if text is not None:
+            body["text"] = text
         if model is not None:
             body["model"] = model
         headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
@@ -95,10 +101,23 @@ class Client:
         """Delete a job and its nodes, cancelling it first if it still runs."""
         self._call("DELETE", f"/v1/jobs/{_id(job)}")
 
-    def wait(self, job: JobRef, timeout: float | None = None, *, progress: bool = True) -> Job:
+    @overload
+    def wait(self, job: Study, timeout: float | None = None, *, progress: bool = True) -> Study: ...
+
+    @overload
+    def wait(self, job: JobRef, timeout: float | None = None, *, progress: bool = True) -> Job: ...
+
+    def wait(
+        self, job: JobRef | Study, timeout: float | None = None, *, progress: bool = True
+    ) -> Job | Study:
         """Block until the job ends (succeeded, failed or cancelled) and return it; raise `JobTimeout`
         after `timeout` seconds (None: no limit). Follows the job's event stream; where the server
-        refuses a stream (429: too many open), polls the job instead."""
+        refuses a stream (429: too many open), polls the job instead.
+
+        Given a `Study` (from `submit_study` or `study`), waits until every job of it has ended and returns
+        the study; raises `StudyTimeout` after `timeout`. An id alone is taken for a job's."""
+        if isinstance(job, Study):
+            return self._wait_study(job.id, timeout, progress)
         job_id = _id(job)
         deadline = None if timeout is None else time.monotonic() + timeout
         current = self.job(job_id)
@@ -130,6 +149,95 @@ class Client:
                         raise
                     _sleep(refused.retry_after or POLL_INTERVAL_S, deadline)
 
+    # -- studies ----------------------------------------------------------------------------------------
+
+    def submit_study(
+        self,
+        name: str,
+        *,
+        prompts: list[str] | None = None,
+        template: str | None = None,
+        values: list[dict[str, Any]] | None = None,
+        models: list[str] | None = None,
+        parameter_sets: list[dict[str, Any]] | None = None,
+        kind: str = "tree",
+        chat: bool = False,
+        prefix: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Study:
+        """Queue a study: a job for every combination of its `prompts` (or of `template`, a prompt with
+        `{name}` fields, filled from each row of `values`), its `models` (the server's default if None) and
+        its `parameter_sets` (each a job's parameters; one set of the server's defaults if None). Returns
+        the study with its jobs, all queued."""
+        body: dict[str, Any] = {"name": name, "kind": kind, "chat": chat, "prefix": prefix}
+        for field, value in (("prompts", prompts), ("template", template), ("values", values),
+                             ("models", models), ("parameter_sets", parameter_sets)):
+            if value is not None:
+                body[field] = value
+        headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
+        return Study.from_json(self._call("POST", "/v1/studies", json=body, headers=headers).json())
+
+    def study(self, study: StudyRef) -> Study:
+        """The study as it stands now, with its jobs."""
+        return Study.from_json(self._call("GET", f"/v1/studies/{_study_id(study)}").json())
+
+    def studies(self, limit: int = 50, offset: int = 0) -> list[Study]:
+        """Studies, newest first (without their jobs: `study` reads them)."""
+        page = self._call("GET", "/v1/studies", params={"limit": limit, "offset": offset}).json()
+        return [Study.from_json(doc) for doc in page["items"]]
+
+    def cancel_study(self, study: StudyRef) -> Study:
+        """Stop every queued or running job of the study (their partial trees stay)."""
+        return Study.from_json(self._call("POST", f"/v1/studies/{_study_id(study)}/cancel").json())
+
+    def delete_study(self, study: StudyRef) -> None:
+        """Delete the study, its jobs and their nodes."""
+        self._call("DELETE", f"/v1/studies/{_study_id(study)}")
+
+    def forks(self, study: StudyRef, by: str = "entropy", limit: int = 20) -> Any:
+        """The fork points of all the study's trees (nodes where a tree branched), the most undecided
+        first: `by` is `entropy` (of the next token), `branches` (children the tree expanded there) or
+        `unexplored_mass` (1 - their probabilities). A pandas DataFrame, one row per fork with its job,
+        prompt, path text and candidates; without pandas installed, the list `fork_points` returns."""
+        return forks_table(self.fork_points(study, by, limit))
+
+    def fork_points(self, study: StudyRef, by: str = "entropy", limit: int = 20) -> list[dict[str, Any]]:
+        """`forks` as the API sends them: a list of dicts (job_id, node_id, prompt, path_text, entropy,
+        branches, unexplored_mass, candidates, ...)."""
+        found: list[dict[str, Any]] = self._call("GET", f"/v1/studies/{_study_id(study)}/forks",
+                                                 params={"by": by, "limit": limit}).json()["forks"]
+        return found
+
+    def study_nodes(self, study: StudyRef) -> Any:
+        """Every node of the study's trees as a pandas DataFrame (needs pandas and pyarrow): one row per
+        node, with its job's id, prompt, model and parameters as columns."""
+        import io
+
+        import pandas as pd
+
+        content = self._call("GET", f"/v1/studies/{_study_id(study)}/nodes",
+                             params={"format": "parquet"}).content
+        return pd.read_parquet(io.BytesIO(content))
+
+    def _wait_study(self, study_id: str, timeout: float | None, progress: bool) -> Study:
+        """Poll the study until all its jobs have ended (one request a second, however many jobs)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        current = self.study(study_id)
+        with JobsProgress(progress, f"study {current.name[:20]}", current.progress.jobs) as bar:
+            while True:
+                bar.update(current.progress.ended, current.progress)
+                if current.done:
+                    return current
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StudyTimeout(current, timeout or 0.0)
+                _sleep(POLL_INTERVAL_S, deadline)
+                try:
+                    current = self.study(study_id)  # raises if the study was deleted or the key revoked
+                except APIError as refused:
+                    if refused.status not in TRANSIENT_STATUSES:
+                        raise
+                    _sleep(refused.retry_after or POLL_INTERVAL_S, deadline)
+
     # -- results ----------------------------------------------------------------------------------------
 
     def tree(self, job: JobRef, *, root: int | None = None, max_depth: int | None = None) -> Tree:
@@ -146,7 +254,8 @@ class Client:
                               cumulative_prob=p["cumulative_prob"]) for p in found]
 
     def logprobs(self, job: JobRef) -> dict[str, Any]:
-        """A finished logprobs job's record: what `tokentree logprobs -o` writes."""
+        """A finished logprobs or score job's record: what `tokentree logprobs -o` (`tokentree score -o`)
+        writes."""
         text = self._call("GET", f"/v1/jobs/{_id(job)}/logprobs.jsonl").text
         record: dict[str, Any] = json.loads(text.strip().splitlines()[0])
         return record
@@ -192,6 +301,10 @@ class Client:
 
 def _id(job: JobRef) -> str:
     return job.id if isinstance(job, Job) else str(job)
+
+
+def _study_id(study: StudyRef) -> str:
+    return study.id if isinstance(study, Study) else str(study)
 
 
 def _api_error(response: httpx.Response) -> APIError:

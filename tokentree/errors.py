@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokentree.jobs import Job
+    from tokentree.studies import Study
 
 # Where FastAPI says an error was found; the field's own name says enough.
 _LOCATION_KINDS = {"body", "query", "path", "header"}
@@ -48,3 +49,12 @@ class JobTimeout(TimeoutError):
         self.job = job
         super().__init__(f"job {job.id} still {job.status} after {timeout:g} s "
                          f"({job.progress.nodes} nodes so far)")
+
+
+class StudyTimeout(TimeoutError):
+    """`Client.wait` on a study ran out of time; `study` is the study as last seen (some jobs still open)."""
+
+    def __init__(self, study: Study, timeout: float) -> None:
+        self.study = study
+        super().__init__(f"study {study.id} not done after {timeout:g} s ({study.progress.ended} of "
+                         f"{study.progress.jobs} jobs ended)")

@@ -20,8 +20,9 @@ class JobProgress:
 
 @dataclass(frozen=True)
 class Job:
-    """A tree or logprobs job: what was asked, where it stands (`status`, `progress`) and why it failed
-    (`error`) or may not move (`warning`, e.g. no live worker serves its model)."""
+    """A tree, logprobs or score job: what was asked (`text`: what a score job scores), where it stands
+    (`status`, `progress`) and why it failed (`error`) or may not move (`warning`, e.g. no live worker
+    serves its model)."""
 
     id: str
     kind: str
@@ -37,6 +38,8 @@ class Job:
     finished_at: datetime | None
     progress: JobProgress
     warning: str | None = None
+    text: str | None = None
+    study_id: str | None = None  # the study it is one combination of (`Client.study`)
 
     @property
     def done(self) -> bool:
@@ -55,7 +58,8 @@ class Job:
             progress=JobProgress(nodes=int(progress.get("nodes", 0)),
                                  completed_paths=int(progress.get("completed_paths", 0)),
                                  frontier=progress.get("frontier"), workers=progress.get("workers")),
-            warning=doc.get("warning"),
+            warning=doc.get("warning"), text=doc.get("text"),
+            study_id=None if doc.get("study_id") is None else str(doc["study_id"]),
         )
 
 

@@ -46,3 +46,28 @@ class NodeProgress:
         if self._bar is not None:
             self._bar.refresh()  # a build shorter than tqdm's refresh interval still shows its end once
             self._bar.close()
+
+
+class JobsProgress:
+    """Jobs ended as the count, out of the study's jobs; nodes and completed paths beside it."""
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self._bar: Any = None
+        if enabled and tqdm is not None:
+            self._bar = tqdm(unit=" jobs", desc=description, total=total, leave=False, dynamic_ncols=True)
+
+    def update(self, ended: int, counts: TreeCounts) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(ended - self._bar.n)
+        self._bar.set_postfix_str(f"nodes {counts.nodes}, completed {counts.completed_paths}", refresh=False)
+
+    def __enter__(self) -> JobsProgress:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._bar is not None:
+            self._bar.refresh()
+            self._bar.close()

@@ -13,14 +13,14 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from engine.tree import Candidate, CompletedPath, Node, node_json_head
+from engine.tree import Candidate, CompletedPath, Node, node_json_head, response_text
 
 if TYPE_CHECKING:
     import pandas
 
 NODE_COLUMNS = ("id", "parent_id", "depth", "text", "token_id", "prob", "logprob", "cumulative_prob",
-                "is_finished", "finish_reason", "threshold", "queue_depth", "entropy", "child_count",
-                "candidates")
+                "raw_prob", "raw_logprob", "is_finished", "finish_reason", "threshold", "queue_depth",
+                "entropy", "unexplored_mass", "child_count", "candidates")
 
 
 class Tree:
@@ -81,8 +81,9 @@ class Tree:
 
     def paths(self, limit: int | None = None) -> list[CompletedPath]:
         """The paths that reached a stop token, most probable first (ties: the smaller node id first), at
-        most `limit`; each with its text (the prompt left out), its tokens and its probability
-        (`cumulative_prob`, the product of its tokens' probabilities)."""
+        most `limit`; each with its text (its response: the forced prefix, then its tokens; the prompt
+        left out), its tokens and its probability (`cumulative_prob`, the product of its tokens'
+        probabilities)."""
         ends = sorted((position for position, node in enumerate(self.nodes) if node.finish_reason == "stop"),
                       key=lambda p: (-self.nodes[p].cumulative_prob, self.nodes[p].id))
         parents = self._parent_positions()
@@ -97,7 +98,8 @@ class Tree:
             chain.reverse()
             found.append(CompletedPath(node_id=node.id,
                                        token_ids=[n.token_id for n in chain if n.token_id is not None],
-                                       text="".join(n.text for n in chain),
+                                       text=response_text(self.metadata.get("prefix"),
+                                                          (n.text for n in chain)),
                                        cumulative_prob=node.cumulative_prob))
         return found
 
@@ -112,7 +114,8 @@ class Tree:
 
     def to_dataframe(self) -> pandas.DataFrame:
         """One row per node, indexed by node id: its token, probabilities, what the rule saw at it, and
-        its candidates (a list of `{"text", "prob", "token_id"}`). Needs pandas."""
+        its candidates (a list of `{"text", "prob", "token_id", "logprob", "raw_prob", "raw_logprob"}`).
+        Needs pandas."""
         try:
             import pandas
         except ImportError:
@@ -120,8 +123,10 @@ class Tree:
                               "pip install 'tokentree[pandas]' (or pip install pandas)") from None
         parent_ids = [None if p is None else self.nodes[p].id for p in self._parent_positions()]
         rows = [(node.id, parent_ids[index], node.depth, node.text, node.token_id, node.prob, node.logprob,
-                 node.cumulative_prob, node.is_finished, node.finish_reason, node.threshold, node.queue_depth,
-                 node.entropy, self.child_count(index), [c.to_json() for c in node.candidates])
+                 node.cumulative_prob, node.prob if node.raw_prob is None else node.raw_prob,
+                 node.logprob if node.raw_logprob is None else node.raw_logprob, node.is_finished,
+                 node.finish_reason, node.threshold, node.queue_depth, node.entropy, node.unexplored_mass,
+                 self.child_count(index), [c.to_json() for c in node.candidates])
                 for index, node in enumerate(self.nodes)]
         frame = pandas.DataFrame.from_records(rows, columns=list(NODE_COLUMNS))
         # Columns that are None somewhere keep their integer type (a plain int column would turn to float).
@@ -162,10 +167,20 @@ def _node(item: Mapping[str, Any], parent_id: int | None, position: dict[int, in
     return Node(
         id=item["id"], parent_id=parent_id, token_id=item.get("token_id"), text=item["text"],
         depth=item["depth"], prob=item["prob"], logprob=item["logprob"],
-        cumulative_prob=item["cumulative_prob"],
+        cumulative_prob=item["cumulative_prob"], raw_prob=item.get("raw_prob"),
+        raw_logprob=item.get("raw_logprob"), token_bytes=_bytes(item),
         is_finished=item.get("is_finished", False), finish_reason=item.get("finish_reason"),
-        candidates=[Candidate(token_id=c["token_id"], text=c["text"], prob=c["prob"])
+        candidates=[Candidate(token_id=c["token_id"], text=c["text"], prob=c["prob"],
+                              logprob=c.get("logprob"), raw_prob=c.get("raw_prob"),
+                              raw_logprob=c.get("raw_logprob"), token_bytes=_bytes(c))
                     for c in item.get("candidates", [])],
         threshold=item.get("threshold"), queue_depth=item.get("queue_depth"), entropy=item.get("entropy"),
+        unexplored_mass=item.get("unexplored_mass"),
         children=[position[child["id"]] for child in item.get("children", [])],
     )
+
+
+def _bytes(item: Mapping[str, Any]) -> bytes | None:
+    """A token's `bytes` (a list of ints in the document), where it has them."""
+    listed = item.get("bytes")
+    return None if listed is None else bytes(listed)

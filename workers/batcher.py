@@ -3,9 +3,10 @@
 A worker runs many units at once (one thread each, Celery's thread pool), and none of them touches the
 model. A unit that wants a step hands its tree to `StepBatcher.step` and waits; the model thread takes
 every tree that is waiting, steps them in one forward pass per model (`engine.expand.step_trees`: each
-tree applies the rule on its own, so batching never changes a tree), and wakes their units. Units
-join and leave between steps; a tree left out because the batch was full goes first next time. A
-unit's KV stays in this process, with the model, for as long as the unit holds its nodes.
+tree's rows get its own sampler settings, and each tree applies the rule on its own, so batching never
+changes a tree), and wakes their units. Units join and leave between steps; a tree left out because the
+batch was full goes first next time. A unit's KV stays in this process, with the model, for as long as
+the unit holds its nodes.
 
 Gathering: once a request arrives, the thread waits up to `gather_s` for the other running units'
 requests, so that units in lockstep (the usual case: they all step, then write) share a step.

@@ -41,7 +41,8 @@ class HeldTree:
         trees (`StepBatcher.step`)."""
         self.stepper = stepper or Expander.step
         self.builder = TreeBuilder.from_frontier(params, lm.stop_ids, lm.decode, [], completed=0,
-                                                 node_count=0, depth_limit=depth_limit)
+                                                 node_count=0, depth_limit=depth_limit,
+                                                 token_bytes=lm.token_bytes)
         self._expander = Expander(self.builder, runner, prompt_ids, paths={})
         self.db_ids: list[int | None] = []  # local id -> database id; None until the node is written
 
@@ -129,8 +130,10 @@ class HeldTree:
                 node_id=self._db(local), depth=node.depth, candidates_json=candidates_json(node.candidates),
                 threshold=node.threshold if node.threshold is not None else 0.0,
                 queue_depth=node.queue_depth if node.queue_depth is not None else 0, entropy=node.entropy,
+                unexplored_mass=node.unexplored_mass,
                 children=[NewChild(token_id=c.token_id, text=c.text, prob=c.prob, logprob=c.logprob,
-                                   cumulative_prob=c.cumulative_prob)
+                                   cumulative_prob=c.cumulative_prob, raw_prob=c.raw_prob,
+                                   raw_logprob=c.raw_logprob, token_bytes=c.token_bytes)
                           for c in children if c.token_id is not None],
             ))
         return out

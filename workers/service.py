@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
+from engine.params import TreeParams
 from engine.runner import ModelRunner
-from engine.scheduler import MAX_CANDIDATES
 from models.jobs import JobId, claim_model, finish_job
 from models.settings import Settings
 from workers.frontier import Expired, Frontier, HeldLease
@@ -74,7 +74,8 @@ class ModelRegistry:
         with self._lock:
             runner = self._runners.get(name)
             if runner is None or runner.model is not lm.model:
-                runner = self._runners[name] = ModelRunner(lm.model, top_k=MAX_CANDIDATES)
+                # Its top_k is a default only: each tree asks for its own (`engine.expand.top_k_for`).
+                runner = self._runners[name] = ModelRunner(lm.model, top_k=TreeParams().max_candidates)
             return runner
 
 

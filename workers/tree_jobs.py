@@ -38,6 +38,7 @@ import redis
 from engine.analysis import model_metadata
 from engine.loading import LoadedModel, ModelLoadError, encode_prompt
 from engine.params import ParameterError, TreeParams
+from models.growths import growth_open_node_ids, job_growth, record_growth_end
 from models.jobs import finish_job, job_counts, seconds_since_start
 from models.node_writes import (
     Finish,
@@ -45,10 +46,10 @@ from models.node_writes import (
     OpenNode,
     Pop,
     load_nodes,
-    node_totals,
     open_node_ids,
     path_tokens,
     start_tree,
+    tree_totals,
 )
 from models.schema import Job
 from workers.errors import is_connection_loss
@@ -80,7 +81,9 @@ def run_tree_unit(s: Services, job: Job) -> Outcome:
     """One unit of work on a tree job."""
     job_id, unit = str(job.id), s.new_unit()
     try:
-        params = TreeParams.from_dict(dict(job.parameters))
+        # A job grown in place runs its last growth: its own parameters, its limits counted from its start.
+        growth = job_growth(job)
+        params = TreeParams.from_dict(dict(job.parameters)) if growth is None else growth.rule_params()
         lm = s.models.get(job.model)
         prompt_ids = encode_prompt(lm, job.prompt, chat=job.chat, prefix=job.prefix)
     except (ParameterError, ModelLoadError) as exc:
@@ -102,7 +105,8 @@ def run_tree_unit(s: Services, job: Job) -> Outcome:
             # A fresh job: its root is its only node, so this unit holds it from the start (a duplicate
             # unit that loads the frontier meanwhile makes one of the two end early).
             s.frontier.load(job_id, [start.root.id], held_by=unit, ttl_s=s.config.lease_ttl_s)
-        elif (ended := s.open_frontier(job_id, unit, lambda: open_node_ids(session, job_id))) is not None:
+        elif (ended := s.open_frontier(job_id, unit, lambda: open_node_ids(session, job_id) if growth is None
+                                       else growth_open_node_ids(session, job_id, growth))) is not None:
             return ended
     with s.hold(job_id, unit) as lease:
         return _TreeUnit(s, plan, lease).run(start.root)
@@ -111,12 +115,15 @@ def run_tree_unit(s: Services, job: Job) -> Outcome:
 def finish_tree(s: Services, plan: _Plan) -> bool:
     """Finalize a finished tree job: succeeded, with its statistics. Exactly once (the first caller)."""
     with s.session_factory() as session:
-        nodes, expanded, completed = node_totals(session, plan.job_id)
+        totals = tree_totals(session, plan.job_id)
+        nodes, completed = totals.nodes, totals.completed_paths
         seconds = None if (ran := seconds_since_start(session, plan.job_id)) is None else round(ran, 4)
-        stats = {"nodes": nodes, "expanded": expanded, "completed_paths": completed, "seconds": seconds}
+        stats = {"nodes": nodes, "expanded": totals.expanded, "completed_paths": completed,
+                 "seconds": seconds}
         # The tree's metadata, less the model's name (the job keeps its allow-list name).
         result = {k: v for k, v in model_metadata(plan.lm).items() if k != "model"}
-        result.update(prompt_token_ids=plan.prompt_ids, stats=stats)
+        result.update(prompt_token_ids=plan.prompt_ids, stats=stats, coverage=totals.coverage.to_json())
+        record_growth_end(session, plan.job_id, nodes, completed)  # committed with the finish
         finished = finish_job(session, plan.job_id, "succeeded", result=result)
     s.frontier.clear(plan.job_id)
     if finished:

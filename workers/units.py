@@ -5,10 +5,11 @@ from __future__ import annotations
 from models.jobs import get_job
 from models.schema import TERMINAL_STATUSES
 from workers.logprobs_jobs import run_logprobs_unit
+from workers.score_jobs import run_score_unit
 from workers.service import Outcome, Services
 from workers.tree_jobs import run_tree_unit
 
-KINDS = {"tree": run_tree_unit, "logprobs": run_logprobs_unit}
+KINDS = {"tree": run_tree_unit, "logprobs": run_logprobs_unit, "score": run_score_unit}
 
 
 def run_unit(s: Services, job_id: str) -> tuple[Outcome, str | None]:

@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 
 from api.auth import Caller, CallerDep
 from api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
+from api.dispatch import send_committed
 from api.limits import CallerSlots, enforce_rate_limit, too_many
 from api.logs import bind_job
 from api.progress_feed import ProgressFeed, Reading
@@ -26,6 +27,7 @@ from api.tree_cache import RenderedTrees
 from api.validation import JobRequest, reject, validate_job_request
 from models import api_keys, jobs, node_reads, worker_registry
 from models.schema import TERMINAL_STATUSES, Job
+from models.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +98,25 @@ def _job_out(session: Session, job: Job, warnings: Warnings) -> JobOut:
     return JobOut.of(job, node_reads.job_progress(session, job.id), warnings.of(job))
 
 
-def _require_kind(job: Job, kind: str) -> None:
-    if job.kind != kind:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} is a {job.kind} job, not a {kind} job")
+def _require_kind(job: Job, *kinds: str) -> None:
+    if job.kind not in kinds:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"job {job.id} is a {job.kind} job, not a {' or '.join(kinds)} job")
+
+
+def enforce_active_jobs_quota(session: Session, settings: Settings, caller: Caller, http: Request) -> None:
+    """A key may have TOKENTREE_MAX_ACTIVE_JOBS_PER_KEY jobs queued or running at most (429 beyond), a job
+    grown in place included. Counted under the key's lock, which holds until the caller's transaction
+    commits (the job it makes open, or its rollback)."""
+    if caller.owner is None or not settings.max_active_jobs_per_key:
+        return
+    jobs.lock_owner(session, caller.owner)
+    active = jobs.count_open(session, caller.owner)
+    if active >= settings.max_active_jobs_per_key:
+        session.rollback()
+        http.app.state.metrics.refused("quota")
+        raise too_many(f"this API key has {active} queued or running jobs, the most allowed "
+                       f"({settings.max_active_jobs_per_key}); retry when one ends", QUOTA_RETRY_S)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -107,23 +125,16 @@ def submit_job(
     dispatcher: DispatcherDep, caller: CallerDep,
     idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
 ) -> JobOut:
-    """Queue a token tree or a log-probability analysis."""
+    """Queue a token tree, a log-probability analysis, or the scoring of a text (`kind`)."""
     request = validate_job_request(body, settings)
     scoped_key = None if idempotency_key is None else jobs.idempotency_scope(caller.owner, idempotency_key)
     if scoped_key is not None and (earlier := jobs.job_by_idempotency_key(session, scoped_key)) is not None:
         return _replayed(session, earlier, request, response, http)
-    if caller.owner is not None and settings.max_active_jobs_per_key:
-        jobs.lock_owner(session, caller.owner)  # held until create_job commits
-        active = jobs.count_open(session, caller.owner)
-        if active >= settings.max_active_jobs_per_key:
-            session.rollback()
-            http.app.state.metrics.refused("quota")
-            raise too_many(f"this API key has {active} queued or running jobs, the most allowed "
-                           f"({settings.max_active_jobs_per_key}); retry when one ends", QUOTA_RETRY_S)
+    enforce_active_jobs_quota(session, settings, caller, http)  # its lock holds until create_job commits
     try:
         job = jobs.create_job(session, kind=request.kind, prompt=request.prompt, model=request.model,
                               parameters=request.parameters, chat=request.chat, prefix=request.prefix,
-                              owner=caller.owner, idempotency_key=scoped_key)
+                              owner=caller.owner, idempotency_key=scoped_key, text=request.text)
     except IntegrityError:
         session.rollback()  # the same key's other submission, at the same moment, made the job first
         earlier = jobs.job_by_idempotency_key(session, scoped_key) if scoped_key is not None else None
@@ -132,21 +143,16 @@ def submit_job(
         return _replayed(session, earlier, request, response, http)
     bind_job(job.id)
     log.info("job submitted: %s on %s", job.kind, job.model)
-    try:
-        dispatcher.submit(str(job.id), job.model)
-    except Exception as exc:
-        # The row is committed; without its task it would wait forever, so it fails, visibly.
-        log.exception("could not queue job %s", job.id)
-        jobs.finish_job(session, job.id, "failed", error=f"could not queue the job: {exc}")
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the job queue is unavailable") from exc
+    send_committed(session, dispatcher, [job])
     return _job_out(session, job, _warnings(http))
 
 
 def _replayed(session: Session, job: Job, request: JobRequest, response: Response, http: Request) -> JobOut:
     """The job an earlier submission with the same Idempotency-Key made, if it asked for the same job."""
     bind_job(job.id)
-    asked = (request.kind, request.prompt, request.model, request.parameters, request.chat, request.prefix)
-    if asked != (job.kind, job.prompt, job.model, dict(job.parameters), job.chat, job.prefix):
+    asked = (request.kind, request.prompt, request.model, request.parameters, request.chat, request.prefix,
+             request.text)
+    if asked != (job.kind, job.prompt, job.model, dict(job.parameters), job.chat, job.prefix, job.text):
         reject(("header", "idempotency-key"), f"was used for a different request (job {job.id}); "
                                               "a new request needs a new key")
     response.status_code = status.HTTP_200_OK
@@ -233,7 +239,8 @@ def get_tree(
     headers = {"Cache-Control": "no-store"}
     if final:
         # A finished job's tree is final: a validator lets browsers keep it, the server keeps it rendered.
-        etag = f'"{job.id}-{job.finished_at.timestamp() if job.finished_at else 0}-{root}-{max_depth}"'
+        etag = (f'"{job.id}-{job.finished_at.timestamp() if job.finished_at else 0}-{root}-{max_depth}-'
+                f'{len(job.growths or [])}"')
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -242,7 +249,9 @@ def get_tree(
     session.close()
     cache: RenderedTrees = request.app.state.rendered_trees
     slots: CallerSlots = request.app.state.render_slots
-    document = cache.document((job.id, root, max_depth), final=final,
+    # The growths count in the key: a tree grown in place is another document (and another process's
+    # kept one of the same job must not be served for it).
+    document = cache.document((job.id, root, max_depth, len(job.growths or [])), final=final,
                               render=lambda: _render_tree(session, job, root, max_depth),
                               admit=lambda: slots.take(caller))
     return Response(content=document, media_type="application/json", headers=headers)
@@ -266,12 +275,13 @@ def get_paths(
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1)] = 100,
 ) -> PathsOut:
-    """Completed paths, most probable first."""
+    """Completed paths, most probable first; each one's `text` is its response: the job's forced prefix,
+    then its tokens (the prompt left out)."""
     if limit > settings.max_paths:
         reject(("query", "limit"), f"must be at most {settings.max_paths}, got {limit}", limit)
     job = _job_or_404(session, job_id, caller)
     _require_kind(job, "tree")
-    paths = node_reads.completed_paths(session, job.id, limit)
+    paths = node_reads.completed_paths(session, job.id, limit, prefix=job.prefix)
     return PathsOut(paths=[PathOut(**path.to_json()) for path in paths])
 
 
@@ -279,12 +289,13 @@ def get_paths(
     "/{job_id}/logprobs.jsonl",
     response_class=Response,
     responses={200: {"content": {"application/x-ndjson": {}},
-                     "description": "one JSONL record, the layout `tokentree logprobs -o` writes"}},
+                     "description": "one JSONL record, the layout `tokentree logprobs -o` (or `tokentree "
+                                    "score -o`) writes"}},
 )
 def get_logprobs_record(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> Response:
-    """A finished logprobs job's record, as one JSONL line."""
+    """A finished logprobs or score job's record, as one JSONL line."""
     job = _job_or_404(session, job_id, caller)
-    _require_kind(job, "logprobs")
+    _require_kind(job, "logprobs", "score")
     record = (job.result or {}).get("record")
     if record is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has no record ({job.status})")

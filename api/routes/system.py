@@ -35,7 +35,7 @@ def list_models(settings: SettingsDep) -> ModelsOut:
 def list_parameters(settings: SettingsDep) -> ParametersOut:
     """The parameters each job kind takes, with this server's defaults and limits (the web form's fields)."""
     return ParametersOut(**{kind: [ParameterOut(**p) for p in describe_parameters(kind, settings)]
-                            for kind in ("tree", "logprobs")})
+                            for kind in ("tree", "logprobs", "score")})
 
 
 @router.get("/healthz", tags=["health"], responses={503: {"model": HealthOut}})

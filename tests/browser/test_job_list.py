@@ -36,7 +36,7 @@ def test_lists_jobs_with_links_and_submits(browser_page, base_url, service, indi
         assert names == [p["name"] for p in described[kind]]
     for p in described["tree"]:
         field = page.locator(f"#p-{p['name']}")
-        assert field.get_attribute("placeholder") == str(p["default"])
+        assert float(field.get_attribute("placeholder")) == p["default"]  # JavaScript writes 1.0 as "1"
         assert field.get_attribute("step") == ("1" if p["type"] == "integer" else "any")
         assert float(field.get_attribute("min")) == p["minimum"]
         assert float(field.get_attribute("max")) == p["maximum"]
@@ -91,4 +91,45 @@ def test_lists_jobs_with_links_and_submits(browser_page, base_url, service, indi
     page.fill("#p-min_branch_threshold", "")
     screenshot(page, "job-list")
     # The refused submission is the only failed request (the browser logs its 422).
+    assert page.log.problems() == [] or all("422" in p for p in page.log.problems())
+
+
+def test_the_form_submits_a_score_job(browser_page, base_url, service):
+    """Kind "score" asks for the text to score and shows its own parameters, the include_prompt switch a
+    checkbox; the API's 422 for a missing text lands on the text field; the job links the log-prob viewer."""
+    page = browser_page
+    goto(page, f"{base_url}/")
+    assert not page.locator("#f-text").is_visible()
+    page.select_option("#f-kind", "score")
+    wait_until(lambda: page.locator("#f-text").is_visible(), message="the text field")
+    described = service.client.get("/v1/parameters").json()["score"]
+    fields = page.locator("#params-grid .field[data-kind='score']")
+    assert fields.evaluate_all("els => els.map(e => e.dataset.field)") == [p["name"] for p in described]
+    switch = page.locator("#params-grid .field[data-kind='score'][data-field='include_prompt'] input")
+    assert switch.get_attribute("type") == "checkbox" and not switch.is_checked()
+    page.fill("#f-prompt", "Once upon a time")
+    page.click("#submit")  # no text: the server refuses it, naming the field
+    err = page.locator(".field[data-field='text'] .err")
+    err.wait_for()
+    assert "needs the text to score" in err.text_content()
+    before = len(service.dispatcher.submitted)
+    page.fill("#f-text", ", there was a little car.")
+    switch.check()
+    with page.expect_request(lambda r: r.url.endswith("/v1/jobs") and r.method == "POST") as sent:
+        page.click("#submit")
+    body = sent.value.post_data_json
+    assert (body["kind"], body["text"], body["parameters"]) == (
+        "score", ", there was a little car.", {"include_prompt": True})
+    page.locator("#form-result .message.info").wait_for()
+    new_id = service.wait_submitted(before + 1)
+    assert page.locator("#form-result a").first.get_attribute("href") == f"/viewer/logprobs?job={new_id}"
+    job = service.client.get(f"/v1/jobs/{new_id}").json()
+    assert (job["kind"], job["text"], job["parameters"]["include_prompt"]) == (
+        "score", ", there was a little car.", True)
+    row = page.locator(f"#jobs-body tr[data-job='{new_id}']")
+    wait_until(lambda: row.count() == 1, message="the new row")
+    assert "scored text" in row.text_content()
+    assert row.locator("a", has_text="Log-probs").get_attribute("href") == f"/viewer/logprobs?job={new_id}"
+    page.select_option("#f-kind", "tree")
+    assert not page.locator("#f-text").is_visible()
     assert page.log.problems() == [] or all("422" in p for p in page.log.problems())

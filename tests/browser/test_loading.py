@@ -1,6 +1,7 @@
 """How every viewer loads a job (js/loader.js), against the real API's answers: a job that does not exist
-(404) or is not a job id (422), a job of the other kind, a job that has nothing to show yet (waiting,
-without asking for the tree the API would refuse with 409) and then ends, and a job that failed."""
+or was deleted (404), a link that holds no job id, the service not answering, a job of the other kind,
+a job that has nothing to show yet (waiting, without asking for the tree the API would refuse with 409)
+and then ends, and a job that failed."""
 
 from __future__ import annotations
 
@@ -27,13 +28,42 @@ def test_a_job_that_is_not_there(browser_page, base_url, view):
     page = browser_page
     missing = str(uuid.uuid4())
     goto(page, f"{base_url}/viewer/{view}?job={missing}", state="body[data-state=error]")
+    # What happened and what to do, not the status code.
     assert f"Job {missing} not found" in message(page, view)
-    assert "404" in message(page, view)
+    assert "deleted" in message(page, view) and "Check the link" in message(page, view)
+    assert "404" not in message(page, view)
+    assert page.locator(f"{MESSAGES[view]} a[href='/']").count() == 1  # to the job list
     assert page.locator("#empty-state").is_visible()
-    # Not a job id at all: the API refuses the request (422) and the page says so.
-    goto(page, f"{base_url}/viewer/{view}?job=india", state="body[data-state=error]")
-    assert "Could not load job india" in message(page, view)
-    assert "422" in message(page, view)
+    # Not a job id (a typo, a cut-off copy): said before asking the API, not in a validator's words.
+    for bad in ("india", missing[:-3], missing + "x"):
+        goto(page, f"{base_url}/viewer/{view}?job={bad}", state="body[data-state=error]")
+        assert "Not a job id: check the link" in message(page, view)
+        assert "UUID" not in message(page, view) and "422" not in message(page, view)
+    assert page.log.page_errors == []  # (the console notes the 404 of the first)
+
+
+@pytest.mark.parametrize("view", VIEWERS)
+def test_a_job_deleted_while_shown_says_so(browser_page, base_url, service, seed_tree_doc, view):
+    page = browser_page
+    kind = "logprobs" if view == "logprobs" else "tree"
+    job_id = service.submit(seed_tree_doc["metadata"]["prompt"], kind=kind)
+    goto(page, f"{base_url}/viewer/{view}?job={job_id}", state="body[data-state=waiting]")
+    assert service.client.delete(f"/v1/jobs/{job_id}").status_code in (200, 204)
+    page.reload()
+    page.wait_for_selector("body[data-state=error]", state="attached")
+    assert f"Job {job_id} not found" in message(page, view) and "deleted" in message(page, view)
+    assert page.log.page_errors == []
+
+
+@pytest.mark.parametrize("view", VIEWERS)
+def test_the_service_down_says_what_to_do(browser_page, base_url, view):
+    page = browser_page
+    # The page is open (as a tab left open would be) but the service's API no longer answers.
+    page.context.route("**/v1/**", lambda route: route.abort("connectionrefused"))
+    page.goto(f"{base_url}/viewer/{view}?job={uuid.uuid4()}")
+    page.wait_for_selector("body[data-state=error]", state="attached")
+    text = message(page, view)
+    assert "Service not reachable" in text and "check that it is running" in text
     assert page.log.page_errors == []
 
 

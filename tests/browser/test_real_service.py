@@ -287,6 +287,101 @@ def test_logprobs_viewer_renders_the_stored_job(browser_page, real_service, scre
     assert page.log.problems() == []
 
 
+def test_a_score_job_in_the_logprobs_viewer_marks_the_unlikely_tokens(browser_page, real_service, screenshot):
+    """A score job run by the real worker: its record in the log-prob viewer, the prompt's own tokens
+    dimmed, the tokens the model gave under 1% outlined, the text's totals as the record has them."""
+    page = browser_page
+    text = ", there was a little car who lived in the forest."
+    response = real_service.client.post("/v1/jobs", json={
+        "prompt": PROMPT, "kind": "score", "text": text, "parameters": {"include_prompt": True, "top_k": 3}})
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    wait_finished(real_service.client, job_id, why=real_service.log_tail)
+    [record] = [json.loads(line) for line in
+                real_service.client.get(f"/v1/jobs/{job_id}/logprobs.jsonl").text.splitlines()]
+    goto(page, f"{real_service.url}/viewer/logprobs?job={job_id}")
+    card = page.locator("#cards article.lp-card")
+    assert card.count() == 1
+    tokens = card.locator(".tok")
+    data = record["data"]
+    assert tokens.all_text_contents() == [shown_text(d["token"]) for d in data]
+    classes = [tokens.nth(j).get_attribute("class").split() for j in range(len(data))]
+    assert ["unlikely" in c for c in classes] == [d["prob"] < 1.0 for d in data]
+    assert ["prompt-tok" in c for c in classes] == [d["part"] == "prompt" for d in data]
+    car = next(j for j, d in enumerate(data) if d["token"] == " ca")
+    assert "unlikely" in classes[car]
+    totals = card.locator("[data-role='totals']").text_content()
+    assert f"perplexity {record['totals']['text']['perplexity']:.2f}" in totals
+    assert f"text tokens {record['totals']['text']['tokens']}" in totals
+    tokens.nth(car).hover()
+    tip = page.locator("#tooltip")
+    tip.wait_for(state="visible")
+    assert f"rank {data[car]['rank']}" in tip.text_content() and "unlikely" in tip.text_content()
+    screenshot(page, "real-score-viewer")
+    assert page.log.problems() == []
+
+
+def test_the_prefix_and_the_chat_prompt_in_the_tree_and_response_viewers(browser_page, real_service):
+    """A chat tree with a forced prefix: every path's text is the response, the prefix first (the API's
+    paths, the tree viewer's ranked paths and path text); the response viewer shows the prompt as the
+    user's turn and the response apart from it, starting with the prefix."""
+    page = browser_page
+    prompt, prefix = "Tell me a story", "Once upon a time"
+    response = real_service.client.post("/v1/jobs", json={
+        "prompt": prompt, "chat": True, "prefix": prefix, "parameters": {"max_depth": 30, "max_nodes": 300}})
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    wait_finished(real_service.client, job_id, why=real_service.log_tail)
+    paths = real_service.client.get(f"/v1/jobs/{job_id}/paths").json()["paths"]
+    assert paths and all(p["text"].startswith(prefix) for p in paths)
+
+    goto(page, f"{real_service.url}/viewer/tree?job={job_id}")
+    items = page.locator("#paths-list li")
+    assert items.count() == len(paths)
+    assert items.locator(".txt").all_text_contents() == [visible_ws(p["text"]) for p in paths]
+    items.first.click()
+    path_box = page.locator("#details-body [data-role='path']")
+    assert path_box.locator(".prompt-part").text_content() == prompt
+    assert path_box.locator("[data-role='chat-break']").count() == 1  # the response on a line of its own
+    assert path_box.locator(".prefix-part").text_content() == prefix
+    assert path_box.text_content() == prompt + paths[0]["text"]
+
+    goto(page, f"{real_service.url}/viewer/response?job={job_id}")
+    assert "chat" in page.locator("#response-card").get_attribute("class").split()
+    assert page.locator("#prompt").text_content() == prompt
+    shown = page.locator("#tokens [data-role='prefix']")
+    assert shown.text_content() == shown_text(prefix)
+    assert page.locator("#tokens").text_content().startswith(shown_text(prefix))
+    assert page.log.problems() == []
+
+
+def test_compare_page_on_two_temperatures(browser_page, real_service, screenshot):
+    """The README's comparison in the browser: the demo model's tree at temperatures 0.7 and 1.0, drawn
+    as one tree with the API's counts; the largest disagreement is a click away."""
+    page = browser_page
+    client = real_service.client
+    rule = {"min_branch_threshold": 0.03, "max_branch_threshold": 0.2}
+    cool, warm = (submit(client, PROMPT, temperature=t, **rule) for t in (0.7, 1.0))
+    for job_id in (cool, warm):
+        wait_finished(client, job_id, why=real_service.log_tail)
+    report = client.get("/v1/compare", params={"a": cool, "b": warm}).json()
+    assert report["only_a"] > 0 and report["only_b"] > 0 and report["shared_expanded"] > 0
+    goto(page, f"{real_service.url}/viewer/compare?a={cool}&b={warm}")
+    for side, count in (("both", report["shared_nodes"]), ("a", report["only_a"]), ("b", report["only_b"])):
+        assert page.locator(f"#cmp-counts dd[data-count={side}]").text_content() == f"{count:,}"
+    assert "temperature A 0.7 · B 1" in page.locator("#cmp-differences").text_content()
+    top = report["disagreements"][0]
+    first = page.locator("#ranked-list li").nth(0)
+    assert first.locator(".p").text_content() == f"{top['distance']:.3f}"
+    first.click()
+    assert page.locator("#details-body").get_attribute("data-key") == f"an{top['a_node']}"
+    for _ in range(2):  # show more of the tree around it, labels still readable
+        page.click("#zoom-out")
+    page.wait_for_timeout(300)
+    screenshot(page, "real-compare-page", docs="compare-page.png")
+    assert page.log.problems() == []
+
+
 def test_seed_files_load_in_the_real_app(browser_page, real_service, seed_server):
     page = browser_page
     seed = json.loads(SEED_TREE.read_text(encoding="utf-8"))

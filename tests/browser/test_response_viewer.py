@@ -122,3 +122,64 @@ def test_explore_from_here_submits_and_shows_the_new_job(
     assert "The capital of India is **" in page.locator("#prompt").text_content()
     assert "Explored from another tree" in page.locator("#banner").text_content()
     assert page.log.problems() == []
+
+
+def test_keyboard_moves_along_the_path_and_between_siblings(browser_page, base_url, india, seed_tree_doc):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/response?job={india}")
+    root = seed_tree_doc["tree"]
+    siblings = sorted(root["children"], key=lambda c: c["prob"], reverse=True)  # " Delhi", " New", ":"
+    page.locator("#tokens .tok").first.focus()
+
+    def focused() -> str:
+        return page.evaluate("() => document.activeElement.dataset.index")
+
+    assert page.locator("#tokens .tok").first.evaluate("e => getComputedStyle(e).outlineStyle") != "none"
+    # Enter opens the token: its alternatives.
+    page.keyboard.press("Enter")
+    assert page.locator("#token-body button.alt.current .t").text_content() == visible_ws(siblings[0]["text"])
+    # ↓ the next sibling (the path switches to its branch), ↑ back.
+    page.keyboard.press("ArrowDown")
+    expected = [siblings[1], *most_probable_path(siblings[1])]
+    assert tokens_text(page) == [shown_text(n["text"]) for n in expected]
+    assert focused() == "0"
+    page.keyboard.press("ArrowUp")
+    assert tokens_text(page)[0] == shown_text(siblings[0]["text"])
+    page.keyboard.press("ArrowUp")  # no sibling above the most probable: nothing changes
+    assert tokens_text(page)[0] == shown_text(siblings[0]["text"])
+    # → the child along the path, ← its parent.
+    page.keyboard.press("ArrowRight")
+    assert focused() == "1"
+    assert page.locator("#tokens .tok.selected").get_attribute("data-index") == "1"
+    page.keyboard.press("ArrowLeft")
+    assert focused() == "0"
+    assert page.log.problems() == []
+
+
+def test_a_forced_prefix_starts_the_response_in_both_viewers(browser_page, base_url, service, seed_tree_doc):
+    """A tree file whose metadata has a prefix (not chat): the response viewer shows the prompt, then the
+    response starting with the prefix; the tree viewer's ranked paths and path text begin with it too; the
+    downloaded path's text is the response."""
+    page = browser_page
+    prefix = " **New"
+    doc = {**seed_tree_doc, "metadata": {**seed_tree_doc["metadata"], "prefix": prefix}}
+    url = service.add_file("prefixed_tree.json", json.dumps(doc))
+    goto(page, f"{base_url}/viewer/response?file={url}")
+    assert "chat" not in page.locator("#response-card").get_attribute("class").split()
+    assert page.locator("#prompt").text_content() == doc["tree"]["text"]
+    path = most_probable_path(doc["tree"])
+    assert page.locator("#tokens").text_content() == shown_text(prefix + "".join(n["text"] for n in path))
+    with page.expect_download() as download:
+        page.click("#download")
+    saved = json.loads(read_download(download.value))
+    assert saved["text"] == prefix + "".join(n["text"] for n in path)
+
+    goto(page, f"{base_url}/viewer/tree?file={url}")
+    shown = page.locator("#paths-list li .txt").all_text_contents()
+    assert shown and all(text.startswith(visible_ws(prefix)) for text in shown)
+    page.locator("#paths-list li").first.click()
+    box = page.locator("#details-body [data-role='path']")
+    assert box.locator(".prefix-part").text_content() == prefix
+    assert box.locator("[data-role='chat-break']").count() == 0
+    assert box.text_content().startswith(doc["tree"]["text"] + prefix)
+    assert page.log.problems() == []

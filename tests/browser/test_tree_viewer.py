@@ -4,8 +4,10 @@ completed paths, search, live growth over server-sent events, export."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -23,7 +25,7 @@ from .helpers import (
 )
 from .service import tree_nodes
 from .synthetic import count_nodes as node_count
-from .synthetic import prune_depth
+from .synthetic import prune_depth, synthetic_tree
 
 pytestmark = pytest.mark.browser
 
@@ -351,4 +353,274 @@ def test_export_svg_and_png(browser_page, base_url, india):
     png = read_download(dl.value)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 5000
+    assert page.log.problems() == []
+
+
+# --------------------------------------------------------------------------- the view of a large tree
+
+IN_VIEW = """(sel) => {
+    const box = document.querySelector('#tree-svg').getBoundingClientRect();
+    const els = [...document.querySelectorAll(sel)];
+    const out = els.filter((e) => {
+        const r = e.getBoundingClientRect();
+        return r.left < box.left - 1 || r.right > box.right + 1
+            || r.top < box.top - 1 || r.bottom > box.bottom + 1;
+    });
+    return [els.length, out.length];
+}"""
+
+
+def in_view(page, selector: str) -> tuple[int, int]:
+    """How many elements match `selector`, and how many of them lie (partly) outside the canvas."""
+    total, outside = page.evaluate(IN_VIEW, selector)
+    return total, outside
+
+
+def zoom_scale(page) -> float:
+    return float(page.evaluate("() => d3.zoomTransform(document.querySelector('#tree-svg')).k"))
+
+
+@pytest.fixture(scope="module")
+def bushy(service) -> str:
+    """A finished job of 268 nodes with forks every few tokens: too big to read whole at once."""
+    return service.add_tree_job("bushy", synthetic_tree(268, seed=5, run_range=(1, 3)))
+
+
+def test_a_large_tree_fits_on_load_and_hides_labels_too_small_to_read(browser_page, base_url, bushy,
+                                                                         screenshot):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/tree?job={bushy}")
+    drawn, outside = in_view(page, "#tree-svg g.unit circle.dot")
+    assert drawn > 60 and outside == 0  # the whole tree is in view
+    assert zoom_scale(page) < 0.6
+    svg = page.locator("#tree-svg")
+    assert svg.get_attribute("data-labels") == "hidden"
+    assert page.locator("#label-hint").is_visible()
+    assert not page.locator("#tree-svg g.unit:not(.root) text.lbl").first.is_visible()
+    # The prompt and the unit under the pointer keep a label of their size on screen.
+    root_label = page.locator("#tree-svg g.unit.root text.lbl")
+    assert root_label.is_visible() and root_label.bounding_box()["height"] >= 10
+    hovered = page.locator("#tree-svg g.unit:not(.root)").nth(5)
+    hovered.hover()
+    label = hovered.locator("text.lbl")
+    assert label.is_visible() and label.bounding_box()["height"] >= 10
+    screenshot(page, "tree-large-fitted")
+    # Zoomed in far enough, the labels come back at their one size.
+    while zoom_scale(page) < 0.6:
+        page.click("#zoom-in")
+    assert svg.get_attribute("data-labels") == "shown"
+    assert not page.locator("#label-hint").is_visible()
+    assert page.locator("#tree-svg g.unit.root text.lbl").is_visible()
+    # Fit frames the whole tree again.
+    page.click("#zoom-fit")
+    assert in_view(page, "#tree-svg g.unit circle.dot")[1] == 0
+    assert page.log.problems() == []
+
+
+def test_a_ranked_path_click_frames_the_whole_path(browser_page, base_url, bushy):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/tree?job={bushy}")
+    for _ in range(8):
+        page.click("#zoom-in")  # far in: most of the tree is out of view
+    assert in_view(page, "#tree-svg g.unit circle.dot")[1] > 0
+    page.locator("#paths-list li").first.click()
+    path_units, outside = in_view(page, "#tree-svg g.unit.hl")
+    assert path_units >= 3 and outside == 0  # root, end and everything between
+    assert page.log.problems() == []
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_export_writes_the_whole_layout_not_the_viewport(browser_page, base_url, service):
+    page = browser_page
+    job_id = service.add_tree_job("export-big", synthetic_tree(5000, seed=11, run_range=(1, 3)))
+    goto(page, f"{base_url}/viewer/tree?job={job_id}")
+    page.click("#expand-all")
+    laid_out = page.evaluate("() => window.__tokentree.lastRender.units")
+    drawn = page.locator("#tree-svg g.unit").count()
+    assert laid_out > 1200 and drawn < laid_out  # only the units in view are drawn on screen
+    bounds = page.evaluate("() => window.__tokentree.state.bounds")
+    width, height = math.ceil(bounds["width"] + 40), math.ceil(bounds["height"] + 40)
+
+    with page.expect_download() as dl:
+        page.click("#export-svg")
+    svg = read_download(dl.value).decode()
+    root = ET.fromstring(svg)
+    assert (int(root.get("width")), int(root.get("height"))) == (width, height)
+    assert root.get("viewBox") == f"0 0 {width} {height}"
+    unit_class = [el.get("class", "").split() for el in root.iter("{http://www.w3.org/2000/svg}g")]
+    assert sum("unit" in c for c in unit_class) == laid_out  # every unit, not the viewport's
+    assert root.get("data-labels") is None  # an export always shows the labels
+    assert page.locator("#tree-svg g.unit").count() == drawn  # the screen is drawn as before
+
+    with page.expect_download() as dl:
+        page.click("#export-png")
+    size = png_size(read_download(dl.value))
+    scale = page.evaluate("() => window.__tokentree.lastExport.scale")
+    assert 0 < scale <= 2
+    assert size == (round(width * scale), round(height * scale))
+    assert page.log.problems() == []
+
+
+def test_export_json_of_the_current_view_reopens_as_that_view(browser_page, base_url, india, seed_tree_doc):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/tree?job={india}")
+    delhi = page.locator("#tree-svg g.unit[data-depth='1']", has_text="Delhi").filter(has_not_text="New")
+    delhi.first.click()  # fold a branch: the view shows part of the tree
+    shown_units = units(page).count()
+    with page.expect_download() as dl:
+        page.click("#export-json")
+    doc = json.loads(read_download(dl.value))
+    view = doc["metadata"]["view"]
+    assert view["nodes_total"] == node_count(seed_tree_doc)
+    assert node_count(doc) == view["nodes_shown"] < view["nodes_total"]
+    assert doc["metadata"]["prompt"] == seed_tree_doc["metadata"]["prompt"]
+    # Opened as a file, it draws the same units (the collapsed branch says what it hides).
+    page.set_input_files("#file-input", files=[{"name": "view.json", "mimeType": "application/json",
+                                                "buffer": json.dumps(doc).encode()}])
+    page.wait_for_selector(READY, state="attached")
+    wait_until(lambda: "File: view.json" in page.locator("#source-name").text_content(), message="the file")
+    assert units(page).count() == shown_units
+    assert page.log.problems() == []
+
+
+def test_a_merged_run_says_which_node_each_figure_belongs_to(browser_page, base_url, india):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/tree?job={india}")
+    unit_with_text(page, "New Delhi").hover()  # the run " New", " Delhi", ".", " "
+    body = page.locator("#details-body")
+    note = body.locator('[data-role="run-note"]').text_content()
+    assert visible_ws(" New") in note and visible_ws(" ") in note
+    labels = body.locator(".stat .k").all_text_contents()
+    assert "Token id · first" in labels and "Threshold · first" in labels
+    assert "Cumulative prob · last" in labels and "Status · last" in labels
+    assert "(after the last token)" in body.text_content()
+    # One token of the run alone has no such marks.
+    body.locator(".seg-strip .tok").nth(1).click()
+    assert "Token id" in body.locator(".stat .k").all_text_contents()
+    assert body.locator('[data-role="run-note"]').count() == 0
+    assert page.log.problems() == []
+
+
+# --------------------------------------------------------------------------- keyboard and colours
+
+
+def focused_unit(page) -> str | None:
+    return page.locator("#tree-svg g.unit.kbd").first.get_attribute("data-key") if page.locator(
+        "#tree-svg g.unit.kbd").count() else None
+
+
+def test_keyboard_moves_between_parent_children_and_siblings(browser_page, base_url, india, seed_tree_doc):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/tree?job={india}")
+    page.focus("#tree-svg")
+    root_key = page.locator("#tree-svg g.unit.root").get_attribute("data-key")
+    assert focused_unit(page) == root_key
+    ring = page.locator("#tree-svg g.unit.kbd circle.ring")
+    assert ring.evaluate("e => getComputedStyle(e).stroke") != "none"  # the focus is visible
+    # → goes to the root's most probable child.
+    best = max(seed_tree_doc["tree"]["children"], key=lambda c: c["prob"])
+    page.keyboard.press("ArrowRight")
+    first = page.locator("#tree-svg g.unit.kbd")
+    assert first.get_attribute("data-depth") == "1"
+    assert visible_ws(best["text"]) in first.text_content()
+    first_key = focused_unit(page)
+    page.keyboard.press("ArrowDown")
+    second_key = focused_unit(page)
+    assert second_key != first_key
+    assert page.locator("#tree-svg g.unit.kbd").get_attribute("data-depth") == "1"
+    page.keyboard.press("ArrowUp")
+    assert focused_unit(page) == first_key
+    page.keyboard.press("ArrowLeft")
+    assert focused_unit(page) == root_key
+    page.keyboard.press("ArrowRight")
+    # Enter opens the node: its details.
+    page.keyboard.press("Enter")
+    token = page.locator('#details-body [data-role="token"]').text_content()
+    assert token == visible_ws(best["text"])
+    # Space folds it; → opens it again and goes to its child.
+    page.keyboard.press("Space")
+    assert page.locator("#tree-svg g.unit.kbd.collapsed").count() == 1
+    page.keyboard.press("ArrowRight")
+    assert page.locator("#tree-svg g.unit.kbd").get_attribute("data-depth") != "1"
+    # / goes to the search box, from anywhere.
+    page.keyboard.press("/")
+    assert page.evaluate("() => document.activeElement.id") == "search"
+    page.keyboard.type("Delhi")
+    page.keyboard.press("Enter")
+    wait_until(lambda: "matches" in page.locator("#search-info").text_content(), message="search")
+    page.keyboard.press("Escape")
+    assert page.evaluate("() => document.activeElement.id") == "tree-svg"
+    assert page.log.problems() == []
+
+
+def dot_fills(page) -> dict[str, str]:
+    return dict(page.locator("#tree-svg g.unit").evaluate_all(
+        "els => els.map(e => [e.dataset.key, e.querySelector('circle.dot').getAttribute('fill')])"))
+
+
+def test_colour_by_probability_entropy_or_unexplored_mass(browser_page, base_url, india, seed_tree_doc):
+    page = browser_page
+    goto(page, f"{base_url}/viewer/tree?job={india}")
+    legend = page.locator("#color-legend")
+    assert "probability" in legend.text_content()
+    by_prob = dot_fills(page)
+    page.select_option("#color-by", "entropy")
+    assert legend.get_attribute("data-mode") == "entropy"
+    assert "entropy" in legend.text_content()
+    by_entropy = dot_fills(page)
+    assert by_entropy.keys() == by_prob.keys() and by_entropy != by_prob
+    page.select_option("#color-by", "unexplored")
+    assert "unexplored mass" in legend.text_content()
+    by_mass = dot_fills(page)
+    assert by_mass != by_prob and by_mass != by_entropy
+    # The seed tree predates `unexplored_mass`: the viewer derives it from the children (1 minus their
+    # probabilities). Completed paths have nothing after them: grey, as the legend's "none" says.
+    assert "none" in legend.text_content()
+    completed = page.locator("#tree-svg g.unit.leaf:has(tspan.endm.end)").first.get_attribute("data-key")
+    assert by_mass[completed] == "#b8bec9"
+    root = page.locator("#tree-svg g.unit.root").get_attribute("data-key")
+    explored = sum(c["prob"] for c in seed_tree_doc["tree"]["children"])
+    assert 0 < 1 - explored < 1 and by_mass[root] not in ("#b8bec9", by_prob[root])
+    assert page.log.problems() == []
+
+
+def test_details_show_the_models_own_probability_and_the_unexplored_mass(browser_page, base_url, tmp_path):
+    """A tree built through a sampler: the bar shows the sampler's probability, the details the model's
+    own beside it and the mass the node's children leave out."""
+    from engine.analysis import build_tree
+    from engine.loading import ModelSpec, load_model
+    from engine.params import TreeParams
+
+    result = build_tree(load_model(ModelSpec()), "The secret to happiness is",
+                        TreeParams(temperature=0.7, top_p=0.9))
+    path = tmp_path / "sampled.json"
+    path.write_text(result.json_text(), encoding="utf-8")
+    node = next(n for n in result.nodes if n.text == " simple")  # a run: " simple", ".", "<eos>"
+
+    def percent(p: float) -> str:  # as the viewer writes a probability
+        return "0%" if p == 0 else f"{p * 100:.1f}%" if p >= 0.1 else f"{p * 100:.2f}%"
+
+    page = browser_page
+    goto(page, f"{base_url}/viewer/tree", state="body[data-state=empty]")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector(READY, state="attached")
+    unit_with_text(page, "simple").hover()
+    body = page.locator("#details-body")
+
+    def stats() -> dict[str, str]:
+        """The panel's figures by label (a run's labels say "· first" or "· last": left out)."""
+        keys = [k.split(" · ")[0] for k in body.locator(".stat .k").all_text_contents()]
+        return dict(zip(keys, body.locator(".stat .v").all_text_contents(), strict=True))
+
+    assert body.locator('[data-role="prob"]').text_content() == percent(node.prob)
+    assert stats()["Model's prob"] == percent(node.raw_prob) != percent(node.prob)
+    # Top-p left " simple" one next token: its child has it all, nothing is unexplored.
+    assert stats()["Unexplored mass"] == percent(node.unexplored_mass) == "0%"
+    # The prompt's node: its unexplored mass is what its children leave out.
+    unit_with_text(page, "The secret").hover()
+    assert stats()["Unexplored mass"] == percent(result.nodes[0].unexplored_mass)
     assert page.log.problems() == []

@@ -2,7 +2,8 @@
 
 Hypothesis mixes random prompts of random lengths (some longer than the tiny models' sliding window of
 8, so windows cut into the prompt; some equal, so trees share a prompt's KV) with random parameters,
-on the demo model and on tiny random Gemma-2 (attention soft-capping), Gemma-3 and Llama models.
+on the demo model and on tiny random Gemma-2 (attention soft-capping), Gemma-3 and Llama models; each
+tree with sampler settings of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from bench.reference import PROB_TOLERANCE, assert_matches_reference, sequential_tree
 from engine.analysis import TreeRequest, build_tree, build_trees
 from engine.loading import LoadedModel, ModelSpec, encode_prompt, load_model
-from engine.params import TreeParams
+from engine.params import SAMPLER_PARAMETERS, TreeParams
+from tests.engine.plain_sampler import plain_sampler
 
 WORDS = ["once", "upon", "a", "time", "there", "was", "a", "little", "robot", "who", "lived", "in", "the",
          "city", "by", "the", "sea", "and", "dreamed"]
@@ -36,6 +38,11 @@ def requests(draw: st.DrawFn) -> list[TreeRequest]:
             max_depth=draw(st.integers(1, 14)),
             max_completed_paths=draw(st.integers(1, 12)),
             max_nodes=draw(st.integers(1, 150)),
+            # Each tree its own sampler: the rows of one batch are processed each by its own.
+            temperature=draw(st.sampled_from([1.0, 0.6, 1.4])),
+            top_k_filter=draw(st.sampled_from([0, 0, 4, 40])),
+            top_p=draw(st.sampled_from([1.0, 1.0, 0.9, 0.6])),
+            min_p=draw(st.sampled_from([0.0, 0.0, 0.05])),
         )
         out.append(TreeRequest(" ".join(draw(st.sampled_from(prompts))), params))
     return out
@@ -50,8 +57,10 @@ def assert_batched_trees_are_exact(lm: LoadedModel, batch: list[TreeRequest], ma
         ]
         assert [n.prob for n in result.nodes] == pytest.approx([n.prob for n in alone.nodes],
                                                               abs=PROB_TOLERANCE)
+        sampler = {name: getattr(request.params, name) for name in SAMPLER_PARAMETERS}
         reference = sequential_tree(lm.model, encode_prompt(lm, request.prompt), set(lm.stop_ids),
-                                    request.params.to_dict(), depth_limit=lm.context_length)
+                                    request.params.to_dict(), depth_limit=lm.context_length,
+                                    warp=plain_sampler(**sampler))
         assert_matches_reference(result.nodes, reference.root)
 
 

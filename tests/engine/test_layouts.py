@@ -23,7 +23,9 @@ SEED_NODE_KEYS = {
     "candidates",
     "children",
 }
-OUR_NODE_KEYS = {"id", "logprob", "entropy", "threshold", "queue_depth", "finish_reason", "child_count"}
+OUR_NODE_KEYS = {"id", "logprob", "entropy", "threshold", "queue_depth", "finish_reason", "child_count",
+                 "raw_prob", "raw_logprob", "unexplored_mass"}
+OUR_CANDIDATE_KEYS = {"text", "prob", "token_id", "logprob", "raw_prob", "raw_logprob"}
 
 
 def walk(tree: dict):  # type: ignore[no-untyped-def]
@@ -47,7 +49,7 @@ def test_tree_json_has_the_seed_layout_plus_ours(demo) -> None:  # type: ignore[
     for node in nodes:
         assert set(node) == SEED_NODE_KEYS | OUR_NODE_KEYS
         for candidate in node["candidates"]:
-            assert set(candidate) == {"text", "prob", "token_id"}
+            assert set(candidate) == OUR_CANDIDATE_KEYS  # "bytes" too where a token is not valid UTF-8
     root = document["tree"]
     assert root["text"] == "Once upon a time" and root["token_id"] is None and root["prob"] == 1.0
     assert sum(1 for n in nodes if n["finish_reason"] == "stop") == 5
@@ -96,15 +98,16 @@ def test_logprobs_record_has_the_seed_layout(demo) -> None:  # type: ignore[no-u
     assert record["prompt"] == "Once upon a time"
     assert 0 < len(record["data"]) <= 40
     for step in record["data"]:
-        assert set(step) == {"token", "logprob", "prob", "other_tokens"}
+        assert set(step) == {"token", "logprob", "prob", "raw_logprob", "raw_prob", "other_tokens"}
         assert 0 < step["prob"] <= 100
         assert len(step["other_tokens"]) == 5
         assert step["other_tokens"][0]["token"] == step["token"]  # greedy: the chosen one is the best
-        assert set(step["other_tokens"][0]) == {"token", "logprob", "prob"}
+        assert set(step["other_tokens"][0]) == {"token", "logprob", "prob", "raw_logprob", "raw_prob"}
+        assert step["raw_logprob"] == step["logprob"]  # no sampler: the model's own distribution
     # The record reads back as the seed's JSONL does.
     seed_record = json.loads((SEED / "logprobs_sample.jsonl").read_text().splitlines()[0])
     assert set(seed_record) <= set(record)
-    assert set(seed_record["data"][0]) == set(record["data"][0])
+    assert set(seed_record["data"][0]) | {"raw_logprob", "raw_prob"} == set(record["data"][0])
 
 
 def test_logprobs_follow_the_tree(demo) -> None:  # type: ignore[no-untyped-def]
@@ -145,17 +148,26 @@ def test_node_json_is_what_json_dumps_writes() -> None:
         cumulative_prob=1e-12,
         is_finished=True,
         finish_reason="stop",
-        candidates=[Candidate(token_id=5, text="\n\n", prob=0.98765)],
+        candidates=[Candidate(token_id=5, text="\n\n", prob=0.98765, logprob=-0.012425, raw_prob=0.5,
+                              raw_logprob=-0.6931471805599453),
+                    Candidate(token_id=6, text="\ufffd", prob=0.01, logprob=-4.6, token_bytes=b"\xe2\x80")],
         threshold=0.1 + 0.4 / 3,
         queue_depth=10,
         entropy=0.0,
+        raw_prob=0.0123456789,
+        raw_logprob=-4.394,
+        token_bytes=b"\x00\xff",
+        unexplored_mass=0.25,
     )
     expected = {
         "id": 7,
         "text": node.text,
+        "bytes": [0, 255],
         "prob": round(node.prob, 6),
         "logprob": float(node.logprob),
         "cumulative_prob": 1e-12,
+        "raw_prob": 0.012346,
+        "raw_logprob": -4.394,
         "token_id": 42,
         "depth": 2,
         "is_finished": True,
@@ -163,10 +175,16 @@ def test_node_json_is_what_json_dumps_writes() -> None:
         "threshold": node.threshold,
         "queue_depth": 10,
         "entropy": 0.0,
-        "candidates": [{"text": "\n\n", "prob": 0.9877, "token_id": 5}],
+        "unexplored_mass": 0.25,
+        "candidates": [{"text": "\n\n", "prob": 0.9877, "token_id": 5, "logprob": -0.012425, "raw_prob": 0.5,
+                        "raw_logprob": -0.6931471805599453},
+                       {"text": "\ufffd", "prob": 0.01, "token_id": 6, "logprob": -4.6, "raw_prob": 0.01,
+                        "raw_logprob": -4.6, "bytes": [226, 128]}],
         "child_count": 0,
         "children": [],
     }
     text = node_json_head(node, 0) + "]}"
     assert json.loads(text) == expected
     assert text == json.dumps(expected)
+    for candidate in node.candidates:  # written by hand, or as a dict (`Tree.to_dataframe`): the same
+        assert candidate.json_text() == json.dumps(candidate.to_json())

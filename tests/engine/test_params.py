@@ -31,6 +31,16 @@ def test_threshold_is_constant_when_min_equals_max() -> None:
         ({"soft_queue_limit": 2.5}, "soft_queue_limit"),
         ({"min_branch_threshold": "0.1"}, "min_branch_threshold"),
         ({"max_depth": True}, "max_depth"),
+        ({"max_candidates": 0}, "max_candidates"),
+        ({"max_candidates": 101}, "max_candidates"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": 1e9}, "temperature"),
+        ({"top_k_filter": -1}, "top_k_filter"),
+        ({"top_k_filter": 2.0}, "top_k_filter"),
+        ({"top_p": 1.01}, "top_p"),
+        ({"min_p": -0.1}, "min_p"),
     ],
 )
 def test_bad_parameters_name_their_field(values: dict, field: str) -> None:
@@ -55,6 +65,12 @@ def test_defaults_are_the_seed_experiment() -> None:
         "max_depth": 1000,
         "max_completed_paths": 5,
         "max_nodes": 100_000,
+        # Ours: the seed's candidate count, and a sampler that changes nothing.
+        "max_candidates": 10,
+        "temperature": 1.0,
+        "top_k_filter": 0,
+        "top_p": 1.0,
+        "min_p": 0.0,
     }
 
 
@@ -66,9 +82,20 @@ def test_children_bound_covers_every_token_above_the_threshold() -> None:
 
 @pytest.mark.parametrize(
     ("values", "field"),
-    [({"max_new_tokens": 0}, "max_new_tokens"), ({"top_k": 0}, "top_k"), ({"top_k": 1000}, "top_k")],
+    [({"max_new_tokens": 0}, "max_new_tokens"), ({"top_k": 0}, "top_k"), ({"top_k": 1000}, "top_k"),
+     ({"temperature": 0}, "temperature"), ({"top_p": 2}, "top_p")],
 )
 def test_bad_logprobs_parameters(values: dict, field: str) -> None:
     with pytest.raises(ParameterError) as caught:
         LogprobsParams(**values)
     assert caught.value.field == field
+
+
+def test_temperature_is_a_positive_number_not_a_probability() -> None:
+    assert TreeParams(temperature=2.5).temperature == 2.5  # above 1: floats are not all probabilities
+    with pytest.raises(ParameterError) as caught:
+        TreeParams(temperature=0)
+    assert str(caught.value) == "temperature: must be greater than 0 and at most 100, got 0"
+    described = {p["name"]: p for p in TreeParams.describe()}
+    assert described["temperature"]["exclusive_minimum"] is True
+    assert described["top_p"]["exclusive_minimum"] is False

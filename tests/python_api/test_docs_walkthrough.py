@@ -49,6 +49,15 @@ def test_the_walkthrough_runs(service: LiveAPI, tmp_path: Path, monkeypatch: pyt
 
     assert isinstance(namespace["tree"], tokentree.Tree) and isinstance(namespace["served"], tokentree.Tree)
     assert namespace["job"].status == "succeeded" and namespace["analysis"].status == "succeeded"
+    assert namespace["scoring"].status == "succeeded" and namespace["scoring"].kind == "score"
+    # The scored car stands out: the model ranks " ca" far down; the served fox is likely.
+    assert max(step["rank"] for step in namespace["scored"]["data"]) > 100
+    assert namespace["record"]["response"].strip()  # the logprobs example answers something
+    # The study: all its jobs done, and the top fork is where the text says, right after the India prompt.
+    assert namespace["study"].done and namespace["study"].progress.by_status["succeeded"] == 3
+    top = namespace["forks"].iloc[0]
+    assert (top["prompt"], top["path_text"]) == ("The capital of India is", "")
+    assert len(namespace["nodes"]) == namespace["study"].progress.nodes
     assert any(value is True for value in shown)  # the saved tree read back writes the same document
     assert any(isinstance(value, str) and value == "cancelled" for value in shown)
     printed = capsys.readouterr().out
@@ -62,5 +71,5 @@ def test_the_readme_shows_the_python_api_and_links_the_walkthrough() -> None:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## From Python", 1)[1].split("\n## ", 1)[0]
     assert "import tokentree" in section and "(docs/python.md)" in section
-    for name in ("build_tree", "Client", "paths", "to_dataframe", "wait", "tree"):
+    for name in ("build_tree", "Client", "paths", "to_dataframe", "wait", "tree", "score"):
         assert name in section

@@ -134,7 +134,7 @@ def test_progress_goes_to_stderr_unless_turned_off(capfd: pytest.CaptureFixture[
 
 def test_logprobs_is_the_clis_record(tmp_path: Path) -> None:
     out = tmp_path / "logprobs.jsonl"
-    prompt = "Who was the first President of India?"
+    prompt = "Once upon a time"
     done = run_cli("logprobs", prompt, "-q", "-o", str(out), "--max-new-tokens", "12", "--top-k", "3",
                    timeout=300)
     assert done.returncode == 0, done.stderr
@@ -142,6 +142,31 @@ def test_logprobs_is_the_clis_record(tmp_path: Path) -> None:
     assert json.dumps(record) == out.read_text(encoding="utf-8").strip()
     with pytest.raises(tokentree.ParameterError, match="top_k"):
         tokentree.logprobs(prompt, top_k=0)
+
+
+def test_score_is_the_clis_record(tmp_path: Path) -> None:
+    out = tmp_path / "score.jsonl"
+    prompt, text = "Tell me a story", ", there was a little fox."
+    done = run_cli("score", prompt, "--text", text, "--chat", "--prefix", "Once upon a time", "--top-k", "2",
+                   "--include-prompt", "-o", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = tokentree.score(prompt, text, chat=True, prefix="Once upon a time", top_k=2, include_prompt=True)
+    assert json.dumps(record) == out.read_text(encoding="utf-8").strip()
+    assert record["response"] == "Once upon a time" + text
+    with pytest.raises(tokentree.ParameterError, match="include_prompt"):
+        tokentree.score(prompt, text, include_prompt="yes")
+    with pytest.raises(tokentree.ParameterError, match="text"):
+        tokentree.score(prompt, "")
+
+
+def test_a_trees_paths_begin_with_the_forced_prefix() -> None:
+    """`Tree.paths()` gives each path's response: the prefix (metadata.prefix, no token of the tree), then
+    its tokens; the same read back from the JSON."""
+    tree = tokentree.build_tree("Once upon a time", prefix=", there was a dragon", max_nodes=150,
+                                progress=False)
+    paths = tree.paths()
+    assert paths and all(p.text.startswith(", there was a dragon") for p in paths)
+    assert [p.text for p in tokentree.Tree.from_json(tree.to_json()).paths()] == [p.text for p in paths]
 
 
 def test_importing_tokentree_loads_neither_torch_nor_the_service() -> None:

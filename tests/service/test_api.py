@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.dispatch import model_queue
 from bench.factories import RecordingDispatcher, insert_tree, synthetic_tree
-from engine.params import LogprobsParams, TreeParams
+from engine.params import LogprobsParams, ScoreParams, TreeParams
 from migrations import upgrade_database
 from models import jobs
 from tests.utils.servers import LiveAPI, embedded_settings, live_api_for, postgres_settings
@@ -123,9 +123,21 @@ def test_simultaneous_submissions_with_one_key_make_one_job(
         assert len(dispatched(api)) == 1
 
 
+def test_submit_score(live_api: LiveAPI) -> None:
+    """A score job keeps its text; its parameters are completed as any kind's are."""
+    job = submit(live_api, kind="score", text=", there was a fox.", chat=True,
+                 parameters={"include_prompt": True})
+    assert (job["kind"], job["text"], job["chat"]) == ("score", ", there was a fox.", True)
+    assert job["parameters"] == {**ScoreParams().to_dict(), "include_prompt": True}
+    assert dispatched(live_api) == [(job["id"], "demo")]
+    assert live_api.client.get(f"/v1/jobs/{job['id']}").json()["text"] == ", there was a fox."
+    assert submit(live_api)["text"] is None  # the other kinds have none
+
+
 def test_submit_logprobs(live_api: LiveAPI) -> None:
     job = submit(live_api, kind="logprobs", parameters={"top_k": 3})
-    assert job["parameters"] == {"max_new_tokens": 100, "top_k": 3}
+    assert job["parameters"] == {"max_new_tokens": 100, "top_k": 3, "temperature": 1.0, "top_k_filter": 0,
+                                 "top_p": 1.0, "min_p": 0.0}
 
 
 @pytest.mark.parametrize(
@@ -148,7 +160,19 @@ def test_submit_logprobs(live_api: LiveAPI) -> None:
          "at most 2000 on this"),
         ({"model": "/etc/passwd"}, ["body", "model"], "not served here; one of demo"),
         ({"model": "gpt"}, ["body", "model"], "not served here"),
-        ({"kind": "poem"}, ["body", "kind"], "'tree' or 'logprobs'"),
+        ({"kind": "poem"}, ["body", "kind"], "'tree', 'logprobs' or 'score'"),
+        ({"kind": "score"}, ["body", "text"], "needs the text to score"),
+        ({"kind": "score", "text": ""}, ["body", "text"], "needs the text to score"),
+        ({"kind": "score", "text": "a\x00b"}, ["body", "text"], "NUL"),
+        ({"kind": "score", "text": "x" * 20_001}, ["body", "text"], "at most 20000 characters"),
+        ({"kind": "score", "text": "x", "parameters": {"include_prompt": 1}}, [*PARAMETER, "include_prompt"],
+         "true or false"),
+        ({"kind": "score", "text": "x", "parameters": {"top_k": 101}}, [*PARAMETER, "top_k"],
+         "between 1 and"),
+        ({"kind": "score", "text": "x", "parameters": {"max_nodes": 5}}, [*PARAMETER, "max_nodes"],
+         "unknown parameter"),
+        ({"text": "a fox"}, ["body", "text"], "only score jobs take a text"),
+        ({"kind": "logprobs", "text": "a fox"}, ["body", "text"], "only score jobs take a text"),
         ({"prompt": ""}, ["body", "prompt"], "at least 1 character"),
         ({"prompt": " \n\t "}, ["body", "prompt"], "only whitespace"),
         ({"prompt": 42}, ["body", "prompt"], "valid string"),
@@ -158,6 +182,16 @@ def test_submit_logprobs(live_api: LiveAPI) -> None:
         ({"chat": "yes"}, ["body", "chat"], "valid boolean"),
         ({"parameters": [1, 2]}, ["body", "parameters"], "valid dictionary"),
         ({"temperature": 0.7}, ["body", "temperature"], "Extra inputs"),
+        ({"parameters": {"temperature": 0}}, [*PARAMETER, "temperature"], "must be greater than 0"),
+        ({"parameters": {"temperature": 101}}, [*PARAMETER, "temperature"], "at most 100"),
+        ({"parameters": {"top_p": 1.5}}, [*PARAMETER, "top_p"], "between 0 and 1"),
+        ({"parameters": {"min_p": "0.1"}}, [*PARAMETER, "min_p"], "must be a number"),
+        ({"parameters": {"top_k_filter": 0.5}}, [*PARAMETER, "top_k_filter"], "must be an integer"),
+        ({"parameters": {"max_candidates": 0}}, [*PARAMETER, "max_candidates"], "between 1 and 100"),
+        ({"kind": "logprobs", "parameters": {"temperature": -1}}, [*PARAMETER, "temperature"],
+         "must be greater than 0"),
+        ({"kind": "logprobs", "parameters": {"max_candidates": 5}}, [*PARAMETER, "max_candidates"],
+         "unknown parameter"),
     ],
 )
 def test_bad_requests_are_422_naming_the_field(live_api: LiveAPI, change: dict[str, Any], loc: list[str],
@@ -237,6 +271,9 @@ def test_unknown_and_malformed_job_ids(live_api: LiveAPI) -> None:
         assert live_api.client.request(method, f"/v1/jobs/{missing}{path}").status_code == 404
         response = live_api.client.request(method, f"/v1/jobs/not-a-uuid{path}")
         assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["path", "job_id"]
+        # In plain words that say what an id looks like, not the validation library's.
+        message = response.json()["detail"][0]["msg"]
+        assert message.startswith("is not an id: ids are UUIDs such as ") and "Input should" not in message
 
 
 def test_cancel_keeps_the_partial_tree_and_signals_workers(live_api: LiveAPI) -> None:
@@ -306,9 +343,10 @@ def test_tree_of_a_job_without_nodes_or_of_another_kind(live_api: LiveAPI) -> No
     job = submit(live_api)
     response = live_api.client.get(f"/v1/jobs/{job['id']}/tree")
     assert response.status_code == 409 and "no nodes yet" in response.json()["detail"]
-    other = submit(live_api, kind="logprobs", parameters={})
-    assert live_api.client.get(f"/v1/jobs/{other['id']}/tree").status_code == 409
-    assert live_api.client.get(f"/v1/jobs/{other['id']}/paths").status_code == 409
+    for other in (submit(live_api, kind="logprobs", parameters={}),
+                  submit(live_api, kind="score", text=" a fox", parameters={})):
+        assert live_api.client.get(f"/v1/jobs/{other['id']}/tree").status_code == 409
+        assert live_api.client.get(f"/v1/jobs/{other['id']}/paths").status_code == 409
     assert live_api.client.get(f"/v1/jobs/{job['id']}/logprobs.jsonl").status_code == 409
 
 
@@ -323,6 +361,13 @@ def test_paths_ranked_by_cumulative_probability(live_api: LiveAPI) -> None:
     assert all(p["tokens"][-1] == 1 for p in paths)  # the factories' stop token ends each one
     top = live_api.client.get(f"/v1/jobs/{job['id']}/paths", params={"limit": 2}).json()["paths"]
     assert top == paths[:2]
+    # A forced prefix is part of every path's response: its text is the prefix, then its tokens.
+    forced = submit(live_api, prefix=" **Well,**")
+    write_tree(live_api, forced["id"], 500, seed=4, stop_share=0.3)
+    with_prefix = live_api.client.get(f"/v1/jobs/{forced['id']}/paths").json()["paths"]
+    assert [p["text"] for p in with_prefix] == [" **Well,**" + p["text"] for p in paths]
+    tree = live_api.client.get(f"/v1/jobs/{forced['id']}/tree").json()
+    assert (tree["metadata"]["prompt"], tree["metadata"]["prefix"]) == (TREE_REQUEST["prompt"], " **Well,**")
     assert live_api.client.get(f"/v1/jobs/{job['id']}/paths", params={"limit": 1001}).status_code == 422
 
 
@@ -337,6 +382,12 @@ def test_logprobs_record_as_jsonl(live_api: LiveAPI) -> None:
     assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
     assert response.text.endswith("\n") and response.text.count("\n") == 1
     assert json.loads(response.text) == record
+    # A score job's record is served at the same place.
+    scored = submit(live_api, kind="score", text=" Delhi", parameters={})
+    assert live_api.client.get(f"/v1/jobs/{scored['id']}/logprobs.jsonl").status_code == 409  # not yet
+    record = {**record, "text": " Delhi", "totals": {"text": {"tokens": 1, "sum_logprob": -0.1}}}
+    set_status(live_api, scored["id"], "succeeded", result={"record": record})
+    assert json.loads(live_api.client.get(f"/v1/jobs/{scored['id']}/logprobs.jsonl").text) == record
 
 
 # -- events -----------------------------------------------------------------------------------------------
@@ -482,7 +533,7 @@ def test_the_api_knows_every_status() -> None:
 
 @pytest.mark.parametrize(("path", "view"), [
     ("/", "jobs"), ("/viewer/tree", "tree"), ("/viewer/response", "response"),
-    ("/viewer/logprobs", "logprobs"),
+    ("/viewer/logprobs", "logprobs"), ("/viewer/compare", "compare"),
 ])
 def test_pages_share_one_top_bar_with_their_own_link_active(live_api: LiveAPI, path: str, view: str) -> None:
     response = live_api.client.get(path)
@@ -502,16 +553,24 @@ def test_the_parameters_a_server_takes_are_described_with_its_own_defaults(tmp_p
         described = api.client.get("/v1/parameters").json()
         tree = {p["name"]: p for p in described["tree"]}
         logprobs = {p["name"]: p for p in described["logprobs"]}
+        score = {p["name"]: p for p in described["score"]}
         assert list(tree) == [f.name for f in dataclasses.fields(TreeParams)]
         assert list(logprobs) == [f.name for f in dataclasses.fields(LogprobsParams)]
+        assert list(score) == [f.name for f in dataclasses.fields(ScoreParams)]
+        assert score["include_prompt"]["type"] == "boolean" and score["include_prompt"]["default"] is False
         assert tree["max_nodes"]["default"] == tree["max_nodes"]["maximum"] == 500  # capped below 100,000
         assert tree["max_depth"]["default"] == TreeParams().max_depth
         assert tree["min_branch_threshold"] | {"description": ""} == {
-            "name": "min_branch_threshold", "type": "number", "default": 0.1, "minimum": 0, "maximum": 1,
-            "description": ""}
+            "name": "min_branch_threshold", "type": "number", "default": 0.1, "minimum": 0,
+            "exclusive_minimum": False, "maximum": 1, "description": ""}
+        # The sampler's settings, for trees and logprobs alike; a temperature must be above its minimum.
+        assert tree["temperature"] == logprobs["temperature"]
+        assert (tree["temperature"]["minimum"], tree["temperature"]["exclusive_minimum"]) == (0, True)
+        assert tree["max_candidates"]["default"] == 10 and tree["top_k_filter"]["type"] == "integer"
         assert logprobs["max_new_tokens"]["default"] == 40 and logprobs["top_k"]["type"] == "integer"
-        for kind, table in (("tree", tree), ("logprobs", logprobs)):
-            job = api.client.post("/v1/jobs", json={"prompt": "hi", "kind": kind}).json()
+        for kind, table in (("tree", tree), ("logprobs", logprobs), ("score", score)):
+            text = " there" if kind == "score" else None
+            job = api.client.post("/v1/jobs", json={"prompt": "hi", "kind": kind, "text": text}).json()
             assert job["parameters"] == {name: p["default"] for name, p in table.items()}
 
 

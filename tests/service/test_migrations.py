@@ -58,7 +58,7 @@ def test_up_matches_the_schema_and_down_leaves_nothing(empty_database: str) -> N
     assert current_revision(empty_database) == head_revision()
     assert schema_differences(empty_database) == []
     tables, indexes = tables_and_indexes(empty_database)
-    assert tables == {"jobs", "nodes", "api_keys", "alembic_version"}
+    assert tables == {"jobs", "nodes", "api_keys", "studies", "alembic_version"}
     assert {"uq_nodes_job_parent_token", "uq_nodes_job_root", "ix_jobs_status_created"} <= indexes
     downgrade_database(empty_database)
     assert current_revision(empty_database) is None

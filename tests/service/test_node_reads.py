@@ -11,15 +11,19 @@ from sqlalchemy.orm import Session
 
 from bench.factories import insert_tree, make_job, synthetic_tree
 from engine.tree import Node as TreeNode
-from engine.tree import completed_paths, tree_json_text
+from engine.tree import completed_paths, coverage, tree_json_text
 from models import jobs, node_reads
 from models.schema import Job
 
 
 def engine_json_with_db_ids(nodes: list[TreeNode], db_ids: list[int], job: Job, root: int = 0,
                             max_depth: int | None = None) -> dict[str, Any]:
-    """What the engine writes for the same tree, with its ids replaced by the database's."""
-    document = json.loads(tree_json_text(nodes, node_reads.tree_metadata(job), root, max_depth))
+    """What the engine writes for the same tree, with its ids replaced by the database's. A whole tree
+    whose job recorded no coverage (not finished) has the coverage of its nodes so far."""
+    metadata = node_reads.tree_metadata(job)
+    if "coverage" not in metadata and root == 0 and max_depth is None:
+        metadata["coverage"] = coverage(nodes).to_json()
+    document = json.loads(tree_json_text(nodes, metadata, root, max_depth))
     stack = [document["tree"]]
     while stack:
         node = stack.pop()

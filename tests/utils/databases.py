@@ -15,6 +15,6 @@ def unique_suffix() -> str:
 
 
 def empty_tables(engine: Engine) -> None:
-    """No jobs, nodes nor API keys left (the ids start again from 1)."""
+    """No jobs, nodes, studies nor API keys left (the ids start again from 1)."""
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE nodes, jobs, api_keys RESTART IDENTITY CASCADE"))
+        connection.execute(text("TRUNCATE nodes, jobs, studies, api_keys RESTART IDENTITY CASCADE"))

@@ -18,7 +18,15 @@ from models.db import make_engine, make_session_factory
 from models.settings import Settings
 from tests.utils.servers import live_api_for
 from tests.workers.conftest import MODEL, MODEL_SOURCE, finished, submit, wait_for
-from tests.workers.trees import BIG, PROMPT, SMALL, WIDE, assert_follows_rule, cli_tree
+from tests.workers.trees import (
+    BIG,
+    PROMPT,
+    SMALL,
+    WIDE,
+    assert_follows_rule,
+    assert_same_coverage,
+    cli_tree,
+)
 from workers.local import LocalWorker
 
 
@@ -47,15 +55,19 @@ def local_api(embedded: tuple[Settings, sessionmaker[Session]]) -> Iterator[tupl
     worker.stop()
 
 
+@pytest.mark.parametrize("parameters", [SMALL, {**SMALL, "temperature": 1.3, "top_k_filter": 20}],
+                         ids=["default", "sampled"])
 def test_the_local_worker_builds_the_cli_tree(
-    local_api: tuple[httpx.Client, LocalWorker], tmp_path: Path
+    local_api: tuple[httpx.Client, LocalWorker], tmp_path: Path, parameters: dict
 ) -> None:
     api, _ = local_api
-    job_id = submit(api, PROMPT, **SMALL)
+    job_id = submit(api, PROMPT, **parameters)
     job = wait_for(api, job_id, finished)
     assert job["status"] == "succeeded", job
     tree = api.get(f"/v1/jobs/{job_id}/tree").json()
-    assert_same_tree(tree, cli_tree(tmp_path, MODEL_SOURCE, PROMPT, **SMALL))
+    reference = cli_tree(tmp_path, MODEL_SOURCE, PROMPT, **parameters)
+    assert_same_tree(tree, reference)
+    assert_same_coverage(tree["metadata"], reference["metadata"])
     assert job["progress"]["workers"] == {"local": tree["metadata"]["stats"]["expanded"]}
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -10,10 +13,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.tree import Candidate, candidates_json
+from engine.tree import Candidate, candidates_json, unexplored_mass
 from migrations import upgrade_database
 from models import jobs
 from models.db import make_engine, make_session_factory
+from models.node_reads import tree_json
 from models.node_writes import (
     Expansion,
     Finish,
@@ -24,6 +28,7 @@ from models.node_writes import (
     open_node_ids,
     path_tokens,
     start_tree,
+    tree_totals,
     write_step,
     write_steps,
 )
@@ -265,3 +270,37 @@ def test_a_batch_of_steps_writes_what_the_steps_write_alone(factory: sessionmake
     assert [w.outcomes for w in again][:3] == [["done"], ["done", "skipped"], ["skipped"]]
     for a, b in zip(alone_jobs, together_jobs, strict=True):
         assert _tree_rows(factory, a[0]) == _tree_rows(factory, b[0])
+
+
+def test_node_measures_are_stored_and_read_back(factory: sessionmaker[Session]) -> None:
+    """Raw probabilities, a token's bytes and an expansion's unexplored mass go in and come back out (in the
+    tree JSON the API serves, and in the coverage a finished job records), alone and in a batch; a write
+    that keeps fewer children than were asked (max_nodes) records the mass of those it kept."""
+    def measured(node_id: int, depth: int) -> Expansion:
+        children = [NewChild(5, "\ufffd", 0.5, math.log(0.5), 0.5, raw_prob=0.25, raw_logprob=math.log(0.25),
+                             token_bytes=b"\xe2\x80"),
+                    NewChild(6, "b", 0.3, math.log(0.3), 0.3, raw_prob=0.35, raw_logprob=math.log(0.35))]
+        return dataclasses.replace(expansion(node_id, depth, []), children=children,
+                                   unexplored_mass=unexplored_mass([0.5, 0.3]))
+
+    (whole, root_whole), (cut, root_cut) = running_job(factory, "w"), running_job(factory, "c")
+    with factory() as session:
+        write_steps(session, [StepToWrite(whole, [measured(root_whole, 0)], NO_LIMITS, "w"),
+                              StepToWrite(cut, [measured(root_cut, 0)], Limits(2, 9), "w")])
+    for job_id, mass, kept in ((whole, 0.2, 2), (cut, 0.5, 1)):
+        with factory() as session:
+            job = jobs.get_job(session, job_id)
+            assert job is not None
+            tree = json.loads(tree_json(session, job) or "null")["tree"]
+            totals = tree_totals(session, job_id)
+        assert tree["unexplored_mass"] == pytest.approx(mass)
+        assert len(tree["children"]) == kept
+        first = tree["children"][0]
+        assert (first["prob"], first["raw_prob"], first["bytes"]) == (0.5, 0.25, [0xE2, 0x80])
+        assert first["raw_logprob"] == pytest.approx(math.log(0.25)) and first["unexplored_mass"] is None
+        if kept > 1:
+            assert "bytes" not in tree["children"][1] and tree["children"][1]["raw_prob"] == 0.35
+        # Nothing completed yet; the leaves are the children kept.
+        assert totals.coverage.completed_mass == 0.0
+        assert totals.coverage.leaf_mass == pytest.approx(1.0 - mass)
+        assert (totals.nodes, totals.expanded, totals.completed_paths) == (1 + kept, 1, 0)

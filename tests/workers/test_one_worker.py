@@ -1,5 +1,6 @@
 """One `tokentree worker` process behind the API: the CLI's tree, exactly; duplicate messages change
-nothing; cancelling keeps the partial tree; a logprobs job; a frontier lost with Redis' state."""
+nothing; cancelling keeps the partial tree; a logprobs job and a score job; a frontier lost with Redis'
+state."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from bench.trees import assert_same_tree
 from engine.analysis import analyze_logprobs
 from engine.loading import ModelSpec, load_model
-from engine.params import LogprobsParams, TreeParams
+from engine.params import LogprobsParams, ScoreParams, TreeParams
+from engine.score import score_text
+from models.node_writes import tree_totals
 from models.settings import Settings
 from tests.workers.conftest import (
     MODEL,
@@ -30,7 +33,16 @@ from tests.workers.conftest import (
     submit,
     wait_for,
 )
-from tests.workers.trees import BIG, PROMPT, SMALL, WIDE, assert_follows_rule, cli_tree
+from tests.workers.trees import (
+    BIG,
+    PROMPT,
+    SAMPLED,
+    SMALL,
+    WIDE,
+    assert_follows_rule,
+    assert_same_coverage,
+    cli_tree,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +50,23 @@ def solo(workers: Workers) -> Iterator[WorkerProcess]:
     yield workers.start("solo")
 
 
+@pytest.mark.parametrize("parameters", [WIDE, SAMPLED], ids=["wide", "sampled"])
 def test_one_worker_builds_the_cli_tree(
-    api: httpx.Client, solo: WorkerProcess, workers: Workers, tmp_path: Path
+    api: httpx.Client, solo: WorkerProcess, workers: Workers, tmp_path: Path, parameters: dict
 ) -> None:
-    """3,000 nodes, several batches a level: the same nodes, probabilities, thresholds and |Q| as the CLI."""
-    job_id = submit(api, PROMPT, **WIDE)
+    """3,000 nodes, several batches a level: the same nodes, probabilities (the sampler's and the model's
+    own), thresholds, |Q| and probability mass as the CLI."""
+    job_id = submit(api, PROMPT, **parameters)
     job = wait_for(api, job_id, finished, workers=workers)
     assert job["status"] == "succeeded", job
     tree = api.get(f"/v1/jobs/{job_id}/tree").json()
-    assert_same_tree(tree, cli_tree(tmp_path, MODEL_SOURCE, PROMPT, **WIDE))
+    reference = cli_tree(tmp_path, MODEL_SOURCE, PROMPT, **parameters)
+    assert_same_tree(tree, reference)
+    assert_same_coverage(tree["metadata"], reference["metadata"])
     stats = tree["metadata"]["stats"]
     assert job["progress"]["workers"] == {"solo": stats["expanded"]}
-    assert job["progress"]["nodes"] == stats["nodes"] == WIDE["max_nodes"]
+    assert job["progress"]["nodes"] == stats["nodes"] == reference["metadata"]["stats"]["nodes"]
+    assert stats["nodes"] > 1000  # WIDE reaches its max_nodes, 3000; the sampler's tree ends at 1042
 
 
 def test_redelivered_messages_change_nothing(
@@ -93,6 +110,13 @@ def test_cancel_mid_job_keeps_the_partial_tree(
     assert tree.status_code == 200 and tree.json()["tree"]["child_count"] > 0
     with session_factory() as session:
         counts = assert_follows_rule(session, job_id, TreeParams(**BIG), stop_ids)
+        # The partial tree's probability mass, counted from its nodes as served: its open nodes are
+        # leaves too.
+        totals = tree_totals(session, job_id)
+    coverage = tree.json()["metadata"]["coverage"]
+    assert coverage["leaf_mass"] == pytest.approx(totals.coverage.leaf_mass, abs=1e-9)
+    assert coverage["completed_mass"] == pytest.approx(totals.coverage.completed_mass, abs=1e-9)
+    assert 0 < coverage["leaf_mass"] <= 1
     assert counts["nodes"] == nodes
     assert job_keys(redis_client, job_id) == []  # nothing of the job stays in Redis
     # The worker is free again: the next job runs.
@@ -137,3 +161,28 @@ def test_a_logprobs_job_gives_the_engines_record(
     for got, expected in zip(record["data"], want["data"], strict=True):
         assert got["logprob"] == pytest.approx(expected["logprob"], abs=1e-4)
     assert_no_keys_left(redis_client, job_id)  # its claim and the claim's count went with it
+
+
+def test_a_score_job_gives_the_engines_record(
+    api: httpx.Client, solo: WorkerProcess, workers: Workers, redis_client: redis.Redis
+) -> None:
+    """A chat prompt, a forced prefix and the prompt's own tokens scored too: the engine's record."""
+    prompt, prefix, text = "Tell me a story", "Once upon a time", ", there was a little car."
+    parameters = {"top_k": 3, "include_prompt": True}
+    response = api.post("/v1/jobs", json={"prompt": prompt, "model": MODEL, "kind": "score", "text": text,
+                                          "chat": True, "prefix": prefix, "parameters": parameters})
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    job = wait_for(api, job_id, finished, workers=workers)
+    assert job["status"] == "succeeded", job
+    record = json.loads(api.get(f"/v1/jobs/{job_id}/logprobs.jsonl").text)
+    want = score_text(load_model(ModelSpec(name=MODEL_SOURCE)), prompt, text, ScoreParams(**parameters),
+                      chat=True, prefix=prefix)
+    assert (record["response"], record["text"]) == (prefix + text, text)
+    assert [(s["token_id"], s["rank"], s["part"]) for s in record["data"]] == [
+        (s["token_id"], s["rank"], s["part"]) for s in want["data"]]
+    for got, expected in zip(record["data"], want["data"], strict=True):
+        assert got["logprob"] == pytest.approx(expected["logprob"], abs=1e-4)
+    assert record["totals"]["text"]["sum_logprob"] == pytest.approx(want["totals"]["text"]["sum_logprob"])
+    assert record["metadata"]["model"] == MODEL
+    assert_no_keys_left(redis_client, job_id)

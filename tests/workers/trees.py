@@ -32,6 +32,8 @@ WIDE: dict[str, Any] = {
 }
 # The same, deeper and uncapped: over 14,000 nodes, so it still runs when a test acts on it.
 BIG: dict[str, Any] = {**WIDE, "max_depth": 60, "max_nodes": 100_000}
+# WIDE through a sampler (each worker row gets its tree's settings), recording more candidates.
+SAMPLED: dict[str, Any] = {**WIDE, "temperature": 0.8, "top_p": 0.95, "min_p": 0.02, "max_candidates": 15}
 
 
 def cli_tree(tmp: Path, model_source: str, prompt: str, **parameters: Any) -> dict[str, Any]:
@@ -43,6 +45,14 @@ def cli_tree(tmp: Path, model_source: str, prompt: str, **parameters: Any) -> di
     done = run_cli(*args, timeout=600)
     assert done.returncode == 0, done.stderr
     return json.loads(out.read_text())
+
+
+def assert_same_coverage(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """Two trees' metadata record the same probability mass, within the 1e-4 probabilities are equal to
+    (a worker's batches are not the CLI's, and the database sums in its own order)."""
+    for name in ("completed_mass", "leaf_mass"):
+        assert abs(got["coverage"][name] - want["coverage"][name]) < 1e-4, (name, got["coverage"],
+                                                                              want["coverage"])
 
 
 def assert_follows_rule(

@@ -2,6 +2,10 @@
 //
 // Rule for every page: model text (tokens, prompts, paths) only ever reaches the DOM through
 // textContent / d3's .text(); nothing built from data goes through innerHTML.
+//
+// Every request to the service goes through fetchChecked (or watchJob's stream), which sends the API
+// key of the top bar's field (./apikey.js) and turns failures into messages that say what to do.
+import { askForKey, isServiceUrl, withApiKey } from "./apikey.js";
 
 /** Create an element. `props`: class, text, title, href, attrs (object), dataset (object), on (object). */
 export function el(tag, props = {}, children = []) {
@@ -138,11 +142,13 @@ export class FormatError extends Error {
   }
 }
 
-/** Error with an HTTP status and a readable message (FastAPI `detail` if there is one). */
+/** Error with an HTTP status (0: no answer) and a readable message (FastAPI `detail` if there is one);
+ * `title`, when set, is a heading that says what went wrong (a key missing or refused, the service down). */
 export class HttpError extends Error {
-  constructor(status, message) {
+  constructor(status, message, title = null) {
     super(message);
     this.status = status;
+    this.title = title;
   }
 }
 
@@ -158,12 +164,23 @@ function describeDetail(detail) {
   return JSON.stringify(detail);
 }
 
+/** The error for a request to this service that got no answer. */
+function serviceDown() {
+  return new HttpError(0, `The tokentree service at ${window.location.origin} did not answer: check that it is running `
+    + "(tokentree serve) and that your network reaches it, then reload the page.", "Service not reachable");
+}
+
 export async function fetchChecked(url, options = {}) {
   let resp;
   try {
-    resp = await fetch(url, options);
+    resp = await fetch(url, withApiKey(url, options));
   } catch (err) {
+    if (isServiceUrl(url)) throw serviceDown();
     throw new HttpError(0, `Could not reach ${url}: ${err.message}`);
+  }
+  if (resp.status === 401 && isServiceUrl(url)) {
+    const { title, text } = askForKey();
+    throw new HttpError(401, text, title);
   }
   if (!resp.ok) {
     let msg = `${resp.status} ${resp.statusText || ""}`.trim();
@@ -264,7 +281,7 @@ export function statusPill(status) {
 export function progressText(job) {
   const p = job && job.progress;
   if (!p) return "";
-  if (job.kind === "logprobs") return job.status === "succeeded" ? "record ready" : "";
+  if (job.kind === "logprobs" || job.kind === "score") return job.status === "succeeded" ? "record ready" : "";
   const parts = [];
   if (typeof p.nodes === "number") parts.push(`${p.nodes.toLocaleString("en-US")} nodes`);
   if (typeof p.completed_paths === "number") parts.push(`${p.completed_paths} completed`);
@@ -275,12 +292,40 @@ export function progressText(job) {
 export const ACTIVE_STATUSES = new Set(["queued", "running"]);
 
 /**
+ * Read a server-sent event stream with fetch (which, unlike EventSource, sends the API key's header):
+ * `onEvent(name, data)` for each event; resolves when the stream ends, rejects when it fails.
+ */
+async function readEventStream(url, signal, onEvent) {
+  const resp = await fetch(url, withApiKey(url, { signal, headers: { Accept: "text/event-stream" } }));
+  if (!resp.ok || !resp.body) throw new HttpError(resp.status, `${url}: ${resp.status}`);
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(name, data.join("\n"));
+    }
+  }
+}
+
+/**
  * Follow a job: server-sent events from /v1/jobs/{id}/events (`progress`, then `end`), falling
  * back to polling GET /v1/jobs/{id} if the event stream fails. Returns a stop() function.
  */
 export function watchJob(jobId, { onProgress = () => {}, onEnd = () => {}, pollMs = 1500 } = {}) {
   let stopped = false;
-  let es = null;
+  let stream = null; // the event stream's AbortController while it is read
   let timer = null;
   const base = `/v1/jobs/${encodeURIComponent(jobId)}`;
   const finish = (job) => {
@@ -302,33 +347,24 @@ export function watchJob(jobId, { onProgress = () => {}, onEnd = () => {}, pollM
       timer = setTimeout(poll, pollMs * 2);
     }
   };
-  const parse = (ev) => {
-    try { return JSON.parse(ev.data); } catch (_) { return null; }
+  const parse = (data) => {
+    try { return JSON.parse(data); } catch (_) { return null; }
   };
-  if (typeof EventSource !== "undefined") {
-    es = new EventSource(`${base}/events`);
-    es.addEventListener("progress", (ev) => {
-      const job = parse(ev);
-      if (job) onProgress(job);
-    });
-    es.addEventListener("end", (ev) => {
-      const job = parse(ev);
-      if (job) finish(job);
-      else { es.close(); es = null; poll(); }
-    });
-    es.onerror = () => {
-      // The stream broke (or the server closed it without an `end`): poll instead.
-      if (es) es.close();
-      es = null;
-      if (!stopped && !timer) poll();
-    };
-  } else {
-    poll();
-  }
+  stream = new AbortController();
+  readEventStream(`${base}/events`, stream.signal, (name, data) => {
+    const job = parse(data);
+    if (name === "progress" && job) onProgress(job);
+    else if (name === "end" && job) finish(job);
+  }).catch(() => {}).finally(() => {
+    // The stream ended without an `end` (it broke, the server closed it, or it said `error`): poll,
+    // which reports how the job stands.
+    stream = null;
+    if (!stopped && !timer) poll();
+  });
   function stop() {
     stopped = true;
-    if (es) es.close();
-    es = null;
+    if (stream) stream.abort();
+    stream = null;
     if (timer) clearTimeout(timer);
     timer = null;
   }

@@ -4,6 +4,8 @@ import {
   setPageState, HttpError,
 } from "./common.js";
 import { jobParameters } from "./parameters.js";
+import { pickBox } from "./comparepick.js";
+import { loadStudyNames, studyTag } from "./studytags.js";
 
 const PAGE = 20;
 
@@ -16,12 +18,13 @@ let refreshTimer = null;
 function jobLinks(job) {
   const id = encodeURIComponent(job.id);
   const links = el("td", { class: "links" });
-  if (job.kind === "logprobs") {
+  if (job.kind === "logprobs" || job.kind === "score") { // a score job's record is a log-prob record
     links.append(el("a", { href: `/viewer/logprobs?job=${id}`, text: "Log-probs" }));
   } else {
     links.append(
       el("a", { href: `/viewer/tree?job=${id}`, text: "Tree" }),
       el("a", { href: `/viewer/response?job=${id}`, text: "Response" }),
+      pickBox(job),
     );
   }
   return links;
@@ -31,8 +34,9 @@ function jobRow(job) {
   const status = el("td", {}, [statusPill(job.status)]);
   const prompt = el("td", {}, [
     el("div", { class: "prompt", text: job.prompt || "(empty prompt)", attrs: { title: job.prompt || "" } }),
-    el("div", { class: "muted small", text: `${job.kind === "logprobs" ? "log-probabilities" : "token tree"}${job.chat ? " · chat" : ""}${job.prefix ? ` · prefix “${truncate(job.prefix, 24)}”` : ""}` }),
+    el("div", { class: "muted small", text: `${job.kind === "logprobs" ? "log-probabilities" : job.kind === "score" ? `scored text “${truncate(job.text || "", 24)}”` : "token tree"}${job.chat ? " · chat" : ""}${job.prefix ? ` · prefix “${truncate(job.prefix, 24)}”` : ""}` }),
   ]);
+  if (job.study_id) prompt.append(studyTag(job));
   if (job.status === "failed" && job.error) prompt.append(el("div", { class: "err-text", text: truncate(job.error, 160), attrs: { title: job.error } }));
   return el("tr", { dataset: { job: job.id, status: job.status } }, [
     status,
@@ -59,7 +63,7 @@ async function loadJobs({ append = false } = {}) {
   const q = new URLSearchParams({ limit: String(append ? PAGE : Math.max(PAGE, items.length || PAGE)), offset: String(append ? offset : 0) });
   if (status) q.set("status", status);
   try {
-    const page = await fetchJSON(`/v1/jobs?${q}`);
+    const [page] = await Promise.all([fetchJSON(`/v1/jobs?${q}`), loadStudyNames()]);
     const got = Array.isArray(page.items) ? page.items : [];
     items = append ? items.concat(got) : got;
     offset = items.length;
@@ -81,8 +85,19 @@ function scheduleRefresh() {
 
 let params = []; // [{kind, name, type, default, minimum, maximum, description}], from GET /v1/parameters
 
+/** The input of a kind's parameter (kinds share some names: the sampler's settings). */
+const paramInput = (kind, name) =>
+  document.querySelector(`#params-grid .field[data-kind="${CSS.escape(kind)}"][data-field="${CSS.escape(name)}"] input`);
+
 function paramField(kind, p) {
-  const id = `p-${p.name}`;
+  // `p-NAME`, or `p-KIND-NAME` for a name an earlier kind has already.
+  const id = document.getElementById(`p-${p.name}`) ? `p-${kind}-${p.name}` : `p-${p.name}`;
+  if (p.type === "boolean") { // a switch (score's include_prompt)
+    return el("div", { class: "field", dataset: { field: p.name, kind } }, [
+      el("label", { class: "toggle", attrs: { title: p.description } }, [
+        el("input", { id, type: "checkbox", name: p.name, checked: Boolean(p.default) }), ` ${p.name}`]),
+    ]);
+  }
   const integer = p.type === "integer";
   return el("div", { class: "field", dataset: { field: p.name, kind } }, [
     el("label", { attrs: { for: id, title: p.description }, text: p.name }),
@@ -90,7 +105,8 @@ function paramField(kind, p) {
       id, type: "number", name: p.name,
       attrs: {
         step: integer ? "1" : "any", min: p.minimum, max: p.maximum, placeholder: String(p.default),
-        inputmode: integer ? "numeric" : "decimal", title: `${p.description} (${p.minimum} to ${p.maximum}; default ${p.default})`,
+        inputmode: integer ? "numeric" : "decimal",
+        title: `${p.description} (${p.exclusive_minimum ? "above " : ""}${p.minimum} to ${p.maximum}; default ${p.default})`,
       },
     }),
   ]);
@@ -102,7 +118,7 @@ async function buildParamFields() {
   try {
     const described = await jobParameters();
     params = [];
-    for (const kind of ["tree", "logprobs"]) {
+    for (const kind of ["tree", "logprobs", "score"]) {
       for (const p of described[kind] || []) {
         params.push({ kind, ...p });
         grid.append(paramField(kind, p));
@@ -117,6 +133,7 @@ async function buildParamFields() {
 function syncKind() {
   const kind = $("#f-kind").value;
   for (const f of document.querySelectorAll("#params-grid .field")) f.classList.toggle("hidden", f.dataset.kind !== kind);
+  $("#text-field").classList.toggle("hidden", kind !== "score"); // only a score job takes a text
 }
 
 async function loadModels() {
@@ -135,7 +152,9 @@ function clearFieldErrors() {
 }
 
 function fieldError(name, msg) {
-  const field = document.querySelector(`.field[data-field="${CSS.escape(name)}"]`);
+  // The current kind's field of that name first (kinds share the sampler's names).
+  const named = `.field[data-field="${CSS.escape(name)}"]`;
+  const field = document.querySelector(`${named}[data-kind="${CSS.escape($("#f-kind").value)}"]`) || document.querySelector(named);
   if (!field) return false;
   field.classList.add("invalid");
   field.classList.remove("hidden");
@@ -156,7 +175,8 @@ async function submit(e) {
   const parameters = {};
   for (const p of params) {
     if (p.kind !== kind) continue;
-    const v = $(`#p-${p.name}`).value.trim();
+    if (p.type === "boolean") { parameters[p.name] = paramInput(kind, p.name).checked; continue; }
+    const v = paramInput(kind, p.name).value.trim();
     if (v === "") continue;
     const num = Number(v);
     if (!Number.isFinite(num)) { fieldError(p.name, "Not a number."); return; }
@@ -169,13 +189,14 @@ async function submit(e) {
     parameters,
     chat: $("#f-chat").checked,
     prefix: $("#f-prefix").value ? $("#f-prefix").value : null,
+    text: kind === "score" ? $("#f-text").value : undefined, // left out of the JSON for the other kinds
   };
   $("#submit").disabled = true;
   $("#form-status").textContent = "Submitting…";
   try {
     const job = await fetchJSON("/v1/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     const id = encodeURIComponent(job.id);
-    const links = job.kind === "logprobs"
+    const links = job.kind === "logprobs" || job.kind === "score"
       ? [el("a", { href: `/viewer/logprobs?job=${id}`, text: "log-probability viewer" })]
       : [el("a", { href: `/viewer/tree?job=${id}`, text: "tree viewer" }), " (it grows live) or the ",
         el("a", { href: `/viewer/response?job=${id}`, text: "response viewer" })];

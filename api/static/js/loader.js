@@ -26,7 +26,28 @@ const KINDS = {
     viewer: { href: "/viewer/logprobs", name: "log-probability viewer" },
     hasContent: (job) => job.status === "succeeded",
   },
+  // A scored text: a record of the same layout, served at the same place, shown by the same viewer.
+  score: {
+    title: "scoring job",
+    content: "log-probability records",
+    path: "logprobs.jsonl",
+    viewer: { href: "/viewer/logprobs", name: "log-probability viewer" },
+    hasContent: (job) => job.status === "succeeded",
+  },
 };
+
+// A job id is a UUID; anything else in a link is a typo or a cut-off copy, said before asking the API.
+const JOB_ID = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i;
+const JOB_LIST_LINK = () => el("p", {}, ["Pick a job from the ", el("a", { href: "/", text: "job list" }), "."]);
+
+/** What to say when the job itself could not be read: a heading and what to do. */
+function jobProblem(err, id) {
+  if (err.status === 404) {
+    return [`Job ${id} not found`, "No job with this id exists here: it was deleted, belongs to another API key, "
+      + "or the link is wrong. Check the link."];
+  }
+  return [err.title || `Could not load job ${id}`, err.message];
+}
 
 function jobStatus(job) {
   const box = clear($("#job-status"));
@@ -57,7 +78,8 @@ function otherViewerLink(err) {
  *   refreshMs() the least time between refetches of a running job's document
  *   acceptFinal()   whether to replace what is shown with the document of the job that just ended
  *   onSource(source), onJob(job)   told of each new source ({job, file, name}) and each job update
- * Returns {showError, showInfo} for the viewer's own messages.
+ * Returns {showError, showInfo} for the viewer's own messages, and reloadJob() to load the job shown again
+ * and follow it (after it was grown in place: the view stays).
  */
 export function startLoader(viewer) {
   const {
@@ -67,6 +89,7 @@ export function startLoader(viewer) {
   const KIND = KINDS[kind];
   let generation = 0; // each new source counts up: answers for an older one are dropped
   let stopWatch = null;
+  let shownJob = null; // the id of the job shown, if a job is
 
   function showMessage(box) {
     clear($(messages)).append(box);
@@ -88,7 +111,7 @@ export function startLoader(viewer) {
 
   function reportError(err, name) {
     console.warn("tokentree: could not load", name, err);
-    const title = err.status === undefined ? `Could not open ${name}` : `Could not load ${name}`;
+    const title = err.title || (err.status === undefined ? `Could not open ${name}` : `Could not load ${name}`);
     showError(title, err.message || String(err), otherViewerLink(err));
   }
 
@@ -134,21 +157,28 @@ export function startLoader(viewer) {
     }
   }
 
-  async function fromJob(id) {
+  // `keep`: the job shown, loaded again (it runs again: grown in place); the view stays as it is.
+  async function fromJob(id, { keep = false } = {}) {
+    shownJob = id;
     const current = begin({ job: id, file: null, name: `job ${id}` }, `Job ${id}`, { job: id });
+    if (!JOB_ID.test(id)) {
+      showError("Not a job id: check the link", `“${truncate(id, 60)}” is not a job id (a job id looks like `
+        + "3f2b8c1e-5d7a-4c2e-9b1f-0a6d2e4c8b90). The link may be cut off or mistyped.", JOB_LIST_LINK());
+      return;
+    }
     const base = `/v1/jobs/${encodeURIComponent(id)}`;
     let job;
     try {
       job = await fetchJSON(base);
     } catch (err) {
-      if (current()) showError(err.status === 404 ? `Job ${id} not found` : `Could not load job ${id}`, err.message);
+      if (current()) showError(...jobProblem(err, id), err.status === 404 ? JOB_LIST_LINK() : null);
       return;
     }
     if (!current()) return;
     const seen = (j) => { job = j; jobStatus(j); onJob(j); };
     seen(job);
-    if (job.kind !== kind) {
-      const other = KINDS[job.kind];
+    const other = KINDS[job.kind];
+    if (other.viewer.href !== KIND.viewer.href) { // a score job's record is shown as a logprobs job's
       showInfo(`This is a ${other.title}`, `It has no ${KIND.content}.`,
         el("p", {}, [el("a", { href: `${other.viewer.href}?job=${encodeURIComponent(id)}`, text: `Open it in the ${other.viewer.name}` })]));
       setPageState("ready");
@@ -174,7 +204,7 @@ export function startLoader(viewer) {
     const active = ACTIVE_STATUSES.has(job.status);
     if (KIND.hasContent(job)) {
       try {
-        await fetchAndInstall({ live: false });
+        await fetchAndInstall({ live: keep });
       } catch (err) {
         if (!current()) return;
         if (active) waiting(); // written, but not readable yet: the next event brings it
@@ -232,5 +262,5 @@ export function startLoader(viewer) {
     $("#empty-state").classList.remove("hidden");
     setPageState("empty");
   }
-  return { showError, showInfo };
+  return { showError, showInfo, reloadJob: () => { if (shownJob) fromJob(shownJob, { keep: true }); } };
 }

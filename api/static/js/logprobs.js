@@ -1,8 +1,14 @@
-// Log-probability viewer: one card per JSONL record, tokens coloured by probability.
+// Log-probability viewer: one card per JSONL record, tokens coloured by probability. Records of a greedy
+// generation (`tokentree logprobs`) and of a scored text (`tokentree score`: each token's `rank`,
+// `entropy` and `part`, and the record's `totals`) alike. A token the model found unlikely (probability
+// under UNLIKELY, the CLI's rule too) is marked.
 import {
   $, el, clear, visibleWs, fmtProb, fmtNum, probClass, probColor, probBar, setPageState, FormatError,
 } from "./common.js";
 import { startLoader } from "./loader.js";
+
+/** Below this probability a token is marked unlikely (`tokentree score` marks the same ones with "!"). */
+export const UNLIKELY = 0.01;
 
 /** Not log-probability records; `hint`: "tree" when it is a token tree instead. */
 export class LogprobsFormatError extends FormatError {}
@@ -39,9 +45,15 @@ function validateRecord(rec, where) {
     const others = d.other_tokens === undefined || d.other_tokens === null ? [] : d.other_tokens;
     if (!Array.isArray(others)) throw new LogprobsFormatError(`${where}: data[${i}].other_tokens must be an array.`);
     t.others = others.map((o, j) => tokenEntry(o, `${where}: data[${i}].other_tokens[${j}]`));
+    // A scored text's figures (engine/score.py): the token's rank among the model's, the entropy there,
+    // and whether it is the prompt's (include_prompt) or the text's.
+    t.rank = isNum(d.rank) ? d.rank : null;
+    t.entropy = isNum(d.entropy) ? d.entropy : null;
+    t.part = d.part === "prompt" ? "prompt" : "text";
     return t;
   });
-  return { prompt: rec.prompt ?? "", response: typeof rec.response === "string" ? rec.response : null, data };
+  const totals = isObj(rec.totals) && isObj(rec.totals.text) ? rec.totals : null;
+  return { prompt: rec.prompt ?? "", response: typeof rec.response === "string" ? rec.response : null, data, totals };
 }
 
 /** Parse JSONL text (or a JSON array / single record) into validated records. */
@@ -95,8 +107,9 @@ function renderCards() {
   records.forEach((rec, ri) => {
     const tokens = el("div", { class: "tokens" });
     rec.data.forEach((t, ti) => {
+      const unlikely = t.p < UNLIKELY;
       tokens.append(el("span", {
-        class: `tok ${probClass(t.p)}`,
+        class: `tok ${probClass(t.p)}${unlikely ? " unlikely" : ""}${t.part === "prompt" ? " prompt-tok" : ""}`,
         text: t.token.length ? tokenText(t.token) : "∅",
         dataset: { record: String(ri), index: String(ti) },
         attrs: { tabindex: "0" },
@@ -106,7 +119,15 @@ function renderCards() {
     const meanLp = n ? rec.data.reduce((s, t) => s + t.logprob, 0) / n : 0;
     const meanP = n ? rec.data.reduce((s, t) => s + t.p, 0) / n : 0;
     const low = rec.data.reduce((m, t) => (!m || t.p < m.p ? t : m), null);
+    const unlikelyCount = rec.data.filter((t) => t.p < UNLIKELY).length;
     const stat = (k, v) => el("span", {}, [`${k} `, el("b", { text: v })]);
+    // A scored text's totals, as the record gives them (of the text alone, not of the prompt's tokens).
+    const scored = rec.totals ? el("div", { class: "lp-stats", attrs: { "data-role": "totals" } }, [
+      stat("text tokens", String(rec.totals.text.tokens)),
+      stat("sum logprob", fmtNum(rec.totals.text.sum_logprob, 4)),
+      stat("mean logprob", fmtNum(rec.totals.text.mean_logprob, 4)),
+      stat("perplexity", fmtNum(rec.totals.text.perplexity, 2)),
+    ]) : null;
     cards.append(el("article", { class: "panel lp-card", dataset: { record: String(ri) } }, [
       el("header", {}, [el("span", { class: "idx", text: `#${ri + 1}` }), el("div", { class: "lp-prompt", text: rec.prompt || "(no prompt)" })]),
       tokens,
@@ -115,7 +136,9 @@ function renderCards() {
         stat("mean probability", fmtProb(meanP)),
         stat("perplexity", n ? fmtNum(Math.exp(-meanLp), 2) : "—"),
         low ? stat("least likely", `${visibleWs(low.token)} (${fmtProb(low.p)})`) : null,
+        stat("unlikely (< 1%)", String(unlikelyCount)),
       ]),
+      scored,
     ]));
   });
 }
@@ -129,6 +152,11 @@ function showTooltip(target) {
     el("span", { class: "tok-chip", text: visibleWs(t.token) || "∅" }),
     el("span", { class: "mono", text: `${fmtProb(t.p)} · logprob ${fmtNum(t.logprob)}` }),
   ]));
+  if (t.rank !== null) {
+    const facts = [`rank ${t.rank}`, t.entropy !== null ? `entropy ${fmtNum(t.entropy)} nats` : null,
+      t.part === "prompt" ? "a prompt token" : null, t.p < UNLIKELY ? "unlikely (< 1%)" : null];
+    tip.append(el("div", { class: "tt-facts mono", text: facts.filter(Boolean).join(" · ") }));
+  }
   const table = el("table");
   const others = t.others.length ? t.others : [t];
   for (const o of others.slice().sort((a, b) => b.p - a.p)) {

@@ -1,6 +1,6 @@
-// The parameters each kind of job takes, as this server applies them (GET /v1/parameters): for "tree"
-// and "logprobs", a list in the engine's order of {name, type ("integer" | "number"), default, minimum,
-// maximum, description}. Asked once per page.
+// The parameters each kind of job takes, as this server applies them (GET /v1/parameters): for "tree",
+// "logprobs" and "score", a list in the engine's order of {name, type ("integer" | "number" | "boolean"),
+// default, minimum, maximum, description}. Asked once per page.
 import { fetchJSON } from "./common.js";
 
 let asked = null;

@@ -1,11 +1,13 @@
 // Response viewer: the most probable path of a token tree, token by token, with alternatives.
 import {
   $, el, clear, visibleWs, fmtProb, probClass, probColor, probBar, messageBox, queryParams, fetchJSON,
-  downloadBlob, safeFilename, progressText, ACTIVE_STATUSES, watchJob, setPageState, truncate,
+  downloadBlob, safeFilename, progressText, ACTIVE_STATUSES, watchJob, setPageState, truncate, fetchText,
+  throttle,
 } from "./common.js";
 import { startLoader } from "./loader.js";
 import { jobParameters } from "./parameters.js";
-import { parseTreeText, bestChild, mostProbableContinuation, generatedText } from "./treedata.js";
+import { canGrow, growButton, requestGrowth } from "./tree/grow.js";
+import { parseTreeText, bestChild, mostProbableContinuation, generatedText, responseText } from "./treedata.js";
 
 const state = {
   tree: null,
@@ -53,6 +55,11 @@ function renderTokens() {
   const box = clear($("#tokens"));
   let afterSwitch = false;
   const frag = document.createDocumentFragment();
+  if (state.metadata.prefix) {
+    // The response starts with the forced prefix: part of it, though not one of the tree's tokens.
+    frag.append(el("span", { class: "prefix-part", attrs: { title: "response prefix (forced)", "data-role": "prefix" } },
+      [tokenContent(state.metadata.prefix)]));
+  }
   state.path.forEach((n, i) => {
     const sw = isSwitch(i);
     if (sw) afterSwitch = true;
@@ -153,7 +160,11 @@ function renderPanel() {
         attrs: { type: "button", title: "Submit a new job whose prompt is the path up to here plus this token" },
         on: { click: () => exploreFrom(i, a) },
       });
-      li.append(el("div", { class: "alt-note" }, [el("span", { text: "not explored" }), explore]));
+      const grow = canGrow(state.source, state.job) && a.tokenId !== null && node.parent.id !== null
+        ? growButton("Grow here", "Grow this alternative in place: it becomes a branch of this tree (its "
+          + "probability as recorded) and grows by the tree's rule; the path follows it", () => growAt(i, a))
+        : null;
+      li.append(el("div", { class: "alt-note" }, [el("span", { text: "not explored" }), grow, explore]));
     }
     list.append(li);
   }
@@ -198,7 +209,7 @@ function downloadPath() {
     source: state.source.job ? { job: state.source.job } : { file: state.source.name },
     prompt: state.tree.root.text,
     metadata: state.metadata,
-    text: last ? generatedText(last) : "",
+    text: last ? responseText(state.metadata, last) : state.metadata.prefix || "", // the forced prefix, then the tokens
     cumulative_prob: last ? last.cum : 1,
     finished: last ? Boolean(last.finished || last.finishReason === "stop") : false,
     switch_points: tokens.filter((t) => t.switched).map((t) => t.index),
@@ -266,6 +277,55 @@ async function exploreFrom(i, alt) {
   else watchJob(job.id, { onProgress: show, onEnd: done });
 }
 
+// ---------------------------------------------------------------- grow in place
+
+/** Grow the stored job at position `i`'s alternative `alt`; the path follows the new branch as it grows. */
+async function growAt(i, alt) {
+  const parent = state.path[i].parent;
+  const before = state.path.slice(0, i).map((n) => n.key);
+  const banner = clear($("#banner"));
+  let job;
+  try {
+    job = await requestGrowth(state.source.job, parent.id, alt.tokenId);
+  } catch (err) {
+    banner.append(messageBox("error", "Could not grow the tree here", err.message));
+    return;
+  }
+  const jobId = job.id;
+  const show = (j) => {
+    state.job = j;
+    clear(banner).append(messageBox("info", `Growing “${truncate(visibleWs(alt.text), 40)}”: ${j.status}`,
+      progressText(j) || "Waiting for the job to start…"));
+  };
+  // Take the grown tree and follow the new branch: the path to it as it was, then the new child's most
+  // probable continuation (so far).
+  const follow = async () => {
+    const tree = parseTreeText(await fetchText(`/v1/jobs/${encodeURIComponent(jobId)}/tree`), `job ${jobId}`);
+    const byKey = new Map(tree.nodes.map((n) => [n.key, n]));
+    const at = byKey.get(parent.key);
+    const child = at && at.children.find((c) => c.tokenId === alt.tokenId);
+    if (!child) return;
+    const kept = state.selected;
+    setTree(tree, state.job);
+    state.path = before.map((k) => byKey.get(k)).concat([child], mostProbableContinuation(child));
+    state.selected = kept === null ? i : kept;
+    renderTokens();
+    renderPanel();
+  };
+  const refresh = throttle(() => follow().catch(() => {}), 1000);
+  show(job);
+  refresh();
+  watchJob(jobId, {
+    onProgress: (j) => { show(j); refresh(); },
+    onEnd: async (j) => {
+      state.job = j;
+      refresh.flush();
+      if (j.status === "succeeded") clear(banner).append(messageBox("info", "Grown in place", progressText(j)));
+      else clear(banner).append(messageBox("error", `The growth ${j.status}`, j.error || ""));
+    },
+  });
+}
+
 // ---------------------------------------------------------------- loading
 
 function setTree(tree, job) {
@@ -278,10 +338,9 @@ function setTree(tree, job) {
   $("#response-card").classList.remove("hidden");
   const promptBox = clear($("#prompt"));
   promptBox.append(tree.root.text);
-  if (state.metadata.prefix) {
-    // The forced start of the response (`prefix`) is not part of the tree's tokens.
-    promptBox.append(el("span", { class: "prefix-part", text: state.metadata.prefix, attrs: { title: "response prefix (forced)" } }));
-  }
+  // In chat mode the prompt is the user's turn (it went through the chat template): labelled as such, with
+  // the response below it. The response (the forced prefix, then the tokens) is shown by renderTokens.
+  $("#response-card").classList.toggle("chat", Boolean(state.metadata.chat));
   $("#download").disabled = false;
   renderTokens();
   renderPanel();
@@ -306,16 +365,30 @@ function main() {
     const span = e.target.closest(".tok");
     if (span) select(Number(span.dataset.index));
   });
+  // Keys on a token: ← → the parent and the child along the path, ↑ ↓ the explored siblings (the path
+  // switches to that branch), Enter or Space opens the token's alternatives.
+  const focusToken = (j) => {
+    const next = document.querySelector(`#tokens .tok[data-index="${j}"]`);
+    if (next) next.focus();
+  };
   $("#tokens").addEventListener("keydown", (e) => {
     const span = e.target.closest(".tok");
     if (!span) return;
     const i = Number(span.dataset.index);
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); select(i); }
     if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+      e.preventDefault();
       const j = Math.max(0, Math.min(state.path.length - 1, i + (e.key === "ArrowRight" ? 1 : -1)));
       select(j);
-      const next = document.querySelector(`#tokens .tok[data-index="${j}"]`);
-      if (next) next.focus();
+      focusToken(j);
+    }
+    if (e.key === "ArrowDown" || e.key === "ArrowUp") {
+      e.preventDefault();
+      const node = state.path[i];
+      const siblings = node.parent.children.slice().sort((a, b) => b.prob - a.prob);
+      const sibling = siblings[siblings.indexOf(node) + (e.key === "ArrowDown" ? 1 : -1)];
+      if (sibling) switchTo(i, sibling);
+      focusToken(i);
     }
   });
   $("#show-ws").addEventListener("change", (e) => {

@@ -5,9 +5,12 @@ import { $, setPageState } from "./common.js";
 import { startLoader } from "./loader.js";
 import { buildSegments, parseTreeText } from "./treedata.js";
 import { fitTransform, fitView, render, resetView, resetViewToFit, svg, zoomBy } from "./tree/canvas.js";
+import { renderLegend } from "./tree/colour.js";
 import { renderDetails } from "./tree/details.js";
 import { collapseAll, expandAll, initialExpansion, openGrownNodes, switchMode } from "./tree/expansion.js";
-import { exportPng, exportSvg } from "./tree/export.js";
+import { exportPng, exportSvg, exportViewJson } from "./tree/export.js";
+import { addGrowButtons, canGrow, requestGrowth } from "./tree/grow.js";
+import { wireKeyboard } from "./tree/keyboard.js";
 import { computeSubtreeSizes } from "./tree/layout.js";
 import { renderMetadata } from "./tree/metadata.js";
 import { renderPaths, unpinPath } from "./tree/paths.js";
@@ -36,6 +39,7 @@ function setTree(tree, { job = null, live = false } = {}) {
   state.metadata = Object.assign({}, job ? jobMetadata(job) : {}, tree.metadata || {});
   state.segments = buildSegments(tree);
   state.subtreeSize = computeSubtreeSizes(tree);
+  state.entropyMax = null;
   resetNodeUnits();
   if (update) {
     openGrownNodes(tree, state.all ? state.all.length : 0);
@@ -50,6 +54,7 @@ function setTree(tree, { job = null, live = false } = {}) {
   renderMetadata();
   renderPaths();
   render();
+  renderLegend();
   if (state.search.query) runSearch(state.search.query);
   if (!update) {
     resetViewToFit();
@@ -107,12 +112,42 @@ function wireToolbar() {
   $("#merge-runs").addEventListener("change", (e) => { if (state.tree) setMode(e.target.checked ? "segments" : "nodes"); });
   $("#export-svg").addEventListener("click", withTree(exportSvg));
   $("#export-png").addEventListener("click", withTree(() => exportPng((text) => loader.showError("Export failed", text))));
+  $("#export-json").addEventListener("click", withTree(exportViewJson));
+  $("#color-by").addEventListener("change", (e) => {
+    state.colorBy = e.target.value;
+    renderLegend();
+    if (state.tree) render();
+  });
 }
 
 wireToolbar();
 wireSearch();
+wireKeyboard();
+renderLegend();
 svg.on("click", unpinPath); // a click on the background (units stop their clicks)
-window.addEventListener("resize", () => { if (state.tree) state.initialTransform = fitTransform(true); });
+window.addEventListener("resize", () => { if (state.tree) state.initialTransform = fitTransform(); });
+
+// Growing the stored job in place from the details panel's candidates: the job runs again, and the
+// loader follows it (the view stays; new nodes open as they arrive).
+let shownJob = null;
+let nodesByKey = { tree: null, map: null }; // the tree's nodes by key, made when first asked for
+state.afterDetails = (body) => addGrowButtons(body, (key) => {
+  if (nodesByKey.tree !== state.tree) nodesByKey = { tree: state.tree, map: new Map(state.tree.nodes.map((n) => [n.key, n])) };
+  return nodesByKey.map.get(key);
+}, () => canGrow(state.source, shownJob), growAt);
+
+async function growAt(node, tokenId) {
+  const what = tokenId === null ? "the node itself" : `its candidate #${tokenId}`;
+  try {
+    shownJob = await requestGrowth(state.source.job, node.id, tokenId);
+  } catch (err) {
+    loader.showError("Could not grow the tree here", err.message);
+    return;
+  }
+  for (const button of document.querySelectorAll("[data-role=grow]")) button.remove();
+  loader.showInfo("Growing the tree", `From node ${node.id}, ${what}: the new branch appears as it grows.`);
+  loader.reloadJob();
+}
 
 const loader = startLoader({
   view: "tree",
@@ -126,4 +161,5 @@ const loader = startLoader({
   // At most once a second; big trees less often (the whole tree is fetched each time).
   refreshMs: () => Math.min(10000, Math.max(1000, ((state.tree && state.tree.nodeCount) || 0) / 5)),
   onSource: (source) => { state.source = source; },
+  onJob: (job) => { shownJob = job; },
 });

@@ -4,7 +4,8 @@
 //   {"metadata": {"prompt", "parameters": {...}, "model"?, ...},
 //    "tree": {"text", "prob", "cumulative_prob", "token_id", "depth", "is_finished",
 //             "candidates": [{"text", "prob", "token_id"}], "children": [...],
-//             optional: "id", "logprob", "entropy", "threshold", "queue_depth", "finish_reason"}}
+//             optional: "id", "logprob", "entropy", "threshold", "queue_depth", "finish_reason",
+//                       "raw_prob", "raw_logprob", "unexplored_mass", "bytes"}}
 //
 // Everything here is iterative (no recursion): trees can be thousands of nodes deep.
 
@@ -76,7 +77,8 @@ function hashStep(h1, h2, s) {
  * Validate and normalise a parsed document. Returns
  *   {metadata, root, nodes (pre-order), nodeCount, maxDepth, completed (ranked)}
  * where every node is {key, id, text, prob, logprob, cum, tokenId, depth, finished, finishReason,
- *   candidates, entropy, threshold, queueDepth, parent, children, index, extra}.
+ *   candidates, entropy, threshold, queueDepth, rawProb, unexploredMass, bytes, parent, children, index,
+ *   extra}.
  */
 export function normalizeTree(doc, sourceName = "the file") {
   if (!isObj(doc)) {
@@ -134,7 +136,10 @@ export function normalizeTree(doc, sourceName = "the file") {
       if (!isObj(c) || typeof c.text !== "string" || !isNum(c.prob)) {
         throw new TreeFormatError(`${where()}.candidates[${i}] must be {"text": string, "prob": number, "token_id": number}.`);
       }
-      return { text: c.text, prob: c.prob, tokenId: c.token_id ?? null };
+      return {
+        text: c.text, prob: c.prob, tokenId: c.token_id ?? null,
+        rawProb: optNum(c.raw_prob), bytes: Array.isArray(c.bytes) ? c.bytes : null,
+      };
     });
     const tokenId = raw.token_id ?? null;
     const tokenKey = tokenId !== null ? `#${tokenId}` : `~${raw.text}`;
@@ -147,6 +152,9 @@ export function normalizeTree(doc, sourceName = "the file") {
       text: raw.text,
       prob,
       logprob: optNum(raw.logprob),
+      rawProb: optNum(raw.raw_prob), // the model's own, before the sampler (prob is the sampler's)
+      unexploredMass: optNum(raw.unexplored_mass),
+      bytes: Array.isArray(raw.bytes) ? raw.bytes : null, // a token that is not valid UTF-8 on its own
       cum,
       tokenId,
       depth,
@@ -156,6 +164,7 @@ export function normalizeTree(doc, sourceName = "the file") {
       entropy: optNum(raw.entropy),
       threshold: optNum(raw.threshold),
       queueDepth: optNum(raw.queue_depth),
+      unexploredMass: optNum(raw.unexplored_mass), // null in older trees: tree/colour.js derives it
       parent,
       children: [],
       childCount: isNum(raw.child_count) ? raw.child_count : children.length,
@@ -206,6 +215,15 @@ export function generatedText(n) {
   return parts.reverse().join("");
 }
 
+/**
+ * A path's response: the forced prefix (`metadata.prefix`: part of the response, though not one of the
+ * tree's tokens), then the generated text down to `n`. The whole text is the prompt (the root's text)
+ * followed by it; in chat mode the prompt went through the chat template and is shown apart.
+ */
+export function responseText(metadata, n) {
+  return ((metadata && metadata.prefix) || "") + generatedText(n);
+}
+
 /** Child with the highest probability (first on ties). */
 export function bestChild(n) {
   let best = null;
@@ -227,9 +245,10 @@ export function mostProbableContinuation(n) {
 /**
  * Runs of single-child nodes as segments. The root is its own segment; every other segment
  * starts at a child of a fork (or of the root) and runs down while a node has exactly one child.
- * Segment: {key, nodes, first, last, parent, children, isRoot, text (lazy)}.
+ * Segment: {key, nodes, first, last, parent, children, isRoot, text (lazy)}. `sameRun(node, child)`:
+ * whether a single child may continue its parent's run (the compare page keeps runs on one side).
  */
-export function buildSegments(tree) {
+export function buildSegments(tree, sameRun = () => true) {
   const make = (nodes, parent) => ({
     key: nodes[0].key,
     nodes,
@@ -254,7 +273,7 @@ export function buildSegments(tree) {
     for (const c of seg.last.children) {
       const run = [c];
       let cur = c;
-      while (cur.children.length === 1) {
+      while (cur.children.length === 1 && sameRun(cur, cur.children[0])) {
         cur = cur.children[0];
         run.push(cur);
       }

@@ -1,7 +1,11 @@
 // The canvas: the <svg>, zoom and pan, drawing the laid-out units and links (only those in view when
-// there are thousands), the stats line under it, and the view transforms (fit, reset, centre on a unit).
+// there are thousands), the stats line under it, and the view transforms (fit, reset, centre on a unit,
+// frame a path). Labels are drawn at one size and hidden when zoomed out below LABEL_MIN_ZOOM, where they
+// would be too small to read; the dots, links and hover details stay, and the prompt's label and the
+// hovered or keyboard-focused unit's are drawn at their size on screen.
 /* global d3 */
-import { $, probColor } from "../common.js";
+import { $ } from "../common.js";
+import { unitColor } from "./colour.js";
 import { renderDetails } from "./details.js";
 import { toggleUnit } from "./expansion.js";
 import { applySearchClasses, hoverUnit, reapplyHighlight, unhoverUnit } from "./highlight.js";
@@ -13,6 +17,9 @@ const CULL_ABOVE = 1200; // draw only the units in view when more than this many
 const CULL_MARGIN = 300; // screen pixels drawn beyond the viewport, so small pans need no redraw
 const TOOLBAR_H = 56;
 const FOOTER_H = 40;
+const FIT_MARGIN = 30; // screen pixels left around what a fit frames
+const MAX_FIT_ZOOM = 1.2;
+export const LABEL_MIN_ZOOM = 0.6; // below this a 12px label is under 7px on screen: hidden
 
 // Styles live inside the <svg> so that exported SVG/PNG files look like the screen.
 const SVG_CSS = `
@@ -31,6 +38,11 @@ const SVG_CSS = `
 .unit.hover .bg{stroke:#2f5fd0;stroke-width:1.2}
 .unit.match .bg{fill:#fff1b8;stroke:#e2b100;stroke-width:1}
 .unit.match-current .bg{fill:#ffe066;stroke:#c99700;stroke-width:1.5}
+.unit .ring{fill:none;stroke:none}
+.unit.kbd .ring{stroke:#111827;stroke-width:2.5;stroke-dasharray:3 2}
+.unit.kbd .bg{stroke:#111827;stroke-width:1.5}
+[data-labels=hidden] .unit text,[data-labels=hidden] .unit .bg{display:none}
+[data-labels=hidden] .unit:is(.root,.hover,.kbd) :is(text,.bg){display:inline;transform:scale(var(--label-scale))}
 `;
 
 export const svg = d3.select("#tree-svg");
@@ -40,9 +52,20 @@ const gLinks = viewport.append("g").attr("class", "links");
 const gUnits = viewport.append("g").attr("class", "units");
 const zoom = d3.zoom().scaleExtent([0.03, 4]).on("zoom", (ev) => {
   viewport.attr("transform", ev.transform);
+  showLabels(ev.transform.k >= LABEL_MIN_ZOOM);
+  svg.style("--label-scale", 1 / ev.transform.k); // the labels shown anyway keep their size on screen
   onZoomed();
 });
 svg.call(zoom).on("dblclick.zoom", null);
+
+/** Show or hide the labels (the svg's data-labels, read by SVG_CSS) and the hint that says why. */
+function showLabels(on) {
+  const value = on ? "shown" : "hidden";
+  if (svg.attr("data-labels") === value) return;
+  svg.attr("data-labels", value);
+  const hint = $("#label-hint");
+  if (hint) hint.classList.toggle("hidden", on);
+}
 
 export function svgSize() {
   const r = svg.node().getBoundingClientRect();
@@ -63,9 +86,11 @@ export function render() {
   window.__tokentree.lastRender = { units: state.all.length, drawn: state.drawn, layoutMs: t1 - t0, totalMs: performance.now() - t0 };
 }
 
-/** The laid-out units to draw: all of them, or when there are many those in view plus a margin. */
+/** The laid-out units to draw: all of them, or when there are many those in view plus a margin
+ * (all of them anyway while `drawingAll`, for an export). */
+let drawingAll = false;
 function unitsToDraw(all) {
-  state.culling = all.length > CULL_ABOVE;
+  state.culling = all.length > CULL_ABOVE && !drawingAll;
   if (!state.culling) return all;
   const t = d3.zoomTransform(svg.node());
   const { w, h } = svgSize();
@@ -96,7 +121,8 @@ function darker(color) {
 function enterUnit(enter) {
   const g = enter.append("g").attr("class", "unit");
   g.append("rect").attr("class", "bg");
-  g.append("circle");
+  g.append("circle").attr("class", "ring");
+  g.append("circle").attr("class", "dot");
   const t = g.append("text").attr("class", "lbl").attr("dy", "0.35em");
   t.append("tspan").attr("class", "main");
   t.append("tspan").attr("class", "sfx");
@@ -110,9 +136,10 @@ function enterUnit(enter) {
 function updateUnit(d) {
   state.unitEls.set(d.data.key, this);
   const g = d3.select(this);
-  const color = d.data.isRoot ? "#2f5fd0" : probColor(d.data.first.prob);
+  const color = unitColor(d.data);
   const collapsed = d.data.last.children.length > 0 && !isOpen(d.data);
-  g.select("circle")
+  g.select("circle.ring").attr("r", d.r + 4);
+  g.select("circle.dot")
     .attr("r", d.r)
     .attr("fill", collapsed ? "#fff" : color)
     .attr("stroke", collapsed ? color : darker(color))
@@ -157,10 +184,24 @@ function draw() {
     .classed("root", (d) => d.data.isRoot)
     .classed("collapsed", (d) => d.data.last.children.length > 0 && !isOpen(d.data))
     .classed("leaf", (d) => d.data.last.children.length === 0)
+    .classed("kbd", (d) => d.data.key === state.focusKey)
     .each(updateUnit);
 
   applySearchClasses();
   reapplyHighlight();
+}
+
+/** Run `fn` with every laid-out unit drawn (culling off), then draw as before: an export of the whole
+ * layout. */
+export function withAllDrawn(fn) {
+  drawingAll = true;
+  try {
+    draw();
+    return fn();
+  } finally {
+    drawingAll = false;
+    draw();
+  }
 }
 
 let redrawPending = false;
@@ -191,18 +232,17 @@ function updateStats(shown) {
 
 // ---------------------------------------------------------------- view transforms
 
-/** The transform that fits the laid-out tree between the toolbar and the footer; `clamp`: not below 0.8×. */
-export function fitTransform(clamp = true) {
+/** The transform that fits `box` (screen orientation; default: the whole laid-out tree) between the
+ * toolbar and the footer, centred, at most MAX_FIT_ZOOM. */
+export function fitTransform(box = state.bounds) {
   const { w, h } = svgSize();
-  const bb = state.bounds || viewport.node().getBBox();
+  const bb = box || viewport.node().getBBox();
   if (!bb.width || !bb.height) return d3.zoomIdentity.translate(40, h / 2);
+  const availW = w - 2 * FIT_MARGIN;
   const availH = h - TOOLBAR_H - FOOTER_H;
-  let k = Math.min((w - 60) / bb.width, availH / bb.height, 1.2);
-  if (clamp) k = Math.max(k, 0.8);
-  k = Math.max(0.03, k);
-  const tx = 30 - bb.x * k;
-  let ty = TOOLBAR_H + availH / 2 - (bb.y + bb.height / 2) * k;
-  if (bb.height * k > availH) ty = TOOLBAR_H + availH / 2 - (state.hierarchy ? state.hierarchy.x : 0) * k;
+  const k = Math.max(0.03, Math.min(availW / bb.width, availH / bb.height, MAX_FIT_ZOOM));
+  const tx = FIT_MARGIN + (availW - bb.width * k) / 2 - bb.x * k;
+  const ty = TOOLBAR_H + availH / 2 - (bb.y + bb.height / 2) * k;
   return d3.zoomIdentity.translate(tx, ty).scale(k);
 }
 
@@ -212,16 +252,36 @@ export function resetView() {
 
 /** Make the fitted view the one "Reset" returns to, and go there. */
 export function resetViewToFit() {
-  state.initialTransform = fitTransform(true);
+  state.initialTransform = fitTransform();
   resetView();
 }
 
 export function fitView() {
-  svg.call(zoom.transform, fitTransform(false));
+  svg.call(zoom.transform, fitTransform());
+}
+
+/** Zoom and pan so that the drawn units `keys` (a path, say) are all in view. */
+export function frameUnits(keys) {
+  const wanted = new Set(keys);
+  const framed = (state.all || []).filter((d) => wanted.has(d.data.key));
+  if (framed.length) svg.call(zoom.transform, fitTransform(layoutBounds(framed)));
 }
 
 export function zoomBy(factor) {
   svg.call(zoom.scaleBy, factor);
+}
+
+/** Pan, at the same zoom, so that the laid-out unit `key` is in view (nothing when it already is). */
+export function ensureVisible(key) {
+  const d = state.all && state.all.find((x) => x.data.key === key);
+  if (!d) return;
+  const t = d3.zoomTransform(svg.node());
+  const { w, h } = svgSize();
+  const sx = t.x + d.y * t.k;
+  const sy = t.y + d.x * t.k;
+  const right = sx + Math.min(d.w * t.k, w / 3);
+  const inView = sx >= FIT_MARGIN && right <= w - FIT_MARGIN && sy >= TOOLBAR_H && sy <= h - FOOTER_H;
+  if (!inView) svg.call(zoom.transform, d3.zoomIdentity.translate(w * 0.35 - d.y * t.k, h / 2 - d.x * t.k).scale(t.k));
 }
 
 /** Pan (and zoom in to at least 0.7×) so that the unit `key` sits left of centre. */

@@ -11,16 +11,19 @@ const MAX_RUN_CHIPS = 400;
 const candidateId = (c) => (c.tokenId !== null ? `#${c.tokenId}` : `~${c.text}`);
 
 /** Candidates, most probable first; the chosen one and the explored ones (children) marked. */
-function candidateList(cands, { chosen = null, explored = [] } = {}) {
+function candidateList(cands, { chosen = null, explored = [], owner = null } = {}) {
   const exploredIds = new Set(explored.map(candidateId));
   const chosenId = chosen ? candidateId(chosen) : null;
   const sorted = cands.slice().sort((a, b) => b.prob - a.prob);
-  const ul = el("ul", { class: "cand-list" });
+  // The node the candidates are of, and each one's token id: for what other modules add (grow.js).
+  const ul = el("ul", { class: "cand-list", attrs: { "data-owner": owner ? owner.key : null } });
   const shown = sorted.slice(0, MAX_CANDIDATES);
   for (const c of shown) {
     const id = candidateId(c);
     const cls = id === chosenId ? "chosen" : exploredIds.has(id) ? "explored" : "";
-    ul.append(el("li", { class: cls, attrs: { title: `token id ${c.tokenId ?? "—"}` } }, [
+    const title = `token id ${c.tokenId ?? "—"}${c.rawProb !== null ? ` · model's prob ${fmtProb(c.rawProb)}` : ""}`
+      + (c.bytes ? ` · bytes ${bytesText(c.bytes)}` : "");
+    ul.append(el("li", { class: cls, attrs: { title, "data-token-id": c.tokenId ?? null } }, [
       el("span", { class: "t", text: visibleWs(c.text) }),
       el("span", { class: "tag", text: cls }),
       probBar(c.prob, probColor(c.prob)),
@@ -31,6 +34,9 @@ function candidateList(cands, { chosen = null, explored = [] } = {}) {
   if (!sorted.length) ul.append(el("li", { class: "muted", text: "No candidates recorded." }));
   return ul;
 }
+
+/** A token's bytes (not valid UTF-8 on their own) as hex: `e2 80`. */
+const bytesText = (bytes) => bytes.map((b) => b.toString(16).padStart(2, "0")).join(" ");
 
 function stat(k, v) {
   return el("div", { class: "stat" }, [el("div", { class: "k", text: k }), el("div", { class: "v", text: v, attrs: { title: v } })]);
@@ -69,6 +75,7 @@ function runStrip(unit, focus) {
 
 /** Show `unit` in the panel; `focus`: one node of a run to show instead of the run's first. */
 export function renderDetails(unit, focus) {
+  if (state.describe) { state.describe(unit, focus); return; } // a page's own details (the compare page)
   const body = clear($("#details-body"));
   const node = focus || unit.first;
   const endNode = focus || unit.last;
@@ -91,15 +98,28 @@ export function renderDetails(unit, focus) {
     ]));
   }
 
+  // A merged run's figures come from two nodes: each says which (its first token, or its last).
+  const run = node !== endNode;
+  const of = (n) => (run ? ` · ${n === node ? "first" : "last"}` : "");
+  if (run) {
+    body.append(el("p", { class: "muted small run-note", attrs: { "data-role": "run-note" } }, [
+      "“first”: the run's first token ", el("b", { text: visibleWs(node.text) }),
+      "; “last”: its last token ", el("b", { text: visibleWs(endNode.text) }), ".",
+    ]));
+  }
   body.append(el("div", { class: "stat-grid" }, [
-    stat("Token id", node.tokenId === null ? "—" : String(node.tokenId)),
-    stat("Cumulative prob", fmtProb(endNode.cum)),
-    stat("Log-prob", logprobText(node)),
-    stat("Entropy", node.entropy === null ? "—" : `${fmtNum(node.entropy)} nats`),
-    stat("Threshold", node.threshold === null ? "—" : fmtNum(node.threshold)),
-    stat("Queue depth", node.queueDepth === null ? "—" : fmtNum(node.queueDepth)),
-    stat("Status", nodeStatus(endNode)),
-    stat("Node id", node.id === null ? "—" : String(node.id)),
+    stat(`Token id${of(node)}`, node.tokenId === null ? "—" : String(node.tokenId)),
+    stat(`Cumulative prob${of(endNode)}`, fmtProb(endNode.cum)),
+    stat(`Log-prob${of(node)}`, logprobText(node)),
+    stat(`Entropy${of(node)}`, node.entropy === null ? "—" : `${fmtNum(node.entropy)} nats`),
+    stat(`Threshold${of(node)}`, node.threshold === null ? "—" : fmtNum(node.threshold)),
+    stat(`Queue depth${of(node)}`, node.queueDepth === null ? "—" : fmtNum(node.queueDepth)),
+    stat(`Status${of(endNode)}`, nodeStatus(endNode)),
+    stat(`Node id${of(node)}`, node.id === null ? "—" : String(node.id)),
+    // The bar above shows the sampler's probability (the rule branches on it); the model's own beside it.
+    stat(`Model's prob${of(node)}`, node.rawProb === null ? fmtProb(node.prob) : fmtProb(node.rawProb)),
+    stat(`Unexplored mass${of(node)}`, node.unexploredMass === null ? "—" : fmtProb(node.unexploredMass)),
+    ...(node.bytes ? [stat(`Bytes${of(node)}`, bytesText(node.bytes))] : []),
   ]));
 
   if (unit.nodes.length > 1) {
@@ -109,22 +129,30 @@ export function renderDetails(unit, focus) {
   }
 
   body.append(el("div", { class: "sub-title", text: "Path text" }));
+  // The prompt, then the response: the forced prefix (not one of the tree's tokens) and the path's tokens.
+  // In chat mode the response is the model's turn, shown apart from the prompt.
+  const md = state.metadata || {};
   const pathBox = el("div", { class: "path-text", attrs: { "data-role": "path" } }, [
     el("span", { class: "prompt-part", text: state.tree.root.text }),
+    md.chat ? el("span", { class: "chat-break", attrs: { "data-role": "chat-break" } }) : null,
+    md.prefix ? el("span", { class: "prefix-part", text: md.prefix, attrs: { title: "response prefix (forced)" } }) : null,
     el("span", { text: generatedText(endNode) }),
   ]);
   body.append(pathBox);
 
   if (node.parent) {
-    body.append(el("div", { class: "sub-title", text: "Candidates at this step" }));
+    body.append(el("div", { class: "sub-title", text: `Candidates at this step${run ? " (for the first token)" : ""}` }));
     body.append(el("div", { attrs: { "data-role": "candidates" } }, [
-      candidateList(node.parent.candidates, { chosen: node, explored: node.parent.children }),
+      candidateList(node.parent.candidates, { chosen: node, explored: node.parent.children, owner: node.parent }),
     ]));
   }
   const nextFrom = node.parent === null ? node : endNode;
   if (nextFrom.candidates.length) {
-    body.append(el("div", { class: "sub-title", text: node.parent === null ? "First-token candidates" : "Next-token candidates" }));
-    body.append(candidateList(nextFrom.candidates, { explored: nextFrom.children }));
+    const after = run ? " (after the last token)" : "";
+    body.append(el("div", { class: "sub-title", text: node.parent === null ? "First-token candidates" : `Next-token candidates${after}` }));
+    body.append(candidateList(nextFrom.candidates, { explored: nextFrom.children, owner: nextFrom }));
   }
+  body.dataset.endKey = endNode.key;
+  if (state.afterDetails) state.afterDetails(body); // what a page adds (tree.js: grow.js's buttons)
   requestAnimationFrame(() => { pathBox.scrollTop = pathBox.scrollHeight; });
 }

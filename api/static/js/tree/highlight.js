@@ -27,7 +27,7 @@ function unitKeyChain(d) {
 }
 
 /** Unit keys along the path to `node`, in the current mode. */
-function keysForNode(node) {
+export function keysForNode(node) {
   const keys = new Set();
   for (let c = node; c; c = c.parent) {
     const u = unitOfNode(c);

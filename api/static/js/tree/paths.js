@@ -1,11 +1,11 @@
 // The completed paths list: paths that reached a stop token, most probable first; choosing one reveals
-// it, pins its highlight and shows its end.
+// it, pins its highlight, frames the whole path and shows its end.
 import { $, el, clear, visibleWs, fmtProb, probBar } from "../common.js";
-import { generatedText } from "../treedata.js";
-import { centerOn, render } from "./canvas.js";
+import { responseText } from "../treedata.js";
+import { frameUnits, render } from "./canvas.js";
 import { renderDetails } from "./details.js";
 import { reveal } from "./expansion.js";
-import { reapplyHighlight } from "./highlight.js";
+import { keysForNode, reapplyHighlight } from "./highlight.js";
 import { state } from "./state.js";
 import { unitOfNode } from "./units.js";
 
@@ -21,7 +21,7 @@ export function renderPaths() {
   $("#paths-count").textContent = completed.length ? `(${completed.length})` : "";
   $("#paths-empty").classList.toggle("hidden", completed.length > 0);
   for (const [i, n] of completed.slice(0, MAX_LISTED).entries()) {
-    const text = generatedText(n);
+    const text = responseText(state.metadata, n); // the forced prefix, then the path's tokens
     const li = el("li", {
       dataset: { key: n.key },
       attrs: { title: text },
@@ -42,7 +42,7 @@ function showPath(node, li) {
   reveal(node);
   render();
   const unit = unitOfNode(node);
-  centerOn(unit.key);
+  frameUnits(keysForNode(node));
   renderDetails(unit, state.mode === "segments" && unit.last !== node ? node : null);
 }
 

@@ -2,7 +2,8 @@
 // viewer's modules. Who writes what: tree.js installs a tree (tree, segments, metadata, subtreeSize,
 // knownChildren, source); expansion.js the open/closed sets and `mode`; canvas.js what is laid out and
 // drawn; highlight.js the highlighted elements; search.js `search`; hover and pinned paths `hoverKey`
-// and `pinned`.
+// and `pinned`; colour.js `colorBy` and `entropyMax`; keyboard.js `focusKey`; a page that draws its own
+// kind of tree (compare.js) `colorOf` and `describe`.
 /* global d3 */
 
 export const state = {
@@ -28,4 +29,10 @@ export const state = {
   search: { query: "", matches: [], index: -1 },
   source: { job: null, file: null, name: null },
   initialTransform: d3.zoomIdentity,
+  colorBy: "prob", // what a unit's colour shows: "prob" | "entropy" | "unexplored" (colour.js)
+  entropyMax: null, // the tree's largest entropy, the top of the entropy scale (null: not computed yet)
+  focusKey: null, // the unit the keyboard is on
+  colorOf: null, // a page's own unit colouring over colorBy (compare.js: by side), or null
+  describe: null, // a page's own details panel over details.js (compare.js: both distributions), or null
+  afterDetails: null, // what a page adds to the details panel once drawn (tree.js: grow.js's buttons), or null
 };
