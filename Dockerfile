@@ -16,6 +16,7 @@ COPY workers workers
 COPY models models
 COPY migrations migrations
 COPY cli cli
+COPY tokentree tokentree
 RUN pip install ".[quant]" \
     && useradd --create-home --uid 1000 tokentree \
     && mkdir -p /cache/huggingface && chown tokentree /cache/huggingface

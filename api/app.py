@@ -26,15 +26,15 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
-from api import viewers
-from api.dispatch import CeleryDispatcher, Dispatcher
-from api.limits import RequestSizeLimit, export_slots, make_rate_limiter, render_slots, stream_slots
-from api.metrics import Metrics
-from api.progress_feed import ProgressFeed
-from api.routes import compare, growths, jobs, studies, system
-from api.tree_cache import RenderedTrees
-from models.db import api_engine, make_session_factory
-from models.settings import Settings, get_settings
+from tokentree.api import viewers
+from tokentree.api.dispatch import CeleryDispatcher, Dispatcher
+from tokentree.api.limits import RequestSizeLimit, export_slots, make_rate_limiter, render_slots, stream_slots
+from tokentree.api.metrics import Metrics
+from tokentree.api.progress_feed import ProgressFeed
+from tokentree.api.routes import compare, growths, jobs, studies, system
+from tokentree.api.tree_cache import RenderedTrees
+from tokentree.models.db import api_engine, make_session_factory
+from tokentree.models.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import SettingsDep
-from models import api_keys
+from tokentree.api.deps import SettingsDep
+from tokentree.models import api_keys
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `tokentree keys create NAME`")
 

@@ -11,8 +11,8 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 
-from api.dispatch import Dispatcher
-from models.settings import Settings
+from tokentree.api.dispatch import Dispatcher
+from tokentree.models.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -16,9 +16,9 @@ from celery import Celery
 from fastapi import HTTPException, status
 from sqlalchemy.orm import Session
 
-from models import jobs
-from models.queues import RUN_JOB_TASK, model_queue
-from models.schema import Job
+from tokentree.models import jobs
+from tokentree.models.queues import RUN_JOB_TASK, model_queue
+from tokentree.models.schema import Job
 
 log = logging.getLogger(__name__)
 

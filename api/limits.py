@@ -26,8 +26,8 @@ import redis
 from fastapi import HTTPException, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import Caller, CallerDep
-from models.settings import Settings
+from tokentree.api.auth import Caller, CallerDep
+from tokentree.models.settings import Settings
 
 log = logging.getLogger(__name__)
 

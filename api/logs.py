@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from models.settings import Settings
+from tokentree.models.settings import Settings
 
 job_id_var: ContextVar[str | None] = ContextVar("tokentree_job_id", default=None)
 

@@ -29,10 +29,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.dispatch import model_queue
-from models import jobs, node_reads, worker_registry
-from models.schema import Job
-from models.settings import Settings
+from tokentree.api.dispatch import model_queue
+from tokentree.models import jobs, node_reads, worker_registry
+from tokentree.models.schema import Job
+from tokentree.models.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import anyio
 from sqlalchemy.exc import SQLAlchemyError
 
-from api.schemas import JobOut
+from tokentree.api.schemas import JobOut
 
 log = logging.getLogger(__name__)
 

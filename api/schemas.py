@@ -17,9 +17,9 @@ from pydantic import (
     field_validator,
 )
 
-from engine.params import LOGPROBS_PARAMETERS, SCORE_PARAMETERS, TREE_PARAMETERS
-from models.node_reads import JobProgress
-from models.schema import Job
+from tokentree.engine.params import LOGPROBS_PARAMETERS, SCORE_PARAMETERS, TREE_PARAMETERS
+from tokentree.models.node_reads import JobProgress
+from tokentree.models.schema import Job
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]  # models.schema.JOB_STATUSES
 

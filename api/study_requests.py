@@ -15,10 +15,10 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 
-from api.schemas import JobCreate, StudyCreate, TemplateValue
-from api.validation import JobRequest, reject, validate_job_request
-from models.settings import Settings
-from models.studies import StudyJob
+from tokentree.api.schemas import JobCreate, StudyCreate, TemplateValue
+from tokentree.api.validation import JobRequest, reject, validate_job_request
+from tokentree.models.settings import Settings
+from tokentree.models.studies import StudyJob
 
 Location = tuple[str | int, ...]
 # A prompt that only stands in while a model or a parameter set is checked (prompts are checked apart).

@@ -11,9 +11,9 @@ from typing import Any, NoReturn
 
 from fastapi.exceptions import RequestValidationError
 
-from api.schemas import JobCreate
-from engine.params import LogprobsParams, ParameterError, ScoreParams, TreeParams
-from models.settings import Settings
+from tokentree.api.schemas import JobCreate
+from tokentree.engine.params import LogprobsParams, ParameterError, ScoreParams, TreeParams
+from tokentree.models.settings import Settings
 
 
 def reject(loc: tuple[str | int, ...], message: str, value: Any = None) -> NoReturn:

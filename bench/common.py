@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not `-m cli.main`: run as __main__, its UsageError would not be the one cli.service raises.
-CLI = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from tokentree.cli.main import main; sys.exit(main())"]
 
 
 def cli_env(**variables: str) -> dict[str, str]:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.workloads import long_prompt, seed_workload
-from engine.analysis import TreeRequest, build_tree, build_trees
-from engine.loading import ModelSpec, encode_prompt, load_model
-from engine.params import TreeParams
+from tokentree.engine.analysis import TreeRequest, build_tree, build_trees
+from tokentree.engine.loading import ModelSpec, encode_prompt, load_model
+from tokentree.engine.params import TreeParams
 
 WIDE = TreeParams(  # the engine bench's wide tree, lower thresholds: a random model is less sure
     min_branch_threshold=0.02,
@@ -120,9 +120,9 @@ def part_many_trees(threads: int) -> None:
 
 
 def _size_case(max_nodes: int, threads: int, queue) -> None:  # type: ignore[no-untyped-def]
-    from engine.analysis import tree_builder
-    from engine.expand import Expander, top_k_for
-    from engine.runner import ModelRunner
+    from tokentree.engine.analysis import tree_builder
+    from tokentree.engine.expand import Expander, top_k_for
+    from tokentree.engine.runner import ModelRunner
 
     torch.set_num_threads(threads)
     lm = load_model(ModelSpec(name="demo"))

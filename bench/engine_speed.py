@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.reference import assert_matches_reference, sequential_tree
-from engine.analysis import build_tree
-from engine.loading import ModelSpec, encode_prompt, load_model
-from engine.params import TreeParams
+from tokentree.engine.analysis import build_tree
+from tokentree.engine.loading import ModelSpec, encode_prompt, load_model
+from tokentree.engine.params import TreeParams
 
 # Wide trees of 2,000+ nodes on the demo model: a low threshold that the queue barely raises, capped at
 # 3,000 nodes so the seed's strategy finishes in about a minute a tree.

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from engine.tree import Candidate, candidates_json
-from engine.tree import Node as TreeNode
-from models import jobs
-from models.schema import Job, NodeRow, utcnow
+from tokentree.engine.tree import Candidate, candidates_json
+from tokentree.engine.tree import Node as TreeNode
+from tokentree.models import jobs
+from tokentree.models.schema import Job, NodeRow, utcnow
 
 STOP_TOKEN = 1
 

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text
 
 from bench.postgres import PG_SERVER, fresh_database
-from models import jobs
-from models.db import make_engine, make_session_factory
+from tokentree.models import jobs
+from tokentree.models.db import make_engine, make_session_factory
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 
 from sqlalchemy import text
 
-from migrations import upgrade_database
-from models.db import make_engine
+from tokentree.migrations import upgrade_database
+from tokentree.models.db import make_engine
 
 PG_SERVER = os.environ.get("TOKENTREE_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from engine.tree import Node
+from tokentree.engine.tree import Node
 
 PROB_TOLERANCE = 1e-4
 

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from bench.workloads import long_prompt
-from engine.loading import ModelSpec, load_model
-from engine.params import ScoreParams
-from engine.score import score_text, text_ids
+from tokentree.engine.loading import ModelSpec, load_model
+from tokentree.engine.params import ScoreParams
+from tokentree.engine.score import score_text, text_ids
 
 TEXT_WORDS = (180, 720, 2900)  # about 250, 1,000 and 4,000 tokens
 SETTINGS = {"default": {}, "t=0.7 top-p=0.9": {"temperature": 0.7, "top_p": 0.9}}

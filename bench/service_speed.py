@@ -38,10 +38,10 @@ from bench.common import CLI, ROOT, cli_env
 from bench.postgres import fresh_database
 from bench.tiny_models import make_tiny_model
 from bench.trees import assert_same_tree
-from engine.params import TreeParams
-from models import jobs
-from models.db import make_engine, make_session_factory
-from models.node_reads import tree_json
+from tokentree.engine.params import TreeParams
+from tokentree.models import jobs
+from tokentree.models.db import make_engine, make_session_factory
+from tokentree.models.node_reads import tree_json
 
 # The engine bench's wide tree (bench/engine_speed.py): a low threshold the queue barely raises.
 SAME_TREE = TreeParams(
@@ -150,7 +150,7 @@ class Service:
             ids = list(pool.map(submit, work))
         from sqlalchemy import func, select
 
-        from models.schema import Job
+        from tokentree.models.schema import Job
 
         keys = [jobs.as_job_id(i) for i in ids]
         while True:  # one light query a poll: the bench must not take the CPU it measures
@@ -209,7 +209,7 @@ def cpu_seconds() -> dict[str, float]:
 def _expanded_by(session: Any, job_id: str) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from models.schema import NodeRow
+    from tokentree.models.schema import NodeRow
 
     rows = session.execute(
         select(NodeRow.expanded_by, func.count())
@@ -243,8 +243,8 @@ def many_jobs(service: Service, model: str, repeats: int, clients: int, max_dept
     (one torch thread each), round after round; a sample of stored trees checked against the CLI's.
     `max_depth` caps the jobs' depth (a random model's flat distributions grow 1,000-node chains)."""
     from bench.workloads import seed_workload
-    from engine.analysis import build_tree
-    from engine.loading import ModelSpec, load_model
+    from tokentree.engine.analysis import build_tree
+    from tokentree.engine.loading import ModelSpec, load_model
 
     work = seed_workload()
     if max_depth is not None:

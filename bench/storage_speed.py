@@ -31,17 +31,17 @@ import httpx
 import uvicorn
 from sqlalchemy.orm import Session
 
-from api.app import create_app
 from bench.common import free_port
 from bench.factories import RecordingDispatcher, insert_tree, make_job, synthetic_tree
 from bench.postgres import fresh_database
-from engine.tree import Node as TreeNode
-from engine.tree import candidates_json
-from migrations import upgrade_database
-from models import jobs
-from models.db import make_engine, make_session_factory
-from models.node_writes import Expansion, Finish, Limits, NewChild, Pop, start_tree, write_step
-from models.settings import Settings
+from tokentree.api.app import create_app
+from tokentree.engine.tree import Node as TreeNode
+from tokentree.engine.tree import candidates_json
+from tokentree.migrations import upgrade_database
+from tokentree.models import jobs
+from tokentree.models.db import make_engine, make_session_factory
+from tokentree.models.node_writes import Expansion, Finish, Limits, NewChild, Pop, start_tree, write_step
+from tokentree.models.settings import Settings
 
 WORKER_BATCH = 256  # nodes popped per step: the workers' default max_batch
 

@@ -24,8 +24,8 @@ from sqlalchemy import text
 
 from bench.factories import insert_tree, synthetic_tree
 from bench.postgres import PG_SERVER, fresh_database
-from models.db import make_engine, make_session_factory
-from models.studies import FORK_RANKINGS, StudyJob, create_study, forks, node_batches, study_jobs
+from tokentree.models.db import make_engine, make_session_factory
+from tokentree.models.studies import FORK_RANKINGS, StudyJob, create_study, forks, node_batches, study_jobs
 
 JOBS_PER_STUDY = 20
 SIZES = (1_000, 4_000, 16_000)  # nodes per job

@@ -32,7 +32,7 @@ import redis
 
 from bench.common import CLI, ROOT, cli_env, free_port
 from bench.postgres import fresh_database
-from models.queues import model_queue
+from tokentree.models.queues import model_queue
 
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
 

@@ -22,7 +22,7 @@ from transformers import (
     PretrainedConfig,
 )
 
-from engine.loading import DEMO_MODEL_DIR
+from tokentree.engine.loading import DEMO_MODEL_DIR
 
 ARCHITECTURES = ("gemma2", "gemma3", "llama")
 # The output head is scaled until the top token holds about this much of the mass on average: then a

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from models.node_writes import storable_text
+from tokentree.models.node_writes import storable_text
 
 Tree = dict[str, Any]
 

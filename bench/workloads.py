@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.params import TreeParams
+from tokentree.engine.params import TreeParams
 
 # Ten prompts of the kind the seed notebooks used.
 SEED_PROMPTS = [

@@ -1,7 +1,7 @@
-"""`python -m cli`: the same as the `tokentree` command."""
+"""`python -m tokentree.cli`: the same as the `tokentree` command."""
 
 import sys
 
-from cli.main import main
+from tokentree.cli.main import main
 
 sys.exit(main())

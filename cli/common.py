@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from cli.errors import USAGE_ERROR, UsageError
+from tokentree.cli.errors import USAGE_ERROR, UsageError
 
 if TYPE_CHECKING:
-    from models.settings import Settings
+    from tokentree.models.settings import Settings
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -48,7 +48,7 @@ def load_settings() -> Settings:
     """The settings, or a one-line usage error naming the variable that is wrong."""
     from pydantic import ValidationError
 
-    from models.settings import get_settings
+    from tokentree.models.settings import get_settings
 
     try:
         return get_settings()
@@ -79,7 +79,7 @@ def reaching(url: str) -> Iterator[None]:
 
 def check_schema(settings: Settings) -> None:
     """Migrate the embedded SQLite file; refuse to use a shared database that is behind."""
-    from migrations import current_revision, head_revision, upgrade_database
+    from tokentree.migrations import current_revision, head_revision, upgrade_database
 
     url = settings.sqlalchemy_url
     with reaching(url):

@@ -12,12 +12,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.common import Parser
-from cli.errors import UsageError
+from tokentree.cli.common import Parser
+from tokentree.cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from engine.compare import Disagreement, TreeComparison
-    from engine.tree import Candidate, Node
+    from tokentree.engine.compare import Disagreement, TreeComparison
+    from tokentree.engine.tree import Candidate, Node
     from tokentree.tree import Tree
 
 # Candidates printed per side for each disagreement.
@@ -53,7 +53,7 @@ def read_tree(path: Path) -> Tree:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from engine.compare import NotComparable, compare_trees
+    from tokentree.engine.compare import NotComparable, compare_trees
 
     if args.top < 0:
         raise UsageError(f"--top must be at least 0, got {args.top}")

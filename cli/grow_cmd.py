@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli.compare_cmd import read_tree
-from cli.errors import UsageError
-from engine.params import TreeParams
+from tokentree.cli.compare_cmd import read_tree
+from tokentree.cli.errors import UsageError
+from tokentree.engine.params import TreeParams
 
 if TYPE_CHECKING:
-    from engine.loading import LoadedModel
+    from tokentree.engine.loading import LoadedModel
 
 # The model flag's default: --from then takes the file's model.
 DEFAULT_MODEL = "demo"
@@ -55,9 +55,9 @@ def run_grow(args: argparse.Namespace, load: Callable[[argparse.Namespace], Load
     if args.model == DEFAULT_MODEL and isinstance(tree.metadata.get("model"), str):
         args.model = tree.metadata["model"]
 
-    from cli.progress import TreeProgressBar
-    from engine.grow import grow_tree, plan_growth
-    from engine.growth import GrowthRefused
+    from tokentree.cli.progress import TreeProgressBar
+    from tokentree.engine.grow import grow_tree, plan_growth
+    from tokentree.engine.growth import GrowthRefused
     from tokentree.tree import Tree
 
     old_count = len(tree.nodes)

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from cli.common import Parser, check_schema, load_settings, reaching
-from cli.errors import UsageError
+from tokentree.cli.common import Parser, check_schema, load_settings, reaching
+from tokentree.cli.errors import UsageError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -34,7 +34,7 @@ def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
 
 @contextmanager
 def _session() -> Iterator[Session]:
-    from models.db import engine_from_settings, make_session_factory
+    from tokentree.models.db import engine_from_settings, make_session_factory
 
     settings = load_settings()
     check_schema(settings)  # migrates the embedded file; refuses a shared database that is behind
@@ -47,7 +47,7 @@ def _session() -> Iterator[Session]:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from models import api_keys
+    from tokentree.models import api_keys
 
     with _session() as session:
         try:
@@ -61,7 +61,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from models import api_keys
+    from tokentree.models import api_keys
 
     with _session() as session:
         keys = api_keys.list_keys(session)
@@ -76,7 +76,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    from models import api_keys
+    from tokentree.models import api_keys
 
     with _session() as session:
         key = api_keys.get_key(session, args.id)

@@ -11,10 +11,19 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cli import compare_cmd, keys_cmd, model_cmd, score_cmd, service, status_cmd, study_cmd, worker_cmd
-from cli.common import Parser
-from cli.errors import USAGE_ERROR, UsageError
-from engine.params import ParameterError
+from tokentree.cli import (
+    compare_cmd,
+    keys_cmd,
+    model_cmd,
+    score_cmd,
+    service,
+    status_cmd,
+    study_cmd,
+    worker_cmd,
+)
+from tokentree.cli.common import Parser
+from tokentree.cli.errors import USAGE_ERROR, UsageError
+from tokentree.engine.params import ParameterError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engine.errors import ModelLoadError
+    from tokentree.engine.errors import ModelLoadError
 
     try:
         return int(args.handler(args) or 0)

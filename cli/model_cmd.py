@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import grow_cmd
-from cli.common import Parser
-from cli.errors import UsageError
-from engine.params import (
+from tokentree.cli import grow_cmd
+from tokentree.cli.common import Parser
+from tokentree.cli.errors import UsageError
+from tokentree.engine.params import (
     LOGPROBS_PARAMETERS,
     SAMPLER_PARAMETERS,
     TREE_PARAMETERS,
@@ -26,11 +26,11 @@ from engine.params import (
     TreeParams,
     check_prompt,
 )
-from engine.tree import Node, path_to, response_text
+from tokentree.engine.tree import Node, path_to, response_text
 
 if TYPE_CHECKING:
-    from engine.analysis import TreeResult
-    from engine.loading import LoadedModel
+    from tokentree.engine.analysis import TreeResult
+    from tokentree.engine.loading import LoadedModel
 
 
 def _probability(text: str) -> float:
@@ -124,7 +124,7 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
 def _load(args: argparse.Namespace) -> LoadedModel:
     from transformers.utils import logging as transformers_logging
 
-    from engine.loading import ModelSpec, load_model
+    from tokentree.engine.loading import ModelSpec, load_model
 
     # stderr carries our progress bar and errors only, not the library's loading bars and notices.
     transformers_logging.set_verbosity_error()
@@ -155,13 +155,13 @@ def run_tree(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         check_prompt(args.prompt)
 
-    from cli.interrupt import INTERRUPTED, StopRequest
-    from cli.progress import TreeProgressBar
-    from engine.analysis import TreeRequest, build_trees
+    from tokentree.cli.interrupt import INTERRUPTED, StopRequest
+    from tokentree.cli.progress import TreeProgressBar
+    from tokentree.engine.analysis import TreeRequest, build_trees
 
     flags = TreeRequest(args.prompt or "", params, chat=args.chat, prefix=args.prefix)
     if args.prompts is not None:
-        from cli.prompts_file import read_requests
+        from tokentree.cli.prompts_file import read_requests
 
         requests = read_requests(args.prompts, flags)
     else:
@@ -265,8 +265,8 @@ def run_logprobs(args: argparse.Namespace) -> int:
     params = LogprobsParams(**{name: getattr(args, name) for name in LOGPROBS_PARAMETERS})
     check_prompt(args.prompt)  # before the seconds of importing torch, as in `run_tree`
 
-    from engine.analysis import analyze_logprobs
-    from engine.sampling import SamplerSettings
+    from tokentree.engine.analysis import analyze_logprobs
+    from tokentree.engine.sampling import SamplerSettings
 
     lm = _load(args)
     record = analyze_logprobs(lm, args.prompt, params, chat=args.chat, prefix=args.prefix)
@@ -285,7 +285,7 @@ def run_logprobs(args: argparse.Namespace) -> int:
 
 
 def run_demo_model(args: argparse.Namespace) -> int:
-    from engine import DEMO_MODEL_DIR
+    from tokentree.engine import DEMO_MODEL_DIR
 
     print(DEMO_MODEL_DIR)
     return 0

@@ -6,7 +6,7 @@ from types import TracebackType
 
 from tqdm import tqdm
 
-from engine.expand import BatchProgress
+from tokentree.engine.expand import BatchProgress
 
 
 class TreeProgressBar:

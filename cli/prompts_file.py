@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cli.errors import UsageError
-from engine.analysis import TreeRequest
-from engine.params import ParameterError, TreeParams, check_prompt
+from tokentree.cli.errors import UsageError
+from tokentree.engine.analysis import TreeRequest
+from tokentree.engine.params import ParameterError, TreeParams, check_prompt
 
 MAX_PROMPTS = 10_000  # trees in one file; more belong in several runs (or the service)
 KEYS = {"prompt", "parameters", "chat", "prefix"}

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cli.common import Parser
-from cli.model_cmd import _add_parameter_flags, _load, add_model_options
-from engine.params import SAMPLER_PARAMETERS, SCORE_PARAMETERS, ScoreParams, check_prompt
+from tokentree.cli.common import Parser
+from tokentree.cli.model_cmd import _add_parameter_flags, _load, add_model_options
+from tokentree.engine.params import SAMPLER_PARAMETERS, SCORE_PARAMETERS, ScoreParams, check_prompt
 
 # Below this probability (in percent) a token is marked unlikely, here and in the log-prob viewer.
 UNLIKELY_PERCENT = 1.0
@@ -43,7 +43,7 @@ def run_score(args: argparse.Namespace) -> int:
     # Checked before torch and transformers are imported, as `tokentree tree` does.
     params = ScoreParams(**{name: getattr(args, name) for name in SCORE_PARAMETERS})
     check_prompt(args.prompt)
-    from engine.score import score_text
+    from tokentree.engine.score import score_text
 
     lm = _load(args)
     record = score_text(lm, args.prompt, args.text, params, chat=args.chat, prefix=args.prefix)

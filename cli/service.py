@@ -12,8 +12,8 @@ import argparse
 import gc
 import logging
 
-from cli.common import Parser, check_schema, load_settings, reaching, redacted
-from cli.errors import UsageError
+from tokentree.cli.common import Parser, check_schema, load_settings, reaching, redacted
+from tokentree.cli.errors import UsageError
 
 
 def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
@@ -39,7 +39,7 @@ def add_commands(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run_db_upgrade(args: argparse.Namespace) -> int:
-    from migrations import current_revision, upgrade_database
+    from tokentree.migrations import current_revision, upgrade_database
 
     url = load_settings().sqlalchemy_url
     with reaching(url):
@@ -49,7 +49,7 @@ def run_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_db_downgrade(args: argparse.Namespace) -> int:
-    from migrations import current_revision, downgrade_database
+    from tokentree.migrations import current_revision, downgrade_database
 
     url = load_settings().sqlalchemy_url
     with reaching(url):
@@ -59,7 +59,7 @@ def run_db_downgrade(args: argparse.Namespace) -> int:
 
 
 def run_db_current(args: argparse.Namespace) -> int:
-    from migrations import current_revision, head_revision
+    from tokentree.migrations import current_revision, head_revision
 
     url = load_settings().sqlalchemy_url
     with reaching(url):
@@ -81,10 +81,10 @@ def run_models(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.app import create_app
-    from api.http_protocol import with_head_timeout
-    from api.logs import configure_logging
-    from models.db import api_engine, make_session_factory
+    from tokentree.api.app import create_app
+    from tokentree.api.http_protocol import with_head_timeout
+    from tokentree.api.logs import configure_logging
+    from tokentree.models.db import api_engine, make_session_factory
 
     settings = load_settings()
     configure_logging(settings)
@@ -98,7 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
     worker = None
     if settings.embedded:
         try:
-            from workers.local import LocalWorker
+            from tokentree.workers.local import LocalWorker
         except ModuleNotFoundError as exc:
             raise UsageError("the in-process worker (workers.local) is missing; install tokentree fully, "
                              "or set TOKENTREE_DATABASE_URL and TOKENTREE_REDIS_URL for `tokentree worker`"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import Parser, check_schema, load_settings, reaching, redacted
-from cli.errors import UsageError
+from tokentree.cli.common import Parser, check_schema, load_settings, reaching, redacted
+from tokentree.cli.errors import UsageError
 
 
 def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
@@ -19,8 +19,8 @@ def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from models import jobs
-    from models.db import engine_from_settings, make_session_factory
+    from tokentree.models import jobs
+    from tokentree.models.db import engine_from_settings, make_session_factory
 
     settings = load_settings()
     check_schema(settings)  # creates the embedded file if need be; a shared database must be current
@@ -44,8 +44,8 @@ def _broker_status(redis_url: str, models: list[str]) -> None:
 
     import redis
 
-    from models.queues import model_queue
-    from models.worker_registry import live_workers, unserved
+    from tokentree.models.queues import model_queue
+    from tokentree.models.worker_registry import live_workers, unserved
 
     client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
     try:

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cli.common import Parser
-from cli.errors import UsageError
+from tokentree.cli.common import Parser
+from tokentree.cli.errors import UsageError
 
 if TYPE_CHECKING:
     from tokentree import Client, Study

@@ -15,8 +15,8 @@ import socket
 import subprocess
 import sys
 
-from cli.common import Parser, load_settings
-from cli.errors import UsageError
+from tokentree.cli.common import Parser, load_settings
+from tokentree.cli.errors import UsageError
 
 
 def add_command(commands: argparse._SubParsersAction[Parser]) -> None:
@@ -99,7 +99,7 @@ def _check_names_free(redis_url: str, names: list[str]) -> None:
     its name itself when it starts (workers/tasks.py); this says so before anything loads."""
     import redis
 
-    from models.worker_registry import holder_of, is_stale, name_taken
+    from tokentree.models.worker_registry import holder_of, is_stale, name_taken
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
@@ -118,7 +118,7 @@ def check_alive(redis_url: str, name: str | None, count: int) -> int:
     NAME, or NAME-1..NAME-count, when a name is given), else 1; one line either way."""
     import redis
 
-    from models.worker_registry import live_workers
+    from tokentree.models.worker_registry import live_workers
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
@@ -141,11 +141,11 @@ def check_alive(redis_url: str, name: str | None, count: int) -> int:
 
 
 def celery_argv(env: dict[str, str], models: list[str], loglevel: str) -> list[str]:
-    from models.queues import model_queue, worker_queue
-    from workers.settings import WorkerSettings
+    from tokentree.models.queues import model_queue, worker_queue
+    from tokentree.workers.settings import WorkerSettings
 
     return [
-        sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
+        sys.executable, "-m", "celery", "-A", "tokentree.workers.app:app", "worker",
         "--pool=threads", f"--concurrency={WorkerSettings().units}", "--prefetch-multiplier=1",
         "-Q", ",".join([*(model_queue(m) for m in models), worker_queue(env["TOKENTREE_WORKER_NAME"])]),
         "-n", f"{env['TOKENTREE_WORKER_NAME']}@%h",

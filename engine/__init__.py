@@ -6,7 +6,7 @@ other way round.
 
 from pathlib import Path
 
-from engine.params import LogprobsParams, ParameterError, TreeParams, branch_threshold
+from tokentree.engine.params import LogprobsParams, ParameterError, TreeParams, branch_threshold
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"  # the bundled checkpoint (`--model demo`)
 

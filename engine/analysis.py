@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import transformers
 
-from engine.expand import (
+from tokentree.engine.expand import (
     DEFAULT_MAX_BATCH,
     BatchProgressCallback,
     Expander,
@@ -23,12 +23,12 @@ from engine.expand import (
     run_trees,
     top_k_for,
 )
-from engine.loading import LoadedModel, encode_prompt
-from engine.params import LogprobsParams, TreeParams
-from engine.runner import ModelRunner, Row
-from engine.sampling import SamplerSettings
-from engine.scheduler import RankedToken, TreeBuilder
-from engine.tree import CompletedPath, Node, completed_paths, coverage, tree_json_text
+from tokentree.engine.loading import LoadedModel, encode_prompt
+from tokentree.engine.params import LogprobsParams, TreeParams
+from tokentree.engine.runner import ModelRunner, Row
+from tokentree.engine.sampling import SamplerSettings
+from tokentree.engine.scheduler import RankedToken, TreeBuilder
+from tokentree.engine.tree import CompletedPath, Node, completed_paths, coverage, tree_json_text
 
 
 def versions() -> dict[str, str]:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.tree import Candidate, Node
+from tokentree.engine.tree import Candidate, Node
 
 # What the report calls the measure, for readers of the JSON.
 MEASURE = "total_variation"

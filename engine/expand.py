@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.kv import NodeKV, PromptKV
-from engine.params import TreeParams
-from engine.runner import ModelRunner, Row
-from engine.sampling import SamplerSettings
-from engine.scheduler import Distribution, TreeBuilder
-from engine.tree import Node
+from tokentree.engine.kv import NodeKV, PromptKV
+from tokentree.engine.params import TreeParams
+from tokentree.engine.runner import ModelRunner, Row
+from tokentree.engine.sampling import SamplerSettings
+from tokentree.engine.scheduler import Distribution, TreeBuilder
+from tokentree.engine.tree import Node
 
 DEFAULT_MAX_BATCH = 256
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.expand import DEFAULT_MAX_BATCH, BatchProgressCallback, Expander, run_trees, top_k_for
-from engine.growth import GrowthRecord, GrowthRefused, candidate_child, check_more
-from engine.loading import LoadedModel, encode_prompt
-from engine.params import TreeParams
-from engine.runner import ModelRunner
-from engine.scheduler import TreeBuilder
-from engine.tree import Node, coverage, unexplored_mass
+from tokentree.engine.expand import DEFAULT_MAX_BATCH, BatchProgressCallback, Expander, run_trees, top_k_for
+from tokentree.engine.growth import GrowthRecord, GrowthRefused, candidate_child, check_more
+from tokentree.engine.loading import LoadedModel, encode_prompt
+from tokentree.engine.params import TreeParams
+from tokentree.engine.runner import ModelRunner
+from tokentree.engine.scheduler import TreeBuilder
+from tokentree.engine.tree import Node, coverage, unexplored_mass
 
 
 @dataclass(frozen=True)

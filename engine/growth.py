@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.params import MAX_DEPTH_LIMIT, MAX_NODES_LIMIT, TreeParams
+from tokentree.engine.params import MAX_DEPTH_LIMIT, MAX_NODES_LIMIT, TreeParams
 
 ProbSource = Literal["logprob", "rounded prob"]
 

@@ -27,9 +27,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from engine import DEMO_MODEL_DIR
-from engine.errors import ModelLoadError
-from engine.params import ParameterError, check_prompt
+from tokentree.engine import DEMO_MODEL_DIR
+from tokentree.engine.errors import ModelLoadError
+from tokentree.engine.params import ParameterError, check_prompt
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]

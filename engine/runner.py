@@ -19,9 +19,17 @@ from typing import TypeVar
 import torch
 from transformers import PreTrainedModel
 
-from engine.kv import PREFILL_CHUNK, KVPool, NodeKV, NodeRows, PromptChunk, PromptKV, tree_attention_on
-from engine.sampling import SamplerSettings, processed_rows
-from engine.scheduler import Distribution
+from tokentree.engine.kv import (
+    PREFILL_CHUNK,
+    KVPool,
+    NodeKV,
+    NodeRows,
+    PromptChunk,
+    PromptKV,
+    tree_attention_on,
+)
+from tokentree.engine.sampling import SamplerSettings, processed_rows
+from tokentree.engine.scheduler import Distribution
 
 IDENTITY = SamplerSettings()
 

@@ -24,7 +24,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from engine.params import SAMPLER_PARAMETERS, check_bounds
+from tokentree.engine.params import SAMPLER_PARAMETERS, check_bounds
 
 # The warpers' `input_ids` argument: none of these four reads it.
 _NO_INPUT_IDS = cast(torch.LongTensor, torch.empty((0, 0), dtype=torch.long))

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import NamedTuple
 
-from engine.params import TreeParams, branch_threshold
-from engine.tree import Candidate, Node, unexplored_mass
+from tokentree.engine.params import TreeParams, branch_threshold
+from tokentree.engine.tree import Candidate, Node, unexplored_mass
 
 TokenBytes = Callable[[int], bytes | None]
 

@@ -32,11 +32,11 @@ from typing import Any, Literal
 
 import torch
 
-from engine.analysis import model_metadata
-from engine.loading import LoadedModel, encode_prompt
-from engine.params import ParameterError, ScoreParams
-from engine.runner import ModelRunner
-from engine.sampling import SamplerSettings, processed_logprobs
+from tokentree.engine.analysis import model_metadata
+from tokentree.engine.loading import LoadedModel, encode_prompt
+from tokentree.engine.params import ParameterError, ScoreParams
+from tokentree.engine.runner import ModelRunner
+from tokentree.engine.sampling import SamplerSettings, processed_logprobs
 
 Part = Literal["prompt", "text"]
 

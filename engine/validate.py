@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from engine.params import TreeParams, branch_threshold
-from engine.tree import Node
+from tokentree.engine.params import TreeParams, branch_threshold
+from tokentree.engine.tree import Node
 
 TOLERANCE = 1e-9
 

@@ -9,7 +9,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from models.db import make_engine
+from tokentree.models.db import make_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, pool
 
-from models.db import make_engine
-from models.schema import Base
-from models.settings import get_settings
+from tokentree.models.db import make_engine
+from tokentree.models.schema import Base
+from tokentree.models.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata

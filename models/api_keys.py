@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from models.schema import ApiKey, db_now
+from tokentree.models.schema import ApiKey, db_now
 
 TOKEN_PREFIX = "tt_"
 DISPLAY_CHARS = 10  # "tt_" and 7 characters of the secret: enough to tell keys apart, useless to guess

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.deadline import StatementDeadline
-from models.settings import Settings
+from tokentree.models.deadline import StatementDeadline
+from tokentree.models.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -19,11 +19,11 @@ from typing import Any, cast
 from sqlalchemy import Table, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from engine.growth import GrowthRecord, GrowthRefused, candidate_child, check_more
-from engine.tree import unexplored_mass
-from models.jobs import OPEN_STATUSES, JobId, add_counts, as_job_id
-from models.node_writes import storable_text
-from models.schema import Job, NodeRow, db_now
+from tokentree.engine.growth import GrowthRecord, GrowthRefused, candidate_child, check_more
+from tokentree.engine.tree import unexplored_mass
+from tokentree.models.jobs import OPEN_STATUSES, JobId, add_counts, as_job_id
+from tokentree.models.node_writes import storable_text
+from tokentree.models.schema import Job, NodeRow, db_now
 
 NODES = cast(Table, NodeRow.__table__)
 

@@ -19,7 +19,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Table, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, NodeRow, db_now
+from tokentree.models.schema import JOB_STATUSES, TERMINAL_STATUSES, Job, NodeRow, db_now
 
 log = logging.getLogger(__name__)
 

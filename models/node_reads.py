@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import Select, and_, case, func, select, true
 from sqlalchemy.orm import Session
 
-from engine.tree import CompletedPath, FinishReason, coverage, response_text, tree_json_text
-from engine.tree import Node as TreeNode
-from models.jobs import JobId, as_job_id
-from models.schema import Job, NodeRow
+from tokentree.engine.tree import CompletedPath, FinishReason, coverage, response_text, tree_json_text
+from tokentree.engine.tree import Node as TreeNode
+from tokentree.models.jobs import JobId, as_job_id
+from tokentree.models.schema import Job, NodeRow
 
 # What the JSON shows of a node, in one select. Candidates are stored as the JSON text the tree shows
 # and passed through as they are.

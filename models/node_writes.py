@@ -32,9 +32,9 @@ from sqlalchemy import CursorResult, Table, bindparam, case, func, insert, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine.tree import Coverage, unexplored_mass
-from models.jobs import JOBS, OPEN_STATUSES, JobId, add_counts, as_job_id
-from models.schema import Job, NodeRow, db_now
+from tokentree.engine.tree import Coverage, unexplored_mass
+from tokentree.models.jobs import JOBS, OPEN_STATUSES, JobId, add_counts, as_job_id
+from tokentree.models.schema import Job, NodeRow, db_now
 
 NODES = cast(Table, NodeRow.__table__)
 

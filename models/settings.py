@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from engine.params import MAX_DEPTH_LIMIT, MAX_NEW_TOKENS_LIMIT, MAX_NODES_LIMIT
+from tokentree.engine.params import MAX_DEPTH_LIMIT, MAX_NEW_TOKENS_LIMIT, MAX_NODES_LIMIT
 
 # A model name becomes part of a Celery queue name and a URL: keep it to plain characters.
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

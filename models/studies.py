@@ -18,9 +18,9 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from models.jobs import JOBS, OPEN_STATUSES, _rowcount, new_job
-from models.node_reads import path_steps
-from models.schema import JOB_STATUSES, Job, NodeRow, Study, db_now
+from tokentree.models.jobs import JOBS, OPEN_STATUSES, _rowcount, new_job
+from tokentree.models.node_reads import path_steps
+from tokentree.models.schema import JOB_STATUSES, Job, NodeRow, Study, db_now
 
 ForkRanking = Literal["entropy", "branches", "unexplored_mass"]
 FORK_RANKINGS: tuple[ForkRanking, ...] = ("entropy", "branches", "unexplored_mass")

@@ -28,7 +28,7 @@ torch.manual_seed(0)
 
 @pytest.fixture(scope="session")
 def demo():  # type: ignore[no-untyped-def]
-    from engine.loading import ModelSpec, load_model
+    from tokentree.engine.loading import ModelSpec, load_model
 
     return load_model(ModelSpec(name="demo"))
 
@@ -56,7 +56,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def pg_engine(postgres_url: str) -> Iterator[Engine]:
-    from models.db import make_engine
+    from tokentree.models.db import make_engine
 
     engine = make_engine(postgres_url)
     yield engine

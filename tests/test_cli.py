@@ -386,7 +386,7 @@ def test_the_readmes_examples_show_something_on_the_demo_model(args: list[str], 
 
 
 def test_stop_token_ends_paths(tmp_path: Path) -> None:
-    from engine.loading import ModelSpec, load_model
+    from tokentree.engine.loading import ModelSpec, load_model
 
     demo = load_model(ModelSpec())
     period = demo.tokenizer(".", add_special_tokens=False).input_ids[-1]
@@ -511,7 +511,7 @@ def test_a_resolver_that_never_answers_does_not_hold_an_unknown_model(tmp_path: 
 def test_the_hub_check_answers_when_the_connection_does(monkeypatch: pytest.MonkeyPatch) -> None:
     """It waits in a thread (see the test above), but only as long as the connection takes: a refusal is
     an answer at once, not a wait of the whole timeout."""
-    from engine import loading
+    from tokentree.engine import loading
 
     monkeypatch.setattr(loading.hub_constants, "HF_HUB_OFFLINE", False)
     with socket.socket() as listening:
@@ -552,7 +552,7 @@ def test_commands_that_run_no_model_import_no_torch(args: list[str], tmp_path: P
 def test_parsing_the_command_line_reads_no_settings(args: list[str], tmp_path: Path) -> None:
     """The settings and the storage they import (pydantic-settings, SQLAlchemy: a few tenths of a second)
     are the service commands' to load, not every command's: not `tree`'s startup, nor `--help`'s."""
-    loaded = {"models.settings", "pydantic_settings", "sqlalchemy"} & modules_after(args, tmp_path)
+    loaded = {"tokentree.models.settings", "pydantic_settings", "sqlalchemy"} & modules_after(args, tmp_path)
     assert not loaded
 
 
@@ -588,7 +588,7 @@ def _options(parser: argparse.ArgumentParser, path: str = "tokentree") -> Iterat
 
 
 def test_every_flag_has_help_and_shows_its_default() -> None:
-    from cli.main import build_parser
+    from tokentree.cli.main import build_parser
 
     options = list(_options(build_parser()))
     assert len(options) > 40
@@ -601,7 +601,7 @@ def test_every_flag_has_help_and_shows_its_default() -> None:
 
 
 def test_tree_help_explains_every_rule_flag_with_its_default() -> None:
-    from engine.params import TREE_PARAMETER_HELP, TreeParams
+    from tokentree.engine.params import TREE_PARAMETER_HELP, TreeParams
 
     text = " ".join(tokentree("tree", "--help").stdout.split())  # argparse wraps lines
     for name, meaning in TREE_PARAMETER_HELP.items():

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from bench.trees import by_path
-from engine import DEMO_MODEL_DIR
-from engine.params import TreeParams, branch_threshold
 from tests.test_cli import tokentree
+from tokentree.engine import DEMO_MODEL_DIR
+from tokentree.engine.params import TreeParams, branch_threshold
 
 PROMPT = "Once upon a time"
 

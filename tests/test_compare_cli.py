@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.compare import compare_trees
 from tests.test_cli import ROOT, tokentree
+from tokentree.engine.compare import compare_trees
 from tokentree.tree import Tree
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.params import TreeParams
+from tokentree.engine.params import TreeParams
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,7 +22,7 @@ def test_the_readmes_score_table_is_the_engines() -> None:
     the other kinds'), its default as JSON writes it, and its meaning."""
     import json
 
-    from engine.params import SAMPLER_PARAMETERS, ScoreParams
+    from tokentree.engine.params import SAMPLER_PARAMETERS, ScoreParams
 
     section = README.read_text().split("## Scoring a text", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \|$", section, flags=re.MULTILINE)

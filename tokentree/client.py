@@ -15,7 +15,7 @@ from typing import Any, overload
 
 import httpx
 
-from engine.tree import CompletedPath
+from tokentree.engine.tree import CompletedPath
 from tokentree.errors import APIError, JobTimeout, StudyTimeout
 from tokentree.events import EventReader
 from tokentree.jobs import Job

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from engine.params import LogprobsParams, ParameterError, ScoreParams, TreeParams, check_prompt
+from tokentree.engine.params import LogprobsParams, ParameterError, ScoreParams, TreeParams, check_prompt
 from tokentree.progress import NodeProgress
 from tokentree.tree import Tree
 
 if TYPE_CHECKING:
-    from engine.loading import LoadedModel
+    from tokentree.engine.loading import LoadedModel
 
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -49,7 +49,7 @@ def build_tree(
     check_prompt(prompt)
     if max_batch < 1:
         raise ParameterError("max_batch", f"must be at least 1, got {max_batch}")
-    from engine.analysis import build_tree as expand_tree
+    from tokentree.engine.analysis import build_tree as expand_tree
 
     lm = _load(model, dtype, device, quantize, stop_tokens)
     with NodeProgress(progress, "expanding") as bar:
@@ -75,7 +75,7 @@ def logprobs(
     `max_new_tokens`, `top_k` and the sampler's `temperature`, `top_k_filter`, `top_p` and `min_p`."""
     params = LogprobsParams.from_dict(parameters)
     check_prompt(prompt)
-    from engine.analysis import analyze_logprobs
+    from tokentree.engine.analysis import analyze_logprobs
 
     lm = _load(model, dtype, device, quantize, stop_tokens)
     return analyze_logprobs(lm, prompt, params, chat=chat, prefix=prefix)
@@ -99,7 +99,7 @@ def score(
     are `top_k` and `include_prompt` (also score the prompt's tokens after the first)."""
     params = ScoreParams.from_dict(parameters)
     check_prompt(prompt)
-    from engine.score import score_text
+    from tokentree.engine.score import score_text
 
     lm = _load(model, dtype, device, quantize, ())
     return score_text(lm, prompt, text, params, chat=chat, prefix=prefix)
@@ -107,7 +107,7 @@ def score(
 
 def _load(model: str, dtype: DType, device: Device, quantize: Quantization,
           stop_tokens: Sequence[int]) -> LoadedModel:
-    from engine.loading import ModelSpec, load_model
+    from tokentree.engine.loading import ModelSpec, load_model
 
     lm = load_model(ModelSpec(name=model, dtype=dtype, device=device, quantization=quantize))
     return lm.with_stop_ids(list(stop_tokens)) if stop_tokens else lm

@@ -16,7 +16,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.tree import Node
+    from tokentree.engine.tree import Node
     from tokentree.tree import Tree
 
 MAX_SEGMENTS = 300

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from engine.tree import Candidate, CompletedPath, Node, node_json_head, response_text
+from tokentree.engine.tree import Candidate, CompletedPath, Node, node_json_head, response_text
 
 if TYPE_CHECKING:
     import pandas

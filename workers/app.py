@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from celery import Celery
 
-from models.settings import get_settings
-from workers.settings import WorkerSettings
+from tokentree.models.settings import get_settings
+from tokentree.workers.settings import WorkerSettings
 
 
 def make_celery() -> Celery:
     settings = get_settings()
     worker = WorkerSettings()
-    app = Celery("tokentree", broker=settings.redis_url, include=["workers.tasks"])
+    app = Celery("tokentree", broker=settings.redis_url, include=["tokentree.workers.tasks"])
     app.conf.update(
         task_acks_late=False,
         task_acks_on_failure_or_timeout=True,

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from engine.expand import Expander, StepResult, step_trees
+from tokentree.engine.expand import Expander, StepResult, step_trees
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from models.jobs import JobId, as_job_id
+from tokentree.models.jobs import JobId, as_job_id
 
 KEY_TTL_MS = 86_400_000
 

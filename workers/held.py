@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.expand import Expander, StepResult
-from engine.loading import LoadedModel
-from engine.params import TreeParams
-from engine.runner import ModelRunner
-from engine.scheduler import TreeBuilder
-from engine.tree import Node, candidates_json
-from models.node_writes import Expansion, Finish, NewChild, OpenNode, Pop
+from tokentree.engine.expand import Expander, StepResult
+from tokentree.engine.loading import LoadedModel
+from tokentree.engine.params import TreeParams
+from tokentree.engine.runner import ModelRunner
+from tokentree.engine.scheduler import TreeBuilder
+from tokentree.engine.tree import Node, candidates_json
+from tokentree.models.node_writes import Expansion, Finish, NewChild, OpenNode, Pop
 
 Stepper = Callable[[Expander, int, int], StepResult]  # (tree, max_batch, external queue depth)
 

@@ -15,13 +15,13 @@ import threading
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.jobs import OPEN_STATUSES
-from models.schema import Job
-from models.settings import Settings
-from workers.frontier import MemoryFrontier
-from workers.service import ModelRegistry, Outcome, Services
-from workers.settings import WorkerSettings
-from workers.units import run_unit
+from tokentree.models.jobs import OPEN_STATUSES
+from tokentree.models.schema import Job
+from tokentree.models.settings import Settings
+from tokentree.workers.frontier import MemoryFrontier
+from tokentree.workers.service import ModelRegistry, Outcome, Services
+from tokentree.workers.settings import WorkerSettings
+from tokentree.workers.units import run_unit
 
 log = logging.getLogger(__name__)
 

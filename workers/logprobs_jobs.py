@@ -13,12 +13,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from engine.analysis import analyze_logprobs
-from engine.loading import LoadedModel, ModelLoadError
-from engine.params import LogprobsParams, ParameterError
-from models.jobs import finish_job, mark_running
-from models.schema import Job
-from workers.service import JOB_NODE, Outcome, Services
+from tokentree.engine.analysis import analyze_logprobs
+from tokentree.engine.loading import LoadedModel, ModelLoadError
+from tokentree.engine.params import LogprobsParams, ParameterError
+from tokentree.models.jobs import finish_job, mark_running
+from tokentree.models.schema import Job
+from tokentree.workers.service import JOB_NODE, Outcome, Services
 
 log = logging.getLogger(__name__)
 

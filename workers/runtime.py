@@ -18,19 +18,26 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import worker_registry
-from models.db import engine_from_settings, make_session_factory
-from models.queues import model_queue, worker_queue
-from models.settings import Settings, get_settings
-from models.worker_registry import WorkerBeat
-from workers.batcher import StepBatcher
-from workers.errors import DEPENDENCY_ERRORS, is_connection_loss
-from workers.frontier import IDLE_WINDOW_MS, HeldLease, RedisFrontier, idle_key, job_key, worker_redis
-from workers.service import ModelRegistry, Outcome, Services
-from workers.settings import WorkerSettings
-from workers.sweeper import Sweeper
-from workers.units import run_unit
-from workers.writer import ProcessWriter
+from tokentree.models import worker_registry
+from tokentree.models.db import engine_from_settings, make_session_factory
+from tokentree.models.queues import model_queue, worker_queue
+from tokentree.models.settings import Settings, get_settings
+from tokentree.models.worker_registry import WorkerBeat
+from tokentree.workers.batcher import StepBatcher
+from tokentree.workers.errors import DEPENDENCY_ERRORS, is_connection_loss
+from tokentree.workers.frontier import (
+    IDLE_WINDOW_MS,
+    HeldLease,
+    RedisFrontier,
+    idle_key,
+    job_key,
+    worker_redis,
+)
+from tokentree.workers.service import ModelRegistry, Outcome, Services
+from tokentree.workers.settings import WorkerSettings
+from tokentree.workers.sweeper import Sweeper
+from tokentree.workers.units import run_unit
+from tokentree.workers.writer import ProcessWriter
 
 log = logging.getLogger(__name__)
 

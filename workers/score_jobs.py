@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from engine.params import ParameterError, ScoreParams
-from engine.score import score_text
-from models.schema import Job
-from workers.logprobs_jobs import MakeRecord, run_record_unit
-from workers.service import Outcome, Services
+from tokentree.engine.params import ParameterError, ScoreParams
+from tokentree.engine.score import score_text
+from tokentree.models.schema import Job
+from tokentree.workers.logprobs_jobs import MakeRecord, run_record_unit
+from tokentree.workers.service import Outcome, Services
 
 
 def run_score_unit(s: Services, job: Job) -> Outcome:

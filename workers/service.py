@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
-from engine.params import TreeParams
-from engine.runner import ModelRunner
-from models.jobs import JobId, claim_model, finish_job
-from models.settings import Settings
-from workers.frontier import Expired, Frontier, HeldLease
-from workers.settings import WorkerSettings
+from tokentree.engine.loading import LoadedModel, ModelLoadError, ModelSpec, load_model
+from tokentree.engine.params import TreeParams
+from tokentree.engine.runner import ModelRunner
+from tokentree.models.jobs import JobId, claim_model, finish_job
+from tokentree.models.settings import Settings
+from tokentree.workers.frontier import Expired, Frontier, HeldLease
+from tokentree.workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from workers.batcher import StepBatcher
-    from workers.runtime import Heartbeat
-    from workers.writer import StepWriter
+    from tokentree.workers.batcher import StepBatcher
+    from tokentree.workers.runtime import Heartbeat
+    from tokentree.workers.writer import StepWriter
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from models.jobs import OPEN_STATUSES
-from models.schema import Job, db_now
-from workers.frontier import RedisFrontier, Snapshot, job_key
-from workers.service import Services
+from tokentree.models.jobs import OPEN_STATUSES
+from tokentree.models.schema import Job, db_now
+from tokentree.workers.frontier import RedisFrontier, Snapshot, job_key
+from tokentree.workers.service import Services
 
 log = logging.getLogger(__name__)
 

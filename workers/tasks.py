@@ -14,14 +14,14 @@ from typing import Any
 
 from celery import signals
 
-from models import worker_registry
-from models.queues import RUN_JOB_TASK
-from models.settings import get_settings
-from models.worker_registry import WorkerBeat
-from workers.app import app
-from workers.frontier import worker_redis
-from workers.runtime import WorkerRuntime, first_line
-from workers.settings import WorkerSettings
+from tokentree.models import worker_registry
+from tokentree.models.queues import RUN_JOB_TASK
+from tokentree.models.settings import get_settings
+from tokentree.models.worker_registry import WorkerBeat
+from tokentree.workers.app import app
+from tokentree.workers.frontier import worker_redis
+from tokentree.workers.runtime import WorkerRuntime, first_line
+from tokentree.workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 
 import redis
 
-from engine.analysis import model_metadata
-from engine.loading import LoadedModel, ModelLoadError, encode_prompt
-from engine.params import ParameterError, TreeParams
-from models.growths import growth_open_node_ids, job_growth, record_growth_end
-from models.jobs import finish_job, job_counts, seconds_since_start
-from models.node_writes import (
+from tokentree.engine.analysis import model_metadata
+from tokentree.engine.loading import LoadedModel, ModelLoadError, encode_prompt
+from tokentree.engine.params import ParameterError, TreeParams
+from tokentree.models.growths import growth_open_node_ids, job_growth, record_growth_end
+from tokentree.models.jobs import finish_job, job_counts, seconds_since_start
+from tokentree.models.node_writes import (
     Finish,
     Limits,
     OpenNode,
@@ -51,12 +51,12 @@ from models.node_writes import (
     start_tree,
     tree_totals,
 )
-from models.schema import Job
-from workers.errors import is_connection_loss
-from workers.frontier import FrontierCommit, HeldLease
-from workers.held import HeldTree, Step
-from workers.service import Outcome, Services
-from workers.writer import StepWrite, StepWriter, ThreadWriter, WriteResult
+from tokentree.models.schema import Job
+from tokentree.workers.errors import is_connection_loss
+from tokentree.workers.frontier import FrontierCommit, HeldLease
+from tokentree.workers.held import HeldTree, Step
+from tokentree.workers.service import Outcome, Services
+from tokentree.workers.writer import StepWrite, StepWriter, ThreadWriter, WriteResult
 
 log = logging.getLogger(__name__)
 

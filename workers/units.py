@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from models.jobs import get_job
-from models.schema import TERMINAL_STATUSES
-from workers.logprobs_jobs import run_logprobs_unit
-from workers.score_jobs import run_score_unit
-from workers.service import Outcome, Services
-from workers.tree_jobs import run_tree_unit
+from tokentree.models.jobs import get_job
+from tokentree.models.schema import TERMINAL_STATUSES
+from tokentree.workers.logprobs_jobs import run_logprobs_unit
+from tokentree.workers.score_jobs import run_score_unit
+from tokentree.workers.service import Outcome, Services
+from tokentree.workers.tree_jobs import run_tree_unit
 
 KINDS = {"tree": run_tree_unit, "logprobs": run_logprobs_unit, "score": run_score_unit}
 

@@ -25,11 +25,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import engine_from_settings, make_session_factory
-from models.node_writes import Limits, Pop, StepToWrite, StepWritten, open_node_ids, write_steps
-from models.settings import Settings
-from workers.errors import WriterConnectionLost, is_connection_loss
-from workers.frontier import Committed, Frontier, FrontierCommit, RedisFrontier, worker_redis
+from tokentree.models.db import engine_from_settings, make_session_factory
+from tokentree.models.node_writes import Limits, Pop, StepToWrite, StepWritten, open_node_ids, write_steps
+from tokentree.models.settings import Settings
+from tokentree.workers.errors import WriterConnectionLost, is_connection_loss
+from tokentree.workers.frontier import Committed, Frontier, FrontierCommit, RedisFrontier, worker_redis
 
 log = logging.getLogger(__name__)
 

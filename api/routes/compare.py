@@ -14,14 +14,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from sqlalchemy.orm import Session
 
-from api.auth import Caller, CallerDep
-from api.deps import ReleasesSession, SessionDep, SettingsDep
-from api.limits import CallerSlots, enforce_rate_limit
-from api.routes.jobs import REFUSALS, _job_or_404, _require_kind
-from api.validation import reject
-from engine.compare import NotComparable, compare_trees
-from models import node_reads
-from models.schema import TERMINAL_STATUSES, Job
+from tokentree.api.auth import Caller, CallerDep
+from tokentree.api.deps import ReleasesSession, SessionDep, SettingsDep
+from tokentree.api.limits import CallerSlots, enforce_rate_limit
+from tokentree.api.routes.jobs import REFUSALS, _job_or_404, _require_kind
+from tokentree.api.validation import reject
+from tokentree.engine.compare import NotComparable, compare_trees
+from tokentree.models import node_reads
+from tokentree.models.schema import TERMINAL_STATUSES, Job
 
 router = APIRouter(prefix="/v1", tags=["compare"], route_class=ReleasesSession,
                    dependencies=[Depends(enforce_rate_limit)], responses=REFUSALS)

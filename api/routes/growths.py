@@ -15,11 +15,11 @@ import uuid
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 
-from api.auth import CallerDep
-from api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
-from api.dispatch import send_committed
-from api.limits import enforce_rate_limit
-from api.routes.jobs import (
+from tokentree.api.auth import CallerDep
+from tokentree.api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
+from tokentree.api.dispatch import send_committed
+from tokentree.api.limits import enforce_rate_limit
+from tokentree.api.routes.jobs import (
     REFUSALS,
     _job_or_404,
     _job_out,
@@ -27,10 +27,10 @@ from api.routes.jobs import (
     _warnings,
     enforce_active_jobs_quota,
 )
-from api.schemas import GrowthCreate, JobOut
-from api.validation import reject, validate_parameters
-from engine.growth import GrowthRefused
-from models import growths
+from tokentree.api.schemas import GrowthCreate, JobOut
+from tokentree.api.validation import reject, validate_parameters
+from tokentree.engine.growth import GrowthRefused
+from tokentree.models import growths
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
-from api.auth import Caller, CallerDep
-from api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
-from api.dispatch import send_committed
-from api.limits import CallerSlots, enforce_rate_limit, too_many
-from api.logs import bind_job
-from api.progress_feed import ProgressFeed, Reading
-from api.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
-from api.tree_cache import RenderedTrees
-from api.validation import JobRequest, reject, validate_job_request
-from models import api_keys, jobs, node_reads, worker_registry
-from models.schema import TERMINAL_STATUSES, Job
-from models.settings import Settings
+from tokentree.api.auth import Caller, CallerDep
+from tokentree.api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
+from tokentree.api.dispatch import send_committed
+from tokentree.api.limits import CallerSlots, enforce_rate_limit, too_many
+from tokentree.api.logs import bind_job
+from tokentree.api.progress_feed import ProgressFeed, Reading
+from tokentree.api.schemas import ErrorOut, JobCreate, JobOut, JobPage, JobStatus, PathOut, PathsOut
+from tokentree.api.tree_cache import RenderedTrees
+from tokentree.api.validation import JobRequest, reject, validate_job_request
+from tokentree.models import api_keys, jobs, node_reads, worker_registry
+from tokentree.models.schema import TERMINAL_STATUSES, Job
+from tokentree.models.settings import Settings
 
 log = logging.getLogger(__name__)
 

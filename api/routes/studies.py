@@ -22,12 +22,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
 
-from api.auth import Caller, CallerDep
-from api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
-from api.dispatch import send_committed
-from api.limits import CallerSlots, enforce_rate_limit, too_many
-from api.routes.jobs import IDEMPOTENCY_KEY, MAX_OFFSET, QUOTA_RETRY_S, REFUSALS, Warnings
-from api.schemas import (
+from tokentree.api.auth import Caller, CallerDep
+from tokentree.api.deps import DispatcherDep, ReleasesSession, SessionDep, SettingsDep
+from tokentree.api.dispatch import send_committed
+from tokentree.api.limits import CallerSlots, enforce_rate_limit, too_many
+from tokentree.api.routes.jobs import IDEMPOTENCY_KEY, MAX_OFFSET, QUOTA_RETRY_S, REFUSALS, Warnings
+from tokentree.api.schemas import (
     CandidateOut,
     ForkOut,
     ForksOut,
@@ -37,10 +37,10 @@ from api.schemas import (
     StudyPage,
     StudyProgressOut,
 )
-from api.study_requests import StudyRequest, validate_study_request
-from api.validation import reject
-from models import jobs, node_reads, studies
-from models.schema import Job, Study
+from tokentree.api.study_requests import StudyRequest, validate_study_request
+from tokentree.api.validation import reject
+from tokentree.models import jobs, node_reads, studies
+from tokentree.models.schema import Job, Study
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.deps import ReleasesSession, SessionDep, SettingsDep
-from api.limits import enforce_rate_limit
-from api.metrics import Metrics
-from api.schemas import ErrorOut, HealthOut, ModelOut, ModelsOut, ParameterOut, ParametersOut
-from api.validation import describe_parameters
-from models import jobs, worker_registry
+from tokentree.api.deps import ReleasesSession, SessionDep, SettingsDep
+from tokentree.api.limits import enforce_rate_limit
+from tokentree.api.metrics import Metrics
+from tokentree.api.schemas import ErrorOut, HealthOut, ModelOut, ModelsOut, ParameterOut, ParametersOut
+from tokentree.api.validation import describe_parameters
+from tokentree.models import jobs, worker_registry
 
 log = logging.getLogger(__name__)
 

@@ -62,8 +62,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, files_dir: Path) -> Iterat
     """The real API on a free port, with a finished tree job "india" (the seed tree) and a finished
     log-probability job "lp" (the seed's first record)."""
     from bench.factories import RecordingDispatcher
-    from migrations import upgrade_database
     from tests.utils.servers import embedded_settings, live_api_for
+    from tokentree.migrations import upgrade_database
 
     # No rate limit: pages load in bursts here (the limits have their own tests).
     settings = embedded_settings(tmp_path_factory.mktemp("tokentree"), models=MODELS, rate_limit_per_minute=0)

@@ -25,10 +25,10 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.factories import RecordingDispatcher, node_rows
-from engine.tree import Candidate, FinishReason
-from engine.tree import Node as TreeNode
-from models import jobs
-from models.schema import NodeRow
+from tokentree.engine.tree import Candidate, FinishReason
+from tokentree.engine.tree import Node as TreeNode
+from tokentree.models import jobs
+from tokentree.models.schema import NodeRow
 
 WORKER = "browser-tests"
 

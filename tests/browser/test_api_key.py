@@ -26,9 +26,9 @@ KEY_REFUSED = "The service refused your API key"
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrowserService, str]]:
     """The real API requiring keys, a key's token, and a finished tree job "india" of that key."""
     from bench.factories import RecordingDispatcher
-    from migrations import upgrade_database
-    from models import api_keys
     from tests.utils.servers import embedded_settings, live_api_for
+    from tokentree.migrations import upgrade_database
+    from tokentree.models import api_keys
 
     settings = embedded_settings(tmp_path_factory.mktemp("keyed"), models=MODELS, rate_limit_per_minute=0,
                                  require_api_key=True)

@@ -476,9 +476,9 @@ def test_html_in_a_real_prompt_stays_inert(browser_page, real_service, screensho
 def test_tree_viewer_on_postgres_with_a_real_worker(
     browser_page, postgres_url, clean_pg, redis_url, screenshot
 ):
-    from models.db import make_session_factory
     from tests.utils.servers import live_api_for, postgres_settings
-    from workers.local import LocalWorker
+    from tokentree.models.db import make_session_factory
+    from tokentree.workers.local import LocalWorker
 
     settings = postgres_settings(postgres_url, redis_url, models={"demo": "demo"})
     factory = make_session_factory(clean_pg)

@@ -31,8 +31,8 @@ STUDY = {"name": "capitals", "template": "The capital of {country} is",
 @pytest.fixture(scope="module")
 def study_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserService]:
     from bench.factories import RecordingDispatcher
-    from migrations import upgrade_database
     from tests.utils.servers import embedded_settings, live_api_for
+    from tokentree.migrations import upgrade_database
 
     settings = embedded_settings(tmp_path_factory.mktemp("study"), rate_limit_per_minute=0)
     upgrade_database(settings.sqlalchemy_url)

@@ -591,9 +591,9 @@ def test_colour_by_probability_entropy_or_unexplored_mass(browser_page, base_url
 def test_details_show_the_models_own_probability_and_the_unexplored_mass(browser_page, base_url, tmp_path):
     """A tree built through a sampler: the bar shows the sampler's probability, the details the model's
     own beside it and the mass the node's children leave out."""
-    from engine.analysis import build_tree
-    from engine.loading import ModelSpec, load_model
-    from engine.params import TreeParams
+    from tokentree.engine.analysis import build_tree
+    from tokentree.engine.loading import ModelSpec, load_model
+    from tokentree.engine.params import TreeParams
 
     result = build_tree(load_model(ModelSpec()), "The secret to happiness is",
                         TreeParams(temperature=0.7, top_p=0.9))

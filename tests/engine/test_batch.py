@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.reference import PROB_TOLERANCE, assert_matches_reference, sequential_tree
-from engine.analysis import TreeRequest, build_tree, build_trees
-from engine.loading import LoadedModel, ModelSpec, encode_prompt, load_model
-from engine.params import SAMPLER_PARAMETERS, TreeParams
 from tests.engine.plain_sampler import plain_sampler
+from tokentree.engine.analysis import TreeRequest, build_tree, build_trees
+from tokentree.engine.loading import LoadedModel, ModelSpec, encode_prompt, load_model
+from tokentree.engine.params import SAMPLER_PARAMETERS, TreeParams
 
 WORDS = ["once", "upon", "a", "time", "there", "was", "a", "little", "robot", "who", "lived", "in", "the",
          "city", "by", "the", "sea", "and", "dreamed"]
@@ -87,9 +87,9 @@ def test_tiny_architectures_trees_in_one_batch_are_exact(tiny_model_dirs, archit
 
 def test_trees_of_one_prompt_share_its_kv(demo) -> None:  # type: ignore[no-untyped-def]
     """Ten parameter sets over one prompt: the prompt is evaluated once, and the trees still differ."""
-    from engine.analysis import tree_builder
-    from engine.expand import Expander, run_trees
-    from engine.runner import ModelRunner
+    from tokentree.engine.analysis import tree_builder
+    from tokentree.engine.expand import Expander, run_trees
+    from tokentree.engine.runner import ModelRunner
 
     prompt = "Once upon a time"
     ids = encode_prompt(demo, prompt)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from engine.compare import NotComparable, compare_trees, recorded_candidates, total_variation
-from engine.tree import Candidate, Node, candidates_json
+from tokentree.engine.compare import NotComparable, compare_trees, recorded_candidates, total_variation
+from tokentree.engine.tree import Candidate, Node, candidates_json
 
 # A tree by hand: (token id, text, prob, parent position or None, candidates as (token id, prob) or None
 # for a node never expanded). Token texts are the token id's letter.

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from engine.analysis import build_tree
-from engine.loading import DEMO_MODEL_DIR
-from engine.params import TreeParams
+from tokentree.engine.analysis import build_tree
+from tokentree.engine.loading import DEMO_MODEL_DIR
+from tokentree.engine.params import TreeParams
 
 
 def test_demo_model_is_small_and_complete() -> None:
@@ -29,7 +29,7 @@ def test_generic_prompts_branch_and_complete(demo, prompt: str) -> None:  # type
 
 
 def test_prompt_ids_start_with_bos(demo) -> None:  # type: ignore[no-untyped-def]
-    from engine.loading import encode_prompt
+    from tokentree.engine.loading import encode_prompt
 
     ids = encode_prompt(demo, "Once upon a time")
     assert ids[0] == demo.tokenizer.bos_token_id

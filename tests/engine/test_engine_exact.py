@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from bench.reference import PROB_TOLERANCE, assert_matches_reference, sequential_tree
-from engine.analysis import build_tree
-from engine.expand import Expander, top_k_for
-from engine.loading import ModelSpec, encode_prompt, load_model
-from engine.params import TreeParams
-from engine.runner import ModelRunner
-from engine.scheduler import TreeBuilder
+from tokentree.engine.analysis import build_tree
+from tokentree.engine.expand import Expander, top_k_for
+from tokentree.engine.loading import ModelSpec, encode_prompt, load_model
+from tokentree.engine.params import TreeParams
+from tokentree.engine.runner import ModelRunner
+from tokentree.engine.scheduler import TreeBuilder
 
 CASES = [
     ("Once upon a time", TreeParams()),

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.analysis import analyze_logprobs, build_tree
-from engine.params import LogprobsParams, TreeParams
-from engine.tree import Node, tree_json_text
+from tokentree.engine.analysis import analyze_logprobs, build_tree
+from tokentree.engine.params import LogprobsParams, TreeParams
+from tokentree.engine.tree import Node, tree_json_text
 
 # Copies of the seed notebooks' sample files, kept with the browser tests.
 SEED = Path(__file__).resolve().parents[1] / "browser" / "data"
@@ -135,7 +135,7 @@ def test_prefix_forces_the_response_start(demo) -> None:  # type: ignore[no-unty
 def test_node_json_is_what_json_dumps_writes() -> None:
     import numpy as np
 
-    from engine.tree import Candidate, node_json_head
+    from tokentree.engine.tree import Candidate, node_json_head
 
     node = Node(
         id=7,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from engine import DEMO_MODEL_DIR
-from engine.loading import ModelLoadError, ModelSpec, encode_prompt, load_model, resolve_source
-from engine.params import ParameterError
+from tokentree.engine import DEMO_MODEL_DIR
+from tokentree.engine.loading import ModelLoadError, ModelSpec, encode_prompt, load_model, resolve_source
+from tokentree.engine.params import ParameterError
 
 
 def test_unknown_hub_id_fails_with_one_line_offline() -> None:

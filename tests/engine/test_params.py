@@ -1,6 +1,6 @@
 import pytest
 
-from engine.params import LogprobsParams, ParameterError, TreeParams, branch_threshold
+from tokentree.engine.params import LogprobsParams, ParameterError, TreeParams, branch_threshold
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.params import TreeParams
-from engine.scheduler import TreeBuilder
-from engine.validate import rule_violations
 from tests.engine.test_scheduler import STOP, fake_distribution
+from tokentree.engine.params import TreeParams
+from tokentree.engine.scheduler import TreeBuilder
+from tokentree.engine.validate import rule_violations
 
 
 @st.composite

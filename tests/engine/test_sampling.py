@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from bench.reference import PROB_TOLERANCE, assert_matches_reference, sequential_tree
-from engine.analysis import TreeRequest, analyze_logprobs, build_tree, build_trees
-from engine.loading import LoadedModel, encode_prompt
-from engine.params import LogprobsParams, ParameterError, TreeParams
-from engine.runner import reduce_logits
-from engine.sampling import SamplerSettings, processed_logprobs, processed_rows
-from engine.scheduler import Distribution, TreeBuilder
-from engine.tree import coverage, tree_json_text, unexplored_mass
 from tests.engine.plain_sampler import plain_sampler
+from tokentree.engine.analysis import TreeRequest, analyze_logprobs, build_tree, build_trees
+from tokentree.engine.loading import LoadedModel, encode_prompt
+from tokentree.engine.params import LogprobsParams, ParameterError, TreeParams
+from tokentree.engine.runner import reduce_logits
+from tokentree.engine.sampling import SamplerSettings, processed_logprobs, processed_rows
+from tokentree.engine.scheduler import Distribution, TreeBuilder
+from tokentree.engine.tree import coverage, tree_json_text, unexplored_mass
 
 SAMPLERS = [
     {"temperature": 0.7, "top_p": 0.9},

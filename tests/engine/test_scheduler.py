@@ -9,9 +9,9 @@ from collections import deque
 
 import pytest
 
-from engine.params import TreeParams, branch_threshold
-from engine.scheduler import Distribution, TreeBuilder
-from engine.tree import Node
+from tokentree.engine.params import TreeParams, branch_threshold
+from tokentree.engine.scheduler import Distribution, TreeBuilder
+from tokentree.engine.tree import Node
 
 STOP = 0
 VOCAB = 8

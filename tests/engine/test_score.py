@@ -10,11 +10,11 @@ import math
 import pytest
 import torch
 
-from engine.loading import LoadedModel, ModelSpec, encode_prompt, load_model
-from engine.params import ParameterError, ScoreParams
-from engine.runner import POSITION_LOGITS_ELEMENTS, ModelRunner
-from engine.score import score_text
 from tests.engine.plain_sampler import plain_sampler
+from tokentree.engine.loading import LoadedModel, ModelSpec, encode_prompt, load_model
+from tokentree.engine.params import ParameterError, ScoreParams
+from tokentree.engine.runner import POSITION_LOGITS_ELEMENTS, ModelRunner
+from tokentree.engine.score import score_text
 
 TOLERANCE = 1e-4
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from migrations import upgrade_database
-from models.db import make_engine, make_session_factory
 from tests.utils.cli import run_cli
 from tests.utils.servers import LiveAPI, embedded_settings, live_api_for
-from workers.local import LocalWorker
+from tokentree.migrations import upgrade_database
+from tokentree.models.db import make_engine, make_session_factory
+from tokentree.workers.local import LocalWorker
 
 PROMPT = "Once upon a time"
 # A small tree of the demo model, whole (about 200 nodes), and a wide one that runs long enough to be

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from models import api_keys
-from models.db import make_session_factory
-from models.settings import Settings
 from tests.utils.proxy import TcpProxy
 from tests.utils.servers import postgres_settings
+from tokentree.models import api_keys
+from tokentree.models.db import make_session_factory
+from tokentree.models.settings import Settings
 
 
 def service_settings(postgres_url: str, redis_url: str, **overrides: Any) -> Settings:

@@ -17,17 +17,17 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, select
 
-from api.schemas import JobCreate
 from bench.factories import RecordingDispatcher
-from engine.params import LogprobsParams, TreeParams
-from migrations import upgrade_database
-from models import api_keys, jobs
-from models.db import make_session_factory
-from models.schema import ApiKey
-from models.settings import Settings
 from tests.reliability.conftest import bearer, new_token, service_settings
 from tests.utils.cli import run_cli
 from tests.utils.servers import embedded_settings, live_api_for
+from tokentree.api.schemas import JobCreate
+from tokentree.engine.params import LogprobsParams, TreeParams
+from tokentree.migrations import upgrade_database
+from tokentree.models import api_keys, jobs
+from tokentree.models.db import make_session_factory
+from tokentree.models.schema import ApiKey
+from tokentree.models.settings import Settings
 
 pytestmark = pytest.mark.services
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}

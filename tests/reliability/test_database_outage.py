@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import Engine, make_url
 
-from models.db import api_engine, make_session_factory
 from tests.reliability.conftest import service_settings
 from tests.utils.proxy import TcpProxy
 from tests.utils.servers import live_api_for
+from tokentree.models.db import api_engine, make_session_factory
 
 pytestmark = pytest.mark.services
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Engine
 
 from bench.factories import RecordingDispatcher
-from migrations import upgrade_database
 from tests.reliability.conftest import bearer, new_token, service_settings
 from tests.utils.servers import embedded_settings, live_api_for
+from tokentree.migrations import upgrade_database
 
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
 

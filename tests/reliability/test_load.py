@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from api.dispatch import model_queue
 from tests.reliability.conftest import service_settings
 from tests.utils.servers import live_api_for
+from tokentree.api.dispatch import model_queue
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(300)]
 

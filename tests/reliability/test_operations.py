@@ -13,15 +13,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from api.dispatch import model_queue
 from bench.factories import RecordingDispatcher, insert_tree, synthetic_tree
-from migrations import upgrade_database
-from models import jobs, worker_registry
-from models.db import make_session_factory
-from models.worker_registry import WorkerBeat
 from tests.reliability.conftest import service_settings
 from tests.utils.cli import run_cli, tokentree_serve
 from tests.utils.servers import embedded_settings, live_api_for
+from tokentree.api.dispatch import model_queue
+from tokentree.migrations import upgrade_database
+from tokentree.models import jobs, worker_registry
+from tokentree.models.db import make_session_factory
+from tokentree.models.worker_registry import WorkerBeat
 
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 50}}
 

@@ -18,11 +18,11 @@ import pytest
 from sqlalchemy import Engine, event, text
 
 from bench.factories import insert_tree, synthetic_tree
-from models import jobs
-from models.db import api_engine, make_session_factory
-from models.settings import Settings
 from tests.reliability.conftest import bearer, new_token, service_settings
 from tests.utils.servers import LiveAPI, live_api_for
+from tokentree.models import jobs
+from tokentree.models.db import api_engine, make_session_factory
+from tokentree.models.settings import Settings
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(120)]
 REQUEST = {"prompt": "The capital of India is", "parameters": {"max_nodes": 500}}

@@ -12,9 +12,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bench.factories import RecordingDispatcher
-from migrations import upgrade_database
-from models.db import make_engine, make_session_factory
 from tests.utils.servers import LiveAPI, embedded_settings, live_api_for, postgres_settings
+from tokentree.migrations import upgrade_database
+from tokentree.models.db import make_engine, make_session_factory
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from api.dispatch import model_queue
 from bench.factories import RecordingDispatcher, insert_tree, synthetic_tree
-from engine.params import LogprobsParams, ScoreParams, TreeParams
-from migrations import upgrade_database
-from models import jobs
 from tests.utils.servers import LiveAPI, embedded_settings, live_api_for, postgres_settings
+from tokentree.api.dispatch import model_queue
+from tokentree.engine.params import LogprobsParams, ScoreParams, TreeParams
+from tokentree.migrations import upgrade_database
+from tokentree.models import jobs
 
 TREE_REQUEST = {"prompt": "The capital of India is",
                 "parameters": {"max_nodes": 500, "max_completed_paths": 5}}
@@ -525,8 +525,8 @@ def test_a_finished_tree_is_kept_and_revalidated(live_api: LiveAPI) -> None:
 def test_the_api_knows_every_status() -> None:
     from typing import get_args
 
-    from api.schemas import JobStatus
-    from models.schema import JOB_STATUSES
+    from tokentree.api.schemas import JobStatus
+    from tokentree.models.schema import JOB_STATUSES
 
     assert get_args(JobStatus) == JOB_STATUSES
 
@@ -580,8 +580,8 @@ def test_every_route_that_takes_a_session_gives_it_back_when_it_returns(tmp_path
     from fastapi.dependencies.models import Dependant
     from fastapi.routing import APIRoute
 
-    from api.app import create_app
-    from api.deps import ReleasesSession, get_db
+    from tokentree.api.app import create_app
+    from tokentree.api.deps import ReleasesSession, get_db
 
     def takes_session(dependant: Dependant) -> bool:
         return any(d.call is get_db or takes_session(d) for d in dependant.dependencies)

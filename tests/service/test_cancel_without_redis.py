@@ -9,9 +9,9 @@ import uuid
 import pytest
 from sqlalchemy.engine import Engine
 
-from models import jobs
-from models.db import make_session_factory
 from tests.utils.servers import live_api_for, postgres_settings
+from tokentree.models import jobs
+from tokentree.models.db import make_session_factory
 
 pytestmark = pytest.mark.services
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from api.routes.compare import MAX_TOP
 from bench.factories import RecordingDispatcher, insert_tree, synthetic_tree
-from engine.compare import compare_trees
-from engine.tree import tree_json_text
-from migrations import upgrade_database
 from tests.reliability.conftest import bearer, new_token, service_settings
 from tests.service.test_api import TREE_REQUEST, set_status, submit
 from tests.utils.servers import LiveAPI, embedded_settings, live_api_for
+from tokentree.api.routes.compare import MAX_TOP
+from tokentree.engine.compare import compare_trees
+from tokentree.engine.tree import tree_json_text
+from tokentree.migrations import upgrade_database
 from tokentree.tree import Tree
 
 # Two trees of one prompt: the smaller is nearly the larger's first levels (same seed), so they share

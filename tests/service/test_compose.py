@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cli.main import build_parser
-from models.settings import Settings
+from tokentree.cli.main import build_parser
+from tokentree.models.settings import Settings
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?(?::?\?[^}]*)?\}")

@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import Engine, update
 
 from bench.factories import RecordingDispatcher
-from migrations import upgrade_database
-from models.schema import NodeRow
 from tests.reliability.conftest import bearer, new_token, service_settings
 from tests.service.test_api import queued_tasks, set_status, submit
 from tests.service.test_compare_api import finished_tree_job
 from tests.utils.servers import LiveAPI, embedded_settings, live_api_for
+from tokentree.migrations import upgrade_database
+from tokentree.models.schema import NodeRow
 
 Tree = dict[str, Any]
 
@@ -175,7 +175,7 @@ def test_growths_per_job_are_capped(tmp_path: Path) -> None:
             response = expand(api, job["id"], node_id=parent["id"], token_id=candidate["token_id"])
             assert response.status_code == 200, response.text
             with api.session() as session:  # the growth's run ends
-                from models import jobs
+                from tokentree.models import jobs
 
                 jobs.finish_job(session, job["id"], "succeeded")
         response = expand(api, job["id"], node_id=parent["id"], token_id=unexplored(parent)[2]["token_id"])

@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bench.factories import insert_tree, make_job, node_rows, synthetic_tree
-from models import jobs
-from models.db import make_session_factory
-from models.node_writes import start_tree
-from models.schema import NodeRow
+from tokentree.models import jobs
+from tokentree.models.db import make_session_factory
+from tokentree.models.node_writes import start_tree
+from tokentree.models.schema import NodeRow
 
 
 def test_a_new_job_is_queued_with_zero_counts(db_session: Session) -> None:

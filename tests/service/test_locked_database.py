@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from models import jobs
-from models.db import api_engine, make_session_factory
 from tests.utils.servers import live_api_for, postgres_settings
+from tokentree.models import jobs
+from tokentree.models.db import api_engine, make_session_factory
 
 pytestmark = pytest.mark.services
 

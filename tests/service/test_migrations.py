@@ -11,11 +11,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
 from bench.postgres import PG_SERVER, admin_sql
-from migrations import current_revision, downgrade_database, head_revision, upgrade_database
-from models.db import make_engine
-from models.schema import Base
 from tests.utils.cli import run_cli
 from tests.utils.databases import unique_suffix
+from tokentree.migrations import current_revision, downgrade_database, head_revision, upgrade_database
+from tokentree.models.db import make_engine
+from tokentree.models.schema import Base
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])

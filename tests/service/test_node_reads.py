@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy.orm import Session
 
 from bench.factories import insert_tree, make_job, synthetic_tree
-from engine.tree import Node as TreeNode
-from engine.tree import completed_paths, coverage, tree_json_text
-from models import jobs, node_reads
-from models.schema import Job
+from tokentree.engine.tree import Node as TreeNode
+from tokentree.engine.tree import completed_paths, coverage, tree_json_text
+from tokentree.models import jobs, node_reads
+from tokentree.models.schema import Job
 
 
 def engine_json_with_db_ids(nodes: list[TreeNode], db_ids: list[int], job: Job, root: int = 0,

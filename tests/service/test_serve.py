@@ -14,9 +14,9 @@ import httpx
 import pytest
 import redis
 
-from api.dispatch import model_queue
 from tests.utils.cli import REPO_ROOT, cli_command, cli_env, tokentree_serve
 from tests.utils.servers import free_port
+from tokentree.api.dispatch import model_queue
 
 pytestmark = pytest.mark.timeout(300)
 

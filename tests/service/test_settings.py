@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.params import MAX_NODES_LIMIT
-from models.settings import ModelOptions, Settings, parse_model_entries, parse_models
+from tokentree.engine.params import MAX_NODES_LIMIT
+from tokentree.models.settings import ModelOptions, Settings, parse_model_entries, parse_models
 
 
 def test_the_default_is_embedded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

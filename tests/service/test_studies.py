@@ -18,14 +18,14 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 
 from bench.factories import RecordingDispatcher, insert_tree, make_job
-from engine.params import TreeParams
-from engine.tree import Candidate
-from engine.tree import Node as TreeNode
-from migrations import upgrade_database
-from models import api_keys, jobs
-from models.db import make_session_factory
-from models.schema import Job, NodeRow, Study
 from tests.utils.servers import LiveAPI, embedded_settings, live_api_for, postgres_settings
+from tokentree.engine.params import TreeParams
+from tokentree.engine.tree import Candidate
+from tokentree.engine.tree import Node as TreeNode
+from tokentree.migrations import upgrade_database
+from tokentree.models import api_keys, jobs
+from tokentree.models.db import make_session_factory
+from tokentree.models.schema import Job, NodeRow, Study
 
 StartAPI = Callable[..., LiveAPI]
 STUDY = {"name": "animals", "template": "The {animal} sat on the",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from api.tree_cache import RenderedTrees
+from tokentree.api.tree_cache import RenderedTrees
 
 
 def test_least_recently_used_go_first_within_the_budget() -> None:

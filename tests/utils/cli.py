@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def cli_command(*args: str) -> list[str]:
     # Not `-m cli.main`: run as __main__, its UsageError would not be the one cli.service raises.
-    return [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", *args]
+    return [sys.executable, "-c", "import sys; from tokentree.cli.main import main; sys.exit(main())", *args]
 
 
 def cli_env(**variables: str) -> dict[str, str]:

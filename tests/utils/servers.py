@@ -17,10 +17,10 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.app import create_app
-from api.dispatch import Dispatcher
-from models.db import make_engine, make_session_factory
-from models.settings import Settings
+from tokentree.api.app import create_app
+from tokentree.api.dispatch import Dispatcher
+from tokentree.models.db import make_engine, make_session_factory
+from tokentree.models.settings import Settings
 
 
 def free_port() -> int:

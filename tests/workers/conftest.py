@@ -23,12 +23,12 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import make_session_factory
-from models.settings import Settings
 from tests.utils.cli import REPO_ROOT, cli_command, cli_env
 from tests.utils.databases import empty_tables
 from tests.utils.redis_server import RedisServer
 from tests.utils.servers import live_api_for
+from tokentree.models.db import make_session_factory
+from tokentree.models.settings import Settings
 
 MODEL_SOURCE = os.environ.get("TOKENTREE_TEST_MODEL", "demo")
 MODEL = "demo"
@@ -260,6 +260,6 @@ def idle_workers(client: redis.Redis) -> set[str]:
 
 @pytest.fixture(scope="session")
 def stop_ids() -> set[int]:
-    from engine.loading import ModelSpec, load_model
+    from tokentree.engine.loading import ModelSpec, load_model
 
     return set(load_model(ModelSpec(name=MODEL_SOURCE)).stop_ids)

@@ -21,12 +21,6 @@ from sqlalchemy import make_url, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bench.trees import by_path
-from engine.params import TreeParams
-from models import worker_registry
-from models.jobs import as_job_id
-from models.node_writes import node_totals
-from models.schema import Job, NodeRow, db_now
-from models.settings import Settings
 from tests.utils.proxy import TcpProxy
 from tests.utils.redis_server import RedisServer, private_redis
 from tests.utils.servers import live_api_for
@@ -41,8 +35,14 @@ from tests.workers.conftest import (
     wait_for,
 )
 from tests.workers.trees import PROMPT, WIDE, assert_follows_rule
-from workers.frontier import job_key
-from workers.runtime import OUTAGE_MAX_DELAY_S
+from tokentree.engine.params import TreeParams
+from tokentree.models import worker_registry
+from tokentree.models.jobs import as_job_id
+from tokentree.models.node_writes import node_totals
+from tokentree.models.schema import Job, NodeRow, db_now
+from tokentree.models.settings import Settings
+from tokentree.workers.frontier import job_key
+from tokentree.workers.runtime import OUTAGE_MAX_DELAY_S
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from workers.frontier import (
+from tokentree.workers.frontier import (
     Committed,
     Frontier,
     FrontierCommit,

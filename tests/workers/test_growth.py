@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from bench.trees import assert_same_tree, by_path
-from engine.grow import grow_tree, plan_growth
-from engine.loading import ModelSpec, load_model
-from engine.params import TreeParams
 from tests.workers.conftest import MODEL_SOURCE, WorkerProcess, Workers, finished, submit, wait_for
 from tests.workers.trees import PROMPT
+from tokentree.engine.grow import grow_tree, plan_growth
+from tokentree.engine.loading import ModelSpec, load_model
+from tokentree.engine.params import TreeParams
 from tokentree.tree import Tree
 
 # A small tree cut by max_nodes, so it has unexplored candidates and open leaves to grow from.

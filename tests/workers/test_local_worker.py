@@ -11,11 +11,6 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.trees import assert_same_tree
-from engine.params import TreeParams
-from migrations import upgrade_database
-from models import jobs
-from models.db import make_engine, make_session_factory
-from models.settings import Settings
 from tests.utils.servers import live_api_for
 from tests.workers.conftest import MODEL, MODEL_SOURCE, finished, submit, wait_for
 from tests.workers.trees import (
@@ -27,7 +22,12 @@ from tests.workers.trees import (
     assert_same_coverage,
     cli_tree,
 )
-from workers.local import LocalWorker
+from tokentree.engine.params import TreeParams
+from tokentree.migrations import upgrade_database
+from tokentree.models import jobs
+from tokentree.models.db import make_engine, make_session_factory
+from tokentree.models.settings import Settings
+from tokentree.workers.local import LocalWorker
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import pytest
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.loading import ModelLoadError, ModelSpec
-from engine.params import TreeParams
-from models import worker_registry
-from models.settings import Settings
 from tests.workers.conftest import MODEL, MODEL_SOURCE, Workers, finished, submit, wait_for
 from tests.workers.trees import PROMPT, SMALL, WIDE, assert_follows_rule
-from workers.service import ModelRegistry
+from tokentree.engine.loading import ModelLoadError, ModelSpec
+from tokentree.engine.params import TreeParams
+from tokentree.models import worker_registry
+from tokentree.models.settings import Settings
+from tokentree.workers.service import ModelRegistry
 
 
 def test_the_registry_loads_each_entry_with_its_options() -> None:

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.tree import Candidate, candidates_json, unexplored_mass
-from migrations import upgrade_database
-from models import jobs
-from models.db import make_engine, make_session_factory
-from models.node_reads import tree_json
-from models.node_writes import (
+from tokentree.engine.tree import Candidate, candidates_json, unexplored_mass
+from tokentree.migrations import upgrade_database
+from tokentree.models import jobs
+from tokentree.models.db import make_engine, make_session_factory
+from tokentree.models.node_reads import tree_json
+from tokentree.models.node_writes import (
     Expansion,
     Finish,
     Limits,
@@ -32,7 +32,7 @@ from models.node_writes import (
     write_step,
     write_steps,
 )
-from models.schema import Job, NodeRow
+from tokentree.models.schema import Job, NodeRow
 
 NO_LIMITS = Limits(max_nodes=1_000_000, max_completed_paths=1_000_000)
 CANDIDATES = candidates_json([Candidate(10, "a", 0.6), Candidate(11, "b", 0.3)])

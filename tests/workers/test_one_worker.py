@@ -16,12 +16,6 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.trees import assert_same_tree
-from engine.analysis import analyze_logprobs
-from engine.loading import ModelSpec, load_model
-from engine.params import LogprobsParams, ScoreParams, TreeParams
-from engine.score import score_text
-from models.node_writes import tree_totals
-from models.settings import Settings
 from tests.workers.conftest import (
     MODEL,
     MODEL_SOURCE,
@@ -43,6 +37,12 @@ from tests.workers.trees import (
     assert_same_coverage,
     cli_tree,
 )
+from tokentree.engine.analysis import analyze_logprobs
+from tokentree.engine.loading import ModelSpec, load_model
+from tokentree.engine.params import LogprobsParams, ScoreParams, TreeParams
+from tokentree.engine.score import score_text
+from tokentree.models.node_writes import tree_totals
+from tokentree.models.settings import Settings
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import httpx
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.params import TreeParams
 from tests.workers.conftest import MODEL, Workers, finished, submit, wait_for
 from tests.workers.trees import PROMPT, WIDE, assert_follows_rule
+from tokentree.engine.params import TreeParams
 
 
 def test_two_workers_share_a_big_job(

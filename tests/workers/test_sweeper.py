@@ -12,22 +12,22 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.params import TreeParams
-from models import jobs, worker_registry
-from models.node_writes import Expansion, Limits, NewChild, open_node_ids, start_tree, write_step
-from models.queues import worker_queue
-from models.schema import NodeRow
-from models.settings import Settings
-from models.worker_registry import WorkerBeat
 from tests.workers.conftest import MODEL as DEMO
 from tests.workers.trees import PROMPT, WIDE
-from workers.frontier import FrontierCommit, RedisFrontier, idle_key, job_key
-from workers.held import HeldTree, Step
-from workers.runtime import WorkerRuntime
-from workers.service import JOB_NODE, ModelRegistry, Services
-from workers.settings import WorkerSettings
-from workers.sweeper import Sweeper
-from workers.tree_jobs import run_tree_unit
+from tokentree.engine.params import TreeParams
+from tokentree.models import jobs, worker_registry
+from tokentree.models.node_writes import Expansion, Limits, NewChild, open_node_ids, start_tree, write_step
+from tokentree.models.queues import worker_queue
+from tokentree.models.schema import NodeRow
+from tokentree.models.settings import Settings
+from tokentree.models.worker_registry import WorkerBeat
+from tokentree.workers.frontier import FrontierCommit, RedisFrontier, idle_key, job_key
+from tokentree.workers.held import HeldTree, Step
+from tokentree.workers.runtime import WorkerRuntime
+from tokentree.workers.service import JOB_NODE, ModelRegistry, Services
+from tokentree.workers.settings import WorkerSettings
+from tokentree.workers.sweeper import Sweeper
+from tokentree.workers.tree_jobs import run_tree_unit
 
 MODEL = "demo-sweep"  # a model no worker process serves: nothing but this test touches its jobs
 
@@ -201,7 +201,7 @@ def put_clock_an_hour_behind(monkeypatch: pytest.MonkeyPatch) -> None:
     is the clock, so the clock is what is patched, both ways Python reads it."""
     wall = time.time
     monkeypatch.setattr(time, "time", lambda: wall() - 3600)
-    monkeypatch.setattr("models.schema.datetime", _AnHourBehind)
+    monkeypatch.setattr("tokentree.models.schema.datetime", _AnHourBehind)
 
 
 def test_a_worker_whose_clock_is_an_hour_behind_resends_a_lost_message_and_dates_nothing_early(

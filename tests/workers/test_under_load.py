@@ -18,11 +18,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from bench.trees import by_path
-from engine.params import TreeParams
-from models.jobs import as_job_id
-from models.node_writes import node_totals
-from models.queues import model_queue
-from models.schema import TERMINAL_STATUSES, Job, NodeRow
 from tests.workers.conftest import (
     MODEL,
     WorkerProcess,
@@ -36,7 +31,12 @@ from tests.workers.conftest import (
     wait_for,
 )
 from tests.workers.trees import BIG, PROMPT, assert_follows_rule
-from workers.frontier import SCRIPT_KEYS
+from tokentree.engine.params import TreeParams
+from tokentree.models.jobs import as_job_id
+from tokentree.models.node_writes import node_totals
+from tokentree.models.queues import model_queue
+from tokentree.models.schema import TERMINAL_STATUSES, Job, NodeRow
+from tokentree.workers.frontier import SCRIPT_KEYS
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import time
 
 import redis
 
-from models.settings import Settings
 from tests.utils.cli import REPO_ROOT, cli_command
 from tests.workers.conftest import idle_workers, service_env
+from tokentree.models.settings import Settings
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -16,11 +16,6 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from cli.worker_cmd import celery_argv
-from models import worker_registry
-from models.queues import model_queue
-from models.settings import Settings
-from models.worker_registry import WorkerBeat
 from tests.utils.cli import REPO_ROOT, cli_command
 from tests.utils.servers import live_api_for
 from tests.workers.conftest import (
@@ -32,6 +27,11 @@ from tests.workers.conftest import (
     wait_for,
 )
 from tests.workers.trees import PROMPT
+from tokentree.cli.worker_cmd import celery_argv
+from tokentree.models import worker_registry
+from tokentree.models.queues import model_queue
+from tokentree.models.settings import Settings
+from tokentree.models.worker_registry import WorkerBeat
 
 HOST = socket.gethostname()
 UNSERVED = "nobody"  # in the API's allow-list, served by no worker

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from models.settings import Settings
-from workers.frontier import MemoryFrontier
-from workers.service import ModelRegistry, Services
-from workers.settings import WorkerSettings
+from tokentree.models.settings import Settings
+from tokentree.workers.frontier import MemoryFrontier
+from tokentree.workers.service import ModelRegistry, Services
+from tokentree.workers.settings import WorkerSettings
 
 
 def services(worker: WorkerSettings, settings: Settings) -> Services:

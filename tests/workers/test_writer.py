@@ -11,13 +11,13 @@ import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.node_writes import Limits, load_nodes, open_node_ids
-from models.schema import NodeRow
-from models.settings import Settings
 from tests.workers.test_node_writes import expansion, running_job
-from workers.errors import is_connection_loss
-from workers.frontier import RedisFrontier
-from workers.writer import ProcessWriter, StepWrite, WriterDied
+from tokentree.models.node_writes import Limits, load_nodes, open_node_ids
+from tokentree.models.schema import NodeRow
+from tokentree.models.settings import Settings
+from tokentree.workers.errors import is_connection_loss
+from tokentree.workers.frontier import RedisFrontier
+from tokentree.workers.writer import ProcessWriter, StepWrite, WriterDied
 
 LIMITS = Limits(max_nodes=1000, max_completed_paths=1000)
 

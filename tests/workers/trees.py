@@ -10,11 +10,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from engine.params import TreeParams
-from engine.tree import Candidate
-from engine.validate import rule_violations
-from models.node_reads import load_tree_nodes
 from tests.utils.cli import run_cli
+from tokentree.engine.params import TreeParams
+from tokentree.engine.tree import Candidate
+from tokentree.engine.validate import rule_violations
+from tokentree.models.node_reads import load_tree_nodes
 
 # Parameter sets for the demo model and "Once upon a time".
 PROMPT = "Once upon a time"
