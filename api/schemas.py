@@ -250,7 +250,8 @@ class ForkOut(BaseModel):
     prompt: str
     model: str
     parameters: dict[str, Any]
-    path_text: str = Field(description="the tokens' text from the prompt down to the fork (prompt excluded)")
+    path_text: str = Field(description="what the path says after the prompt: the job's forced prefix, then "
+                                       "the tokens down to the fork")
     depth: int
     prob: float
     cumulative_prob: float

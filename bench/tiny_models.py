@@ -91,13 +91,14 @@ def _sharpen(model: torch.nn.Module, prompts: list[list[int]]) -> None:
 
 
 def make_tiny_model(folder: Path, architecture: str, seed: int = 0, width: int = 32, layers: int = 2,
-                    context: int = 256) -> Path:
+                    context: int = 256, vocab_size: int | None = None) -> Path:
     """Save a random model of `architecture` that shares the demo model's tokenizer into `folder`
-    (`width`, `layers` and `context` make it heavier, for benchmarks)."""
+    (`width`, `layers` and `context` make it heavier, for benchmarks; `vocab_size`, when larger than the
+    tokenizer's, gives it a real model's output width: the extra ids decode to nothing)."""
     tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL_DIR)
     config = _config(
-        architecture, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-        width, layers, context,
+        architecture, max(len(tokenizer), vocab_size or 0), tokenizer.bos_token_id, tokenizer.eos_token_id,
+        tokenizer.pad_token_id, width, layers, context,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

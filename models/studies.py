@@ -18,6 +18,7 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from tokentree.engine.tree import response_text
 from tokentree.models.jobs import JOBS, OPEN_STATUSES, _rowcount, new_job
 from tokentree.models.node_reads import path_steps
 from tokentree.models.schema import JOB_STATUSES, Job, NodeRow, Study, db_now
@@ -72,7 +73,7 @@ class Fork:
     branches: int
     unexplored_mass: float  # 1 - the children's probabilities: what the tree left unexplored there
     candidates: str  # the JSON text the tree shows
-    path_text: str = ""  # the tokens' text from below the root (the prompt) down to the node
+    path_text: str = ""  # after the prompt: the job's prefix, then the tokens down to the node
 
 
 # -- create and read --------------------------------------------------------------------------------
@@ -228,8 +229,9 @@ def forks(session: Session, study_id: uuid.UUID, by: ForkRanking = "entropy", li
     }[by]
     rows = session.execute(
         select(NodeRow.id, NodeRow.job_id, NodeRow.depth, NodeRow.prob, NodeRow.cumulative_prob,
-               NodeRow.entropy, children.c.branches, unexplored, NodeRow.candidates)
+               NodeRow.entropy, children.c.branches, unexplored, NodeRow.candidates, Job.prefix)
         .join(children, NodeRow.id == children.c.fork_id)
+        .join(Job, Job.id == NodeRow.job_id)
         .order_by(*rank, NodeRow.id)
         .limit(limit)
     ).all()
@@ -237,8 +239,10 @@ def forks(session: Session, study_id: uuid.UUID, by: ForkRanking = "entropy", li
     return [
         Fork(node_id=node_id, job_id=job_id, depth=depth, prob=prob, cumulative_prob=cumulative_prob,
              entropy=entropy, branches=branches, unexplored_mass=max(0.0, float(unexplored)),
-             candidates=candidates or "[]", path_text="".join(text for _, text in steps[node_id]))
-        for node_id, job_id, depth, prob, cumulative_prob, entropy, branches, unexplored, candidates in rows
+             candidates=candidates or "[]",
+             path_text=response_text(prefix, (text for _, text in steps[node_id])))
+        for node_id, job_id, depth, prob, cumulative_prob, entropy, branches, unexplored, candidates, prefix
+        in rows
     ]
 
 

@@ -61,6 +61,32 @@ def test_renders_a_dropped_or_picked_jsonl_file(browser_page, base_url):
     assert page.log.problems() == []
 
 
+def test_a_sampled_record_shows_the_models_own_probability(browser_page, base_url, tmp_path):
+    """A logprobs record made through a sampler: each token's tooltip gives the model's own probability
+    beside the sampler's, where they differ."""
+    from tokentree.engine.analysis import analyze_logprobs
+    from tokentree.engine.loading import ModelSpec, load_model
+    from tokentree.engine.params import LogprobsParams
+
+    record = analyze_logprobs(load_model(ModelSpec()), "Once upon a time",
+                              LogprobsParams(max_new_tokens=4, temperature=0.5))
+    path = tmp_path / "sampled.jsonl"
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    page = browser_page
+    goto(page, f"{base_url}/viewer/logprobs", state="body[data-state=empty]")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector(READY, state="attached")
+    first = record["data"][0]
+    assert abs(first["raw_prob"] - first["prob"]) > 1  # percentages: temperature 0.5 sharpens
+    page.locator("#cards .tok").nth(0).hover()
+    tip = page.locator("#tooltip")
+    tip.wait_for(state="visible")
+    assert "model's own" in tip.text_content()
+    raw = first["raw_prob"]  # as the viewer writes a percentage
+    assert (f"{raw:.1f}%" if raw >= 10 else f"{raw:.2f}%") in tip.text_content()
+    assert page.log.problems() == []
+
+
 def test_file_url_and_bad_files(browser_page, base_url, service):
     page = browser_page
     goto(page, f"{base_url}/viewer/logprobs?file={service.files_url}/logprobs_sample.jsonl")

@@ -623,4 +623,9 @@ def test_details_show_the_models_own_probability_and_the_unexplored_mass(browser
     # The prompt's node: its unexplored mass is what its children leave out.
     unit_with_text(page, "The secret").hover()
     assert stats()["Unexplored mass"] == percent(result.nodes[0].unexplored_mass)
+    # The tree's coverage, in the "Prompt & parameters" panel.
+    coverage = result.metadata["coverage"]
+    panel = page.locator("#meta-params").text_content()
+    assert f"completed paths' mass{coverage['completed_mass']:.4f}" in panel
+    assert f"all leaves' mass{coverage['leaf_mass']:.4f} (unexplored {1 - coverage['leaf_mass']:.4f})" in panel
     assert page.log.problems() == []

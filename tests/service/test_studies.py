@@ -284,7 +284,8 @@ def fork_tree(prompt: str, levels: list[tuple[float, list[tuple[str, float]]]]) 
 
 
 def test_forks_are_ranked_by_how_undecided_the_model_was(api: LiveAPI) -> None:
-    study = submit(api, {"name": "forks", "prompts": ["The cat sat on the", "I like"]})
+    # A forced prefix is part of every path's text (the trees below are hand-made without it).
+    study = submit(api, {"name": "forks", "prompts": ["The cat sat on the", "I like"], "prefix": " Well,"})
     cat, like = (uuid.UUID(job["id"]) for job in study["jobs"])
     with api.session() as session:
         cat_ids = insert_tree(session, cat, fork_tree("The cat sat on the", [
@@ -312,13 +313,13 @@ def test_forks_are_ranked_by_how_undecided_the_model_was(api: LiveAPI) -> None:
 
     forks = api.client.get(f"/v1/studies/{study['id']}/forks").json()["forks"]
     mat = forks[0]
-    assert (mat["prompt"], mat["path_text"], mat["depth"]) == ("The cat sat on the", " mat", 1)
+    assert (mat["prompt"], mat["path_text"], mat["depth"]) == ("The cat sat on the", " Well, mat", 1)
     assert mat["branches"] == 3
     assert mat["entropy"] == 2.5 and mat["unexplored_mass"] == pytest.approx(0.2)
     assert mat["model"] == "demo" and mat["parameters"]["max_nodes"] == TreeParams().max_nodes
     assert [(c["text"], c["prob"]) for c in mat["candidates"]] == [(".", 0.5), (",", 0.2), (" and", 0.1),
                                                                    (" rival", 0.01)]
-    assert forks[1]["path_text"] == "" and forks[2]["unexplored_mass"] == pytest.approx(0.5)
+    assert forks[1]["path_text"] == " Well," and forks[2]["unexplored_mass"] == pytest.approx(0.5)
 
     # the mass a worker recorded at the expansion counts over the one summed from the children
     with api.session() as session:

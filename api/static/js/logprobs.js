@@ -28,7 +28,10 @@ function tokenEntry(t, where) {
     pct = Math.exp(t.logprob) * 100;
   }
   if (pct < 0 || pct > 100.0001) throw new LogprobsFormatError(`${where}.prob is ${pct}; expected a percentage between 0 and 100.`);
-  return { token: t.token, p: pct / 100, logprob: isNum(t.logprob) ? t.logprob : Math.log(Math.max(pct / 100, 1e-300)) };
+  // The model's own probability, before the sampler settings (`raw_prob`, a percentage): recorded when
+  // the job had any; null when it is the same as `prob`.
+  const rawP = isNum(t.raw_prob) && Math.abs(t.raw_prob - pct) > 1e-9 ? t.raw_prob / 100 : null;
+  return { token: t.token, p: pct / 100, rawP, logprob: isNum(t.logprob) ? t.logprob : Math.log(Math.max(pct / 100, 1e-300)) };
 }
 
 function validateRecord(rec, where) {
@@ -152,6 +155,9 @@ function showTooltip(target) {
     el("span", { class: "tok-chip", text: visibleWs(t.token) || "∅" }),
     el("span", { class: "mono", text: `${fmtProb(t.p)} · logprob ${fmtNum(t.logprob)}` }),
   ]));
+  if (t.rawP !== null) {
+    tip.append(el("div", { class: "tt-facts mono", text: `model's own ${fmtProb(t.rawP)} (before the sampler settings)` }));
+  }
   if (t.rank !== null) {
     const facts = [`rank ${t.rank}`, t.entropy !== null ? `entropy ${fmtNum(t.entropy)} nats` : null,
       t.part === "prompt" ? "a prompt token" : null, t.p < UNLIKELY ? "unlikely (< 1%)" : null];
