@@ -627,5 +627,6 @@ def test_details_show_the_models_own_probability_and_the_unexplored_mass(browser
     coverage = result.metadata["coverage"]
     panel = page.locator("#meta-params").text_content()
     assert f"completed paths' mass{coverage['completed_mass']:.4f}" in panel
-    assert f"all leaves' mass{coverage['leaf_mass']:.4f} (unexplored {1 - coverage['leaf_mass']:.4f})" in panel
+    leaves = coverage["leaf_mass"]
+    assert f"all leaves' mass{leaves:.4f} (unexplored {1 - leaves:.4f})" in panel
     assert page.log.problems() == []
