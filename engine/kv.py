@@ -325,14 +325,28 @@ AttentionInterface.register(ATTENTION_NAME, tree_attention)
 AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)
 
 
+# Threads sharing one loaded model (the embedded worker beside a notebook's in-process build) each turn
+# the switch on: it is counted per config, so the first to leave cannot turn it off under the others'
+# forward passes (a layer run with the model's own attention would record no KV for the next chunk).
+_switch_lock = threading.Lock()
+_switch_users: dict[int, tuple[int, str | None]] = {}  # id(config) -> (users, the implementation before)
+
+
 @contextlib.contextmanager
 def tree_attention_on(model: PreTrainedModel) -> Iterator[None]:
     """Route the model's attention through `tree_attention` for the duration (the model object stays
     usable by ordinary callers before and after)."""
     config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
+    with _switch_lock:
+        users, before = _switch_users.get(id(config), (0, config._attn_implementation))
+        config._attn_implementation = ATTENTION_NAME
+        _switch_users[id(config)] = (users + 1, before)
     try:
         yield
     finally:
-        config._attn_implementation = before
+        with _switch_lock:
+            users, before = _switch_users.pop(id(config))
+            if users > 1:
+                _switch_users[id(config)] = (users - 1, before)
+            else:
+                config._attn_implementation = before

@@ -97,6 +97,16 @@ class Client:
         """Stop a queued or running job (its partial tree stays); an ended job is a 409 `APIError`."""
         return Job.from_json(self._call("POST", f"/v1/jobs/{_id(job)}/cancel").json())
 
+    def expand(self, job: JobRef, node_id: int, token_id: int | None = None, **parameters: Any) -> Job:
+        """Grow an ended tree job in place (`POST /v1/jobs/{id}/expand`): the node's recorded candidate
+        `token_id` becomes a new child and grows by the rule; without `token_id`, the node itself (a leaf a
+        limit left unexpanded) grows further. `parameters` (`max_nodes=50`, ...) are for this growth,
+        over the job's own. The job runs again: `wait` for it, then read its `tree`."""
+        body: dict[str, Any] = {"node_id": node_id, "token_id": token_id}
+        if parameters:
+            body["parameters"] = parameters
+        return Job.from_json(self._call("POST", f"/v1/jobs/{_id(job)}/expand", json=body).json())
+
     def delete(self, job: JobRef) -> None:
         """Delete a job and its nodes, cancelling it first if it still runs."""
         self._call("DELETE", f"/v1/jobs/{_id(job)}")

@@ -185,3 +185,26 @@ def test_wait_polls_when_its_event_stream_is_refused(service: LiveAPI, client: t
     assert done.status == "succeeded", done
     assert sent.count(("GET", f"/v1/jobs/{short.id}/events")) == 1  # refused once, then never asked again
     assert sent.count(("GET", f"/v1/jobs/{short.id}")) >= 2  # polled
+
+
+def test_expand_grows_a_candidate_of_an_ended_job_in_place(client: tokentree.Client) -> None:
+    job = client.wait(client.submit(PROMPT, max_nodes=60), timeout=300, progress=False)
+    before = client.tree(job)
+    # An expanded node with a recorded candidate the rule did not follow.
+    node, candidate = next((n, c) for n in before.nodes if n.is_expanded
+                           for c in n.candidates
+                           if c.token_id not in {before.nodes[k].token_id for k in n.children})
+    grown = client.expand(job, node.id, candidate.token_id, max_nodes=20)
+    assert grown.status in ("queued", "running")
+    assert client.wait(grown, timeout=300, progress=False).status == "succeeded"
+    after = client.tree(job)
+    assert len(before) < len(after) <= len(before) + 20
+    parent = next(n for n in after.nodes if n.id == node.id)
+    (child,) = (after.nodes[k] for k in parent.children if after.nodes[k].token_id == candidate.token_id)
+    # Absolute probabilities: the parent's cumulative times the child's own (`prob` prints rounded).
+    assert math.isclose(child.cumulative_prob, parent.cumulative_prob * math.exp(child.logprob), rel_tol=1e-6)
+    (growth,) = after.metadata["growths"]
+    assert (growth["node_id"], growth["token_id"]) == (node.id, candidate.token_id)
+    with pytest.raises(tokentree.APIError) as refused:
+        client.expand(job, node.id, candidate.token_id)  # a child now, not an unexplored candidate
+    assert refused.value.status == 422 and "token_id" in str(refused.value)
